@@ -1,0 +1,46 @@
+"""The contract every approximate posterior q(z|x) fulfils, so that the VAE never needs to know which one it has.
+
+A posterior is an ``nn.Module`` whose ``forward`` turns encoder features ``h`` of shape ``[B, F]`` into a
+distribution over ``z`` with event shape ``[d]``. The VAE then only calls the two methods below:
+
+* ``rsample_with_log_prob(q, sample_shape)``: reparametrized samples ``[*sample_shape, B, d]`` together with
+  log q(z|x) of exactly those samples (flows know it from their forward pass; Gaussians evaluate it).
+* ``kl(q, z, log_q, prior)``: the per-image KL(q || p) of shape ``[B]``. The default is the closed form
+  from ``torch.distributions.kl_divergence``; posteriors without one override it with the Monte Carlo
+  estimate mean_s[log q(z_s) - log p(z_s)].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Distribution, kl_divergence
+
+
+class Posterior(nn.Module):
+    """Base class: maps encoder features to q(z|x)."""
+
+    def __init__(self, in_features: int, latent_dim: int):
+        super().__init__()
+        self.in_features = in_features
+        self.latent_dim = latent_dim
+
+    def forward(self, h: torch.Tensor) -> Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rsample_with_log_prob(self, q: Distribution, sample_shape=torch.Size()):
+        z = q.rsample(torch.Size(sample_shape))
+        return z, q.log_prob(z)
+
+    def kl(self, q: Distribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution) -> torch.Tensor:
+        return kl_divergence(q, prior)
+
+
+def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
+    """A standard deviation from an unconstrained head: softplus(raw) + min_std.
+
+    Softplus grows linearly instead of exponentially, so features scaled up by orders of magnitude give
+    large but finite scales, and the floor keeps log-densities finite as raw goes to -inf.
+    """
+    return F.softplus(raw) + min_std

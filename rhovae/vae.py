@@ -1,0 +1,86 @@
+"""The VAE: an injected encoder, posterior and decoder, a standard normal prior, and the ELBO.
+
+Every per-image quantity is summed over pixels and latent dimensions; ``elbo_terms`` returns them per
+image (shape ``[B]``) and the callers average over the batch. Nothing here depends on which posterior it
+holds: the posterior supplies samples with their log-density and the KL (closed form or Monte Carlo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal
+
+from .posteriors import Posterior
+
+
+def standard_normal_prior(latent_dim: int, device=None, dtype=None) -> Independent:
+    """p(z) = N(0, I_d) as ``Independent(Normal(0, 1), 1)``: the form the posteriors register KLs against."""
+    loc = torch.zeros(latent_dim, device=device, dtype=dtype)
+    return Independent(Normal(loc, torch.ones_like(loc)), 1)
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) summed over pixels for Bernoulli pixels with the given logits (x may be continuous in [0, 1])."""
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+
+@dataclass
+class ElboTerms:
+    """Per-image terms, each of shape ``[B]``: elbo = recon - kl."""
+
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.recon - self.kl
+
+
+class VAE(nn.Module):
+    def __init__(self, encoder: nn.Module, posterior: Posterior, decoder: nn.Module, latent_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.posterior = posterior
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+
+    def prior(self) -> Independent:
+        ref = next(self.parameters())
+        return standard_normal_prior(self.latent_dim, device=ref.device, dtype=ref.dtype)
+
+    def posterior_of(self, x: torch.Tensor) -> Distribution:
+        return self.posterior(self.encoder(x))
+
+    def elbo_terms(self, x: torch.Tensor) -> ElboTerms:
+        """Single-sample reconstruction term and the posterior's KL, per image."""
+        q = self.posterior_of(x)
+        z, log_q = self.posterior.rsample_with_log_prob(q)
+        recon = bernoulli_log_likelihood(self.decoder(z), x)
+        kl = self.posterior.kl(q, z, log_q, self.prior())
+        return ElboTerms(recon=recon, kl=kl)
+
+    def loss(self, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, ElboTerms]:
+        """The training objective -(recon - beta * kl), averaged over the batch, and the detached terms."""
+        terms = self.elbo_terms(x)
+        loss = -(terms.recon - beta * terms.kl).mean()
+        return loss, ElboTerms(recon=terms.recon.detach(), kl=terms.kl.detach())
+
+    @torch.no_grad()
+    def sample_images(self, n: int) -> torch.Tensor:
+        """Bernoulli means sigmoid(decoder(z)) for ``n`` draws z ~ p(z), shape ``[n, n_pixels]``."""
+        z = self.prior().sample((n,))
+        return torch.sigmoid(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Bernoulli means of the decoder at one posterior sample per image."""
+        z, _ = self.posterior.rsample_with_log_prob(self.posterior_of(x))
+        return torch.sigmoid(self.decoder(z))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
