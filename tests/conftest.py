@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny IDX datasets in a temporary folder, and Hydra composition of the real configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from idx import write_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# Tiny, fast settings every smoke run shares: 40 validation images out of 240, 3 batches of 32 per epoch.
+TINY_OVERRIDES = [
+    "dataset.val_size=40", "trainer.batch_size=32", "trainer.max_batches=3", "eval.batch_size=64",
+    "latent_dim=4", "decoder.hidden=[32,32]", "trainer.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root, "mnist", seed=0)
+    write_dataset(root, "fmnist", seed=100)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_env(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("RHOVAE_DATA", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def compose(overrides: list[str]):
+    """Compose ``configs/config.yaml`` with ``overrides`` through Hydra's compose API."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=False)
+
+
+def subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "RHOVAE_DATA"}
+    env.update(WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    return env
