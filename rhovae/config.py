@@ -1,0 +1,83 @@
+"""Checks on a composed run configuration, made before any data is read or any model is built.
+
+Each failure is a ``ConfigError`` with one line naming the key, the bad value and what is accepted, so a
+typo in a sweep dies at start-up instead of hours in, or worse, silently trains something else.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .data import BINARIZE_MODES, DATASETS
+from .errors import ConfigError
+from .networks import NETWORKS
+from .posteriors import POSTERIORS
+from .tracking import WANDB_MODES
+
+LOGGERS = ("wandb", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], accepted: str) -> None:
+    value = OmegaConf.select(cfg, key, default="<missing>")
+    if value == "<missing>" or not ok(value):
+        raise ConfigError(f"{key}={value!r} is not valid; accepted: {accepted}")
+
+
+def _one_of(cfg: DictConfig, key: str, options) -> None:
+    _check(cfg, key, lambda v: v in options, ", ".join(options))
+
+
+def _int_at_least(cfg: DictConfig, key: str, low: int, optional: bool = False) -> None:
+    accepted = f"an integer >= {low}" + (" or null" if optional else "")
+    _check(cfg, key, lambda v: (optional and v is None) or (_is_int(v) and v >= low), accepted)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when it is there; ``cuda`` without a GPU is an error, not a silent CPU run."""
+    if name not in DEVICES:
+        raise ConfigError(f"trainer.device={name!r} is not valid; accepted: {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda' but no CUDA GPU is available; accepted here: auto, cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def validate_config(cfg: DictConfig) -> torch.device:
+    """Raise ``ConfigError`` on the first bad value; return the device the run will use."""
+    _one_of(cfg, "dataset.name", list(DATASETS))
+    _one_of(cfg, "dataset.binarize", BINARIZE_MODES)
+    _int_at_least(cfg, "dataset.val_size", 1)
+    _int_at_least(cfg, "dataset.binarize_seed", 0)
+    _check(cfg, "dataset.download", lambda v: isinstance(v, bool), "true, false")
+    _one_of(cfg, "posterior.name", list(POSTERIORS))
+    _one_of(cfg, "decoder.name", list(NETWORKS))
+    _int_at_least(cfg, "latent_dim", 1)
+    _check(cfg, "seed", _is_int, "an integer")
+    _int_at_least(cfg, "trainer.epochs", 1)
+    _int_at_least(cfg, "trainer.batch_size", 1)
+    _check(cfg, "trainer.lr", lambda v: _is_number(v) and v > 0, "a number > 0")
+    _int_at_least(cfg, "trainer.max_batches", 1, optional=True)
+    _check(cfg, "trainer.kl_warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _int_at_least(cfg, "trainer.patience", 1, optional=True)
+    _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
+    _int_at_least(cfg, "eval.batch_size", 1)
+    _int_at_least(cfg, "eval.seed", 0)
+    _one_of(cfg, "logger.name", LOGGERS)
+    _int_at_least(cfg, "logger.image_every", 0)
+    if cfg.logger.name == "wandb":
+        _one_of(cfg, "logger.mode", WANDB_MODES)
+    return resolve_device(OmegaConf.select(cfg, "trainer.device"))

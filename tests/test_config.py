@@ -1,0 +1,92 @@
+"""Every config combination composes and validates; bad values fail with one line naming key and options."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONFIGS, compose
+from rhovae.config import validate_config
+from rhovae.errors import ConfigError
+from rhovae.experiment import build_vae
+
+GROUPS = {group: sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+          for group in ("dataset", "posterior", "decoder", "logger")}
+
+
+def test_config_groups_offer_the_documented_options():
+    assert GROUPS["dataset"] == ["fmnist", "mnist"]
+    assert GROUPS["decoder"] == ["conv", "mlp"]
+    assert GROUPS["logger"] == ["none", "wandb"]
+    assert {"diag", "rho"} <= set(GROUPS["posterior"])
+
+
+@pytest.mark.parametrize("combo", list(itertools.product(*GROUPS.values())), ids="-".join)
+def test_every_combination_composes_validates_and_builds(combo):
+    overrides = [f"{group}={option}" for group, option in zip(GROUPS, combo)]
+    cfg = compose(overrides)
+    assert validate_config(cfg) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for group, option in zip(GROUPS, combo):
+        assert cfg[group].name == option
+    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    assert model.elbo_terms(torch.zeros(2, 784)).elbo.shape == (2,)
+
+
+def test_defaults_are_mnist_diag_mlp_wandb_offline():
+    cfg = compose([])
+    assert (cfg.dataset.name, cfg.posterior.name, cfg.decoder.name, cfg.logger.name) == ("mnist", "diag", "mlp", "wandb")
+    assert cfg.logger.mode == "offline" and cfg.dataset.binarize == "dynamic" and cfg.dataset.root == "./data"
+
+
+def test_environment_variables_set_data_root_and_wandb_mode(monkeypatch):
+    monkeypatch.setenv("RHOVAE_DATA", "/somewhere/data")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = compose([])
+    assert cfg.dataset.root == "/somewhere/data" and cfg.logger.mode == "disabled"
+
+
+def test_documented_overrides_apply():
+    cfg = compose(["dataset=fmnist", "posterior=rho", "decoder=conv", "dataset.root=/x", "dataset.binarize=static",
+                   "latent_dim=8", "seed=3", "trainer.epochs=2", "trainer.batch_size=64", "trainer.lr=3e-4",
+                   "trainer.max_batches=5", "trainer.device=cpu", "trainer.kl_warmup_epochs=2",
+                   "trainer.patience=4", "logger=wandb", "logger.mode=disabled"])
+    validate_config(cfg)
+    assert (cfg.latent_dim, cfg.seed, cfg.trainer.epochs, cfg.trainer.batch_size) == (8, 3, 2, 64)
+    assert (cfg.trainer.lr, cfg.trainer.max_batches, cfg.trainer.kl_warmup_epochs, cfg.trainer.patience) == (3e-4, 5, 2, 4)
+
+
+BAD = [
+    ("latent_dim=0", "latent_dim=0"),
+    ("latent_dim=-3", "latent_dim=-3"),
+    ("trainer.epochs=0", "trainer.epochs=0"),
+    ("trainer.batch_size=0", "trainer.batch_size=0"),
+    ("trainer.lr=0", "trainer.lr=0"),
+    ("trainer.lr=-1e-3", "trainer.lr=-0.001"),
+    ("trainer.max_batches=0", "trainer.max_batches=0"),
+    ("trainer.patience=0", "trainer.patience=0"),
+    ("trainer.kl_warmup_epochs=-1", "trainer.kl_warmup_epochs=-1"),
+    ("trainer.device=tpu", "trainer.device='tpu'.*auto, cpu, cuda"),
+    ("trainer.epochs=many", "trainer.epochs='many'"),
+    ("dataset.binarize=half", "dataset.binarize='half'.*dynamic, static, none"),
+    ("dataset.name=cifar", "dataset.name='cifar'.*mnist, fmnist"),
+    ("posterior.name=vamp", "posterior.name='vamp'.*diag"),
+    ("decoder.name=resnet", "decoder.name='resnet'.*mlp"),
+    ("logger.mode=sometimes", "logger.mode='sometimes'.*offline, online, disabled"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_values_fail_with_key_value_and_accepted(override, message):
+    cfg = compose([override])
+    with pytest.raises(ConfigError, match=message) as err:
+        validate_config(cfg)
+    assert "accepted" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_refused():
+    with pytest.raises(ConfigError, match="trainer.device='cuda' but no CUDA GPU"):
+        validate_config(compose(["trainer.device=cuda"]))

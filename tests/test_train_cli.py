@@ -1,0 +1,133 @@
+"""``python train.py`` as a user runs it, in subprocesses on tiny IDX files: outputs, W&B, and clear errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, TINY_OVERRIDES, subprocess_env
+from rhovae.checkpoint import load_checkpoint
+from rhovae.tracking import read_jsonl
+
+POSTERIORS = ["diag", "rho"]
+DATASETS = ["mnist", "fmnist"]
+DECODERS = ["mlp", "conv"]
+COMBOS = list(itertools.product(POSTERIORS, DATASETS, DECODERS))
+EPOCHS = 2
+SUMMARY_KEYS = {"status", "dataset", "posterior", "decoder", "seed", "latent_dim", "epochs", "best_epoch",
+                "train_time_s", "epoch_s", "n_params", "val/elbo", "test/elbo", "test/recon", "test/kl"}
+METRIC_KEYS = {"epoch", "train/elbo", "train/recon", "train/kl", "val/elbo", "val/recon", "val/kl", "lr",
+               "epoch_s"}
+SHARED = [o for o in TINY_OVERRIDES if not o.startswith("decoder.")]
+
+
+def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(data_root, tmp_path_factory) -> Path:
+    """One Hydra multirun over every posterior x dataset x decoder (one process, so imports happen once)."""
+    out = tmp_path_factory.mktemp("sweep")
+    proc = train(["-m", f"posterior={','.join(POSTERIORS)}", f"dataset={','.join(DATASETS)}",
+                  f"decoder={','.join(DECODERS)}", f"dataset.root={data_root}", "logger=none",
+                  f"trainer.epochs={EPOCHS}", *SHARED, f"hydra.sweep.dir={out}"], cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def job_dir(sweep: Path, posterior: str, dataset: str, decoder: str) -> Path:
+    matches = []
+    for summary in sweep.glob("*/summary.json"):
+        s = json.loads(summary.read_text())
+        if (s["posterior"], s["dataset"], s["decoder"]) == (posterior, dataset, decoder):
+            matches.append(summary.parent)
+    assert len(matches) == 1, (posterior, dataset, decoder, matches)
+    return matches[0]
+
+
+@pytest.mark.parametrize("posterior,dataset,decoder", COMBOS)
+def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
+    run = job_dir(sweep, posterior, dataset, decoder)
+    summary = json.loads((run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed" and summary["epochs"] == EPOCHS and summary["latent_dim"] == 4
+    assert summary["test/elbo"] < 0 and summary["test/recon"] < 0 and summary["test/kl"] >= 0
+    assert abs(summary["test/elbo"] - (summary["test/recon"] - summary["test/kl"])) < 1e-3
+    assert summary["val/elbo"] < 0 and summary["train_time_s"] > 0 and summary["n_params"] > 0
+
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    for row in rows:
+        assert METRIC_KEYS <= set(row)
+        assert abs(row["val/elbo"] - (row["val/recon"] - row["val/kl"])) < 1e-3
+    assert summary["val/elbo"] == max(r["val/elbo"] for r in rows)
+
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert best["state"]["epoch"] == summary["best_epoch"] and last["state"]["epoch"] == EPOCHS
+    assert best["config"]["posterior"]["name"] == posterior
+    assert sum(t.numel() for t in best["model"].values()) == summary["n_params"]
+
+    for name in ("samples.png", "reconstructions.png"):
+        with Image.open(run / name) as img:
+            assert img.size == (8 * 30 + 2, 8 * 30 + 2)  # 8 x 8 tiles of 28 px with 2 px padding
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert not (run / "wandb").exists()
+
+
+def test_single_run_with_wandb_offline_writes_the_wandb_folder(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train(["posterior=rho", "dataset=fmnist", f"dataset.root={data_root}", "trainer.epochs=1",
+                  "logger.image_every=1", *TINY_OVERRIDES, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert list(offline_runs[0].glob("run-*.wandb"))
+    assert json.loads((run_dir / "summary.json").read_text())["posterior"] == "rho"
+
+
+def test_missing_dataset_fails_with_one_clear_line(tmp_path):
+    missing = tmp_path / "no-data"
+    proc = train([f"dataset.root={missing}", "dataset.download=false", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no mnist data in ") and str(missing / "MNIST" / "raw") in last
+    assert "train-images-idx3-ubyte" in last and "t10k-labels-idx1-ubyte" in last
+
+
+def test_bad_config_value_fails_before_training(tmp_path):
+    proc = train(["latent_dim=0", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: latent_dim=0 is not valid; accepted: an integer >= 1"
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
+    from rhovae.experiment import build_tracker
+
+    monkeypatch.chdir(tmp_path)
+    config = {"dataset": {"name": "fmnist", "root": "/data"}, "posterior": {"name": "rho"},
+              "decoder": {"name": "conv"}, "latent_dim": 8,
+              "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": ["extra"]}}
+    tracker = build_tracker(config, tmp_path)
+    try:
+        assert tracker.run.group == "fmnist-rho"
+        assert set(tracker.run.tags) == {"fmnist", "rho", "conv", "extra"}
+        assert tracker.run.config["latent_dim"] == 8 and tracker.run.config["dataset"]["root"] == "/data"
+        tracker.log({"val/elbo": -100.0}, step=1)
+        tracker.log_images({"samples": torch.rand(1, 30, 30)}, step=1)
+        tracker.summarize({"test/elbo": -99.0})
+        assert tracker.run.summary["test/elbo"] == -99.0
+    finally:
+        tracker.finish()
