@@ -64,6 +64,11 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "dataset.binarize_seed", 0)
     _check(cfg, "dataset.download", lambda v: isinstance(v, bool), "true, false")
     _one_of(cfg, "posterior.name", list(POSTERIORS))
+    _check(cfg, "posterior.min_std", lambda v: _is_number(v) and v > 0, "a number > 0")
+    if "flow_length" in cfg.posterior:
+        _int_at_least(cfg, "posterior.flow_length", 0)
+    if "kl_samples" in cfg.posterior:
+        _int_at_least(cfg, "posterior.kl_samples", 1)
     _one_of(cfg, "decoder.name", list(NETWORKS))
     _int_at_least(cfg, "latent_dim", 1)
     _check(cfg, "seed", _is_int, "an integer")

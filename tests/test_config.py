@@ -21,7 +21,7 @@ def test_config_groups_offer_the_documented_options():
     assert GROUPS["dataset"] == ["fmnist", "mnist"]
     assert GROUPS["decoder"] == ["conv", "mlp"]
     assert GROUPS["logger"] == ["none", "wandb"]
-    assert {"diag", "rho"} <= set(GROUPS["posterior"])
+    assert GROUPS["posterior"] == ["diag", "fullcov", "iaf", "planar", "rho"]
 
 
 @pytest.mark.parametrize("combo", list(itertools.product(*GROUPS.values())), ids="-".join)
@@ -58,6 +58,16 @@ def test_documented_overrides_apply():
     assert (cfg.trainer.lr, cfg.trainer.max_batches, cfg.trainer.kl_warmup_epochs, cfg.trainer.patience) == (3e-4, 5, 2, 4)
 
 
+def test_posterior_knobs_can_be_overridden():
+    cfg = compose(["posterior=iaf", "posterior.flow_length=8", "posterior.hidden=[16,16]", "latent_dim=6"])
+    validate_config(cfg)
+    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    assert len(model.posterior.steps) == 8
+    assert model.posterior(torch.zeros(1, model.encoder.out_features)).rsample().shape == (1, 6)
+    cfg = compose(["posterior=planar", "posterior.flow_length=3"])
+    assert build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28)).posterior.flow_length == 3
+
+
 BAD = [
     ("latent_dim=0", "latent_dim=0"),
     ("latent_dim=-3", "latent_dim=-3"),
@@ -75,12 +85,16 @@ BAD = [
     ("posterior.name=vamp", "posterior.name='vamp'.*diag"),
     ("decoder.name=resnet", "decoder.name='resnet'.*mlp"),
     ("logger.mode=sometimes", "logger.mode='sometimes'.*offline, online, disabled"),
+    ("posterior=planar posterior.flow_length=-1", "posterior.flow_length=-1.*integer >= 0"),
+    ("posterior=iaf posterior.flow_length=-2", "posterior.flow_length=-2.*integer >= 0"),
+    ("posterior=iaf posterior.kl_samples=0", "posterior.kl_samples=0.*integer >= 1"),
+    ("posterior.min_std=0", "posterior.min_std=0.*number > 0"),
 ]
 
 
 @pytest.mark.parametrize("override,message", BAD, ids=[b[0] for b in BAD])
 def test_bad_values_fail_with_key_value_and_accepted(override, message):
-    cfg = compose([override])
+    cfg = compose(override.split())
     with pytest.raises(ConfigError, match=message) as err:
         validate_config(cfg)
     assert "accepted" in str(err.value) and "\n" not in str(err.value)

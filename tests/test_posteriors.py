@@ -9,10 +9,12 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from rhovae.errors import ConfigError
-from rhovae.posteriors import POSTERIORS, build_posterior
+from rhovae.posteriors import POSTERIORS, FlowDistribution, build_posterior, planar_step
 from rhovae.vae import standard_normal_prior
 
 FEATURES, D, B = 16, 5, 3
+GAUSSIANS = ["diag", "rho", "fullcov"]
+FLOWS = ["planar", "iaf"]
 
 
 def posterior_and_features(name: str, seed: int = 0, scale: float = 1.0):
@@ -39,7 +41,11 @@ def test_sample_shapes_for_batch_and_sample_dimensions(name):
     assert post.kl(q, z, log_q, standard_normal_prior(D, dtype=torch.float64)).shape == (B,)
 
 
-@pytest.mark.parametrize("name", sorted(POSTERIORS))
+def test_registry_has_the_five_posteriors():
+    assert sorted(POSTERIORS) == sorted(GAUSSIANS + FLOWS)
+
+
+@pytest.mark.parametrize("name", GAUSSIANS)
 def test_log_prob_of_own_samples_matches_multivariate_normal(name):
     post, h = posterior_and_features(name)
     q = post(h)
@@ -47,7 +53,35 @@ def test_log_prob_of_own_samples_matches_multivariate_normal(name):
     torch.testing.assert_close(log_q, as_mvn(q).log_prob(z), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(POSTERIORS))
+@pytest.mark.parametrize("name", FLOWS)
+def test_flow_log_prob_is_base_density_minus_log_det_of_autograd_jacobian(name):
+    post, h = posterior_and_features(name, seed=2)
+    with torch.no_grad():  # make the flow far from the identity, so the test has something to see
+        for p in post.parameters():
+            p.mul_(3.0)
+    q = post(h)
+    assert isinstance(q, FlowDistribution)
+    torch.manual_seed(11)
+    z, log_q = post.rsample_with_log_prob(q)
+    torch.manual_seed(11)
+    z0 = q.base.rsample()
+
+    def flow(x):
+        for step in q.steps:
+            x, _ = step(x)
+        return x
+
+    torch.testing.assert_close(flow(z0), z)
+    jac = torch.autograd.functional.jacobian(flow, z0)  # [B, d, B, d]; samples do not interact
+    for b in range(B):
+        block = jac[b, :, b, :]
+        expected = q.base.log_prob(z0)[b] - torch.linalg.slogdet(block).logabsdet
+        torch.testing.assert_close(log_q[b], expected, rtol=1e-4, atol=1e-4)
+        others = torch.cat([jac[b, :, :b], jac[b, :, b + 1:]], dim=1)
+        assert torch.all(others == 0)
+
+
+@pytest.mark.parametrize("name", GAUSSIANS)
 def test_analytic_kl_agrees_with_monte_carlo(name):
     post, h = posterior_and_features(name, seed=3)
     q = post(h)
@@ -85,8 +119,104 @@ def test_finite_for_large_encoder_features(name, scale):
     assert all(torch.isfinite(p.grad).all() for p in post.parameters())
 
 
+@pytest.mark.parametrize("name", FLOWS)
+def test_flow_kl_is_the_monte_carlo_estimate(name):
+    post, h = posterior_and_features(name, seed=4)
+    q = post(h)
+    prior = standard_normal_prior(D, dtype=torch.float64)
+    z, log_q = post.rsample_with_log_prob(q)
+    torch.testing.assert_close(post.kl(q, z, log_q, prior), log_q - prior.log_prob(z))
+    post.kl_samples = 20_000
+    with torch.no_grad():
+        many = post.kl(q, z, log_q, prior)
+        z_ref, log_q_ref = post.rsample_with_log_prob(q, (20_000,))
+        terms = log_q_ref - prior.log_prob(z_ref)
+    se = terms.std(0) / math.sqrt(len(terms))
+    assert torch.all((many - terms.mean(0)).abs() < 6 * se) and torch.all(many > 0)
+
+
+def test_made_is_autoregressive_in_the_order_of_each_step():
+    post, h = posterior_and_features("iaf")
+    context = post.context(h[:1])
+    orders = []
+    for step in post.steps:
+        arn = step.nn
+        order = arn.permutation
+        orders.append(order)
+        x = torch.randn(1, D, dtype=torch.float64)
+        for output in range(2):  # (m, s)
+            jac = torch.autograd.functional.jacobian(lambda v: arn(v, context=context)[output], x)[0, :, 0, :]
+            in_order = jac[order][:, order]
+            assert torch.all(torch.triu(in_order) == 0)  # strictly lower-triangular in the step's order
+            assert torch.tril(in_order, diagonal=-1).abs().sum() > 0
+    assert torch.equal(orders[0], torch.arange(D)) and torch.equal(orders[1], torch.arange(D).flip(0))
+
+
+def _u_hat(u, w):
+    """The invertibility re-parametrization as written in the planar-flow paper: u + (m(w.u) - w.u) w / |w|^2."""
+    alpha = (u * w).sum(-1, keepdim=True)
+    return u + (-1 + torch.nn.functional.softplus(alpha) - alpha) * w / (w * w).sum(-1, keepdim=True)
+
+
+def _heads(case: str, dtype):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, D, generator=g, dtype=dtype)
+    u = torch.randn(64, D, generator=g, dtype=dtype)
+    if case == "large":
+        u, w = 1e3 * u, 1e3 * w
+    elif case == "anti_aligned":  # w.u hugely negative: without the re-parametrization the map folds space
+        u, w = -1e3 * w, 1e2 * w
+    elif case == "aligned":
+        u, w = 1e3 * w, 1e2 * w
+    b = torch.randn(64, 1, generator=g, dtype=dtype)
+    z = torch.randn(16, 64, D, generator=g, dtype=dtype)
+    return u, w, b, z
+
+
+def _applied_u_hat(u, w):
+    """The u_hat that planar_step really applies, read off the map: f(z) - z = u_hat tanh(w.z + b) at b = atanh(0.5)."""
+    z = torch.zeros_like(u)
+    b = torch.full(u.shape[:-1] + (1,), math.atanh(0.5), dtype=u.dtype)
+    return (planar_step(z, u, w, b)[0] - z) / 0.5
+
+
+@pytest.mark.parametrize("case", ["random", "large", "anti_aligned", "aligned"])
+def test_planar_steps_stay_invertible(case):
+    u, w, b, z = _heads(case, torch.float64)
+    u_hat = _applied_u_hat(u, w)
+    torch.testing.assert_close(u_hat, _u_hat(u, w), rtol=1e-6, atol=1e-6 * u.abs().max().item())
+    assert torch.all((w * u_hat).sum(-1) >= -1 - 1e-9)
+    y, log_det = planar_step(z, u, w, b)
+    act = torch.tanh((w * z).sum(-1, keepdim=True) + b)
+    psi = (1 - act ** 2) * w
+    assert torch.all(1 + (u_hat * psi).sum(-1) > 0)  # the condition for invertibility, written out
+    assert torch.isfinite(y).all() and torch.isfinite(log_det).all()
+    for i in range(4):  # and log|det| is that of the map's own Jacobian
+        jac = torch.autograd.functional.jacobian(lambda v: planar_step(v, u[i], w[i], b[i])[0], z[0, i])
+        torch.testing.assert_close(log_det[0, i], torch.linalg.slogdet(jac).logabsdet, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["random", "large", "anti_aligned", "aligned"])
+def test_planar_steps_in_float32_stay_finite_and_anti_aligned_heads_stay_invertible(case):
+    u, w, b, z = _heads(case, torch.float32)
+    y, log_det = planar_step(z, u, w, b)
+    assert torch.isfinite(y).all() and torch.isfinite(log_det).all()
+    if case in ("random", "anti_aligned", "aligned"):  # exactly representable constraint, checked in float64
+        u_hat = _applied_u_hat(u, w).double()
+        assert torch.all((w.double() * u_hat).sum(-1) >= -1 - 1e-4)
+
+
+def test_flow_length_is_honoured_and_zero_means_the_base_alone():
+    for name in FLOWS:
+        assert len(build_posterior(name, FEATURES, D, flow_length=3)(torch.randn(2, FEATURES)).steps) == 3
+        q = build_posterior(name, FEATURES, D, flow_length=0)(torch.randn(2, FEATURES))
+        torch.manual_seed(0)
+        z, log_q = q.rsample_with_log_prob()
+        torch.testing.assert_close(log_q, q.base.log_prob(z))
+
+
 def test_unknown_posterior_and_option_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"posterior='nope' is not known; accepted: diag, rho"):
+    with pytest.raises(ConfigError, match=r"posterior='nope' is not known; accepted: diag, fullcov, iaf, planar, rho"):
         build_posterior("nope", FEATURES, D)
     with pytest.raises(ConfigError, match=r"posterior='rho' has no option flow_length; accepted: min_std"):
         build_posterior("rho", FEATURES, D, flow_length=3)

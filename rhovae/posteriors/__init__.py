@@ -5,11 +5,15 @@ from __future__ import annotations
 from ..registry import build
 from .ar1_normal import AR1Normal, ar1_scan, log1m_tanh_sq
 from .base import Posterior
-from .gaussian import DiagonalPosterior, RhoPosterior
+from .flows import FlowDistribution, IAFPosterior, PlanarPosterior, planar_step
+from .gaussian import DiagonalPosterior, FullCovPosterior, RhoPosterior
 
 POSTERIORS = {
     "diag": DiagonalPosterior,
     "rho": RhoPosterior,
+    "fullcov": FullCovPosterior,
+    "planar": PlanarPosterior,
+    "iaf": IAFPosterior,
 }
 
 
@@ -21,10 +25,15 @@ def build_posterior(name: str, in_features: int, latent_dim: int, **options) -> 
 __all__ = [
     "AR1Normal",
     "DiagonalPosterior",
+    "FlowDistribution",
+    "FullCovPosterior",
+    "IAFPosterior",
+    "PlanarPosterior",
     "POSTERIORS",
     "Posterior",
     "RhoPosterior",
     "ar1_scan",
     "build_posterior",
     "log1m_tanh_sq",
+    "planar_step",
 ]

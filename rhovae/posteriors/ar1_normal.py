@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
 from torch.distributions.utils import broadcast_all
 
+from .base import log_density_of_standard_draws
+
 _LOG_2PI = math.log(2 * math.pi)
 _LOG_2 = math.log(2.0)
 
@@ -143,10 +145,7 @@ class AR1Normal(Distribution):
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         z = self.loc + ar1_scan(eps * self._innovation_scales(), self.rho)
-        return z, self._log_density_of_standard_draws(eps)
-
-    def _log_density_of_standard_draws(self, eps: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (eps * eps).sum(-1) - 0.5 * self.dim * _LOG_2PI - self.log_det_scale_tril()
+        return z, log_density_of_standard_draws(eps, self.log_det_scale_tril())
 
     def log_det_scale_tril(self) -> torch.Tensor:
         """log det L = (d/2) log s + ((d-1)/2) log(1 - rho^2)."""
@@ -157,7 +156,7 @@ class AR1Normal(Distribution):
             self._validate_sample(value)
         x = value - self.loc
         innovations = x - self.rho.unsqueeze(-1) * F.pad(x[..., :-1], (1, 0))
-        return self._log_density_of_standard_draws(innovations / self._innovation_scales())
+        return log_density_of_standard_draws(innovations / self._innovation_scales(), self.log_det_scale_tril())
 
     def entropy(self):
         return 0.5 * self.dim * (1.0 + _LOG_2PI) + self.log_det_scale_tril()

@@ -12,6 +12,8 @@ distribution over ``z`` with event shape ``[d]``. The VAE then only calls the tw
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,3 +46,12 @@ def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
     large but finite scales, and the floor keeps log-densities finite as raw goes to -inf.
     """
     return F.softplus(raw) + min_std
+
+
+def log_density_of_standard_draws(eps: torch.Tensor, log_det_scale: torch.Tensor) -> torch.Tensor:
+    """log q(z) for z = loc + L eps with eps ~ N(0, I): log N(eps; 0, I) - log|det L|, summed over the last dim.
+
+    For a sample's own draws this equals ``log_prob(z)`` exactly, without solving L x = z - loc, whose
+    round-off explodes when L is badly conditioned (a tiny diagonal under a large off-diagonal part).
+    """
+    return -0.5 * (eps * eps).sum(-1) - 0.5 * eps.shape[-1] * math.log(2 * math.pi) - log_det_scale

@@ -1,13 +1,14 @@
-"""Gaussian posteriors with closed-form KL: ``diag`` (mean-field) and ``rho`` (AR(1)-correlated, rho-VAE)."""
+"""Gaussian posteriors with closed-form KL: ``diag`` (mean-field), ``rho`` (AR(1)-correlated, rho-VAE) and
+``fullcov`` (any covariance, through its Cholesky factor)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .ar1_normal import AR1Normal
-from .base import Posterior, positive_std
+from .base import Posterior, log_density_of_standard_draws, positive_std
 
 
 class DiagonalPosterior(Posterior):
@@ -45,3 +46,35 @@ class RhoPosterior(Posterior):
 
     def rsample_with_log_prob(self, q: AR1Normal, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(torch.Size(sample_shape))
+
+
+class FullCovPosterior(Posterior):
+    """q(z|x) = N(mu, L L^T): L lower-triangular with diagonal softplus(head) + min_std and a free
+    strictly-lower part from a head of size d(d-1)/2."""
+
+    def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4):
+        super().__init__(in_features, latent_dim)
+        self.min_std = min_std
+        self.loc = nn.Linear(in_features, latent_dim)
+        self.raw_std = nn.Linear(in_features, latent_dim)
+        self.off_diagonal = nn.Linear(in_features, latent_dim * (latent_dim - 1) // 2)
+        self.register_buffer("_rows_cols", torch.tril_indices(latent_dim, latent_dim, offset=-1), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> MultivariateNormal:
+        scale_tril = torch.diag_embed(positive_std(self.raw_std(h), self.min_std))
+        rows, cols = self._rows_cols
+        scale_tril[..., rows, cols] = self.off_diagonal(h)
+        return MultivariateNormal(self.loc(h), scale_tril=scale_tril, validate_args=False)
+
+    def rsample_with_log_prob(self, q: MultivariateNormal, sample_shape=torch.Size()):
+        """z = loc + L eps, with log q(z) from eps (exact even where L is too ill-conditioned to invert)."""
+        eps = torch.randn(q._extended_shape(torch.Size(sample_shape)), dtype=q.loc.dtype, device=q.loc.device)
+        scale_tril = q.scale_tril
+        z = q.loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        log_det = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return z, log_density_of_standard_draws(eps, log_det)
+
+    def kl(self, q: MultivariateNormal, z, log_q, prior: Distribution) -> torch.Tensor:
+        """torch's registered MultivariateNormal KL, with the diagonal prior written as a MultivariateNormal."""
+        prior_mvn = MultivariateNormal(prior.mean, scale_tril=torch.diag_embed(prior.stddev), validate_args=False)
+        return kl_divergence(q, prior_mvn)
