@@ -81,6 +81,11 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
     _int_at_least(cfg, "eval.batch_size", 1)
     _int_at_least(cfg, "eval.seed", 0)
+    _int_at_least(cfg, "eval.iw_samples", 0)
+    _int_at_least(cfg, "eval.iw_chunk", 1)
+    _int_at_least(cfg, "eval.iw_batch_size", 1)
+    _int_at_least(cfg, "eval.mean_samples", 1)
+    _check(cfg, "eval.active_threshold", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _one_of(cfg, "logger.name", LOGGERS)
     _int_at_least(cfg, "logger.image_every", 0)
     if cfg.logger.name == "wandb":

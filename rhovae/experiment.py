@@ -3,7 +3,8 @@
 This is the glue between the configuration (an OmegaConf ``DictConfig``, usually composed by Hydra in
 ``train.py``) and the Hydra-free pieces of the package. Everything lands in ``run_dir``:
 
-    metrics.jsonl  summary.json  checkpoints/{last,best}.pt  samples.png  reconstructions.png  wandb/
+    metrics.jsonl  summary.json  checkpoints/{last,best}.pt  samples.png  reconstructions.png
+    learning_curves.png  latent_means.png (d = 2 only)  wandb/
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import load_checkpoint
 from .config import validate_config
 from .data import ImageData, load_image_data, to_unit_float
-from .evaluation import evaluate_elbo, seeded_rng
+from .evaluation import EvalSettings, evaluate_test_set, seeded_rng
 from .networks import build_networks
-from .plots import reconstruction_grid, sample_grid, save_grid
+from .plots import latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
 from .posteriors import build_posterior
 from .tracking import NullLogger, WandbLogger, write_json_atomic
-from .trainer import NonFiniteLossError, TrainSettings, fit
+from .trainer import NonFiniteLossError, TrainSettings, TrainState, fit
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ def build_vae(config: Mapping[str, Any], image_shape) -> VAE:
     return VAE(encoder, posterior, decoder, latent_dim)
 
 
+def load_data(config: Mapping[str, Any], device: torch.device) -> ImageData:
+    ds = config["dataset"]
+    return load_image_data(ds["name"], ds["root"], binarize=ds["binarize"], val_size=ds["val_size"],
+                           binarize_seed=ds["binarize_seed"], download=ds["download"], device=device)
+
+
+def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
+    return EvalSettings(**config["eval"])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -65,8 +76,9 @@ def build_tracker(config: Mapping[str, Any], run_dir: Path):
                        tags=[dataset, posterior, decoder, *logger_cfg.get("tags", [])])
 
 
-def write_grids(model: VAE, data: ImageData, run_dir: Path | None, eval_seed: int) -> dict[str, torch.Tensor]:
-    """Prior samples and test reconstructions as grids (saved as PNG when ``run_dir`` is given)."""
+def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.Tensor]:
+    """Prior samples and test reconstructions (inputs beside outputs), drawn from a seeded stream."""
+    was_training = model.training
     model.eval()
     with seeded_rng(eval_seed, data.test.device):
         inputs = to_unit_float(data.test[: N_GRID_IMAGES // 2])
@@ -74,11 +86,23 @@ def write_grids(model: VAE, data: ImageData, run_dir: Path | None, eval_seed: in
             "samples": sample_grid(model.sample_images(N_GRID_IMAGES), data.image_shape),
             "reconstructions": reconstruction_grid(inputs, model.reconstruct(inputs), data.image_shape),
         }
-    model.train()
-    if run_dir is not None:
-        for name, grid in grids.items():
-            save_grid(grid, run_dir / f"{name}.png")
+    model.train(was_training)
     return grids
+
+
+def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState, latent_means: torch.Tensor,
+                   eval_seed: int) -> list[Path]:
+    """Save every end-of-run picture as PNG in ``run_dir``; return their paths."""
+    paths = []
+    for name, grid in image_grids(model, data, eval_seed).items():
+        save_grid(grid, run_dir / f"{name}.png")
+        paths.append(run_dir / f"{name}.png")
+    save_figure(learning_curves(state.history), run_dir / "learning_curves.png")
+    paths.append(run_dir / "learning_curves.png")
+    if latent_means.shape[-1] == 2:
+        save_figure(latent_scatter(latent_means, data.test_labels), run_dir / "latent_means.png")
+        paths.append(run_dir / "latent_means.png")
+    return paths
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -88,36 +112,34 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     seed_everything(cfg.seed)
-    ds = cfg.dataset
-    data = load_image_data(ds.name, ds.root, binarize=ds.binarize, val_size=ds.val_size,
-                           binarize_seed=ds.binarize_seed, download=ds.download, device=device)
+    data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr)
     settings = TrainSettings(
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
         max_batches=cfg.trainer.max_batches, kl_warmup_epochs=cfg.trainer.kl_warmup_epochs,
-        patience=cfg.trainer.patience, eval_batch_size=cfg.eval.batch_size, eval_seed=cfg.eval.seed,
-        progress=cfg.trainer.progress, image_every=cfg.logger.image_every,
+        patience=cfg.trainer.patience, progress=cfg.trainer.progress, image_every=cfg.logger.image_every,
     )
+    evaluation = eval_settings(config)
     n_params = count_parameters(model)
     log.info("%s | %s posterior | %s networks | d=%d | %d parameters | %s | train %d, val %d, test %d images",
-             ds.name, cfg.posterior.name, cfg.decoder.name, cfg.latent_dim, n_params, device,
+             cfg.dataset.name, cfg.posterior.name, cfg.decoder.name, cfg.latent_dim, n_params, device,
              len(data.train), len(data.val), len(data.test))
     summary: dict[str, Any] = {
-        "status": "running", "dataset": ds.name, "posterior": cfg.posterior.name, "decoder": cfg.decoder.name,
-        "seed": cfg.seed, "latent_dim": cfg.latent_dim, "binarize": ds.binarize, "n_params": n_params,
-        "device": str(device),
+        "status": "running", "dataset": cfg.dataset.name, "posterior": cfg.posterior.name,
+        "decoder": cfg.decoder.name, "seed": cfg.seed, "latent_dim": cfg.latent_dim,
+        "binarize": cfg.dataset.binarize, "n_params": n_params, "device": str(device),
     }
     tracker = build_tracker(config, run_dir)
     data_rng = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def log_images(m: VAE, epoch: int) -> None:
-        tracker.log_images(write_grids(m, data, None, settings.eval_seed), step=epoch)
+        tracker.log_images(image_grids(m, data, evaluation.seed), step=epoch)
 
     start = time.perf_counter()
     try:
         state = fit(model, optimizer, data, settings, run_dir, data_rng=data_rng, config=config,
-                    tracker=tracker, on_images=log_images)
+                    evaluation=evaluation, tracker=tracker, on_images=log_images)
     except NonFiniteLossError as err:
         summary.update(status="failed", error=str(err), train_time_s=time.perf_counter() - start)
         write_json_atomic(run_dir / "summary.json", summary)
@@ -127,19 +149,20 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     train_time = time.perf_counter() - start
 
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
-    test = evaluate_elbo(model, data.test, batch_size=settings.eval_batch_size, eval_seed=settings.eval_seed)
-    grids = write_grids(model, data, run_dir, settings.eval_seed)
+    test, latent_means = evaluate_test_set(model, data, evaluation)
+    pictures = write_pictures(model, data, run_dir, state, latent_means, evaluation.seed)
     epoch_times = [row["epoch_s"] for row in state.history]
     summary.update({
         "status": "completed", "epochs": state.epoch, "best_epoch": state.best_epoch,
         "train_time_s": train_time, "epoch_s": sum(epoch_times) / len(epoch_times),
-        "val/elbo": state.best_val_elbo,
-        **{f"test/{k}": v for k, v in test.items()},
+        "val/elbo": state.best_val_elbo, **test,
     })
     write_json_atomic(run_dir / "summary.json", summary)
-    tracker.log_images(grids, step=state.epoch)
+    tracker.log_images({p.stem: p for p in pictures}, step=state.epoch)
     tracker.summarize(summary)
     tracker.finish()
-    log.info("test elbo %.2f (recon %.2f, kl %.2f) at best epoch %d; outputs in %s",
-             test["elbo"], test["recon"], test["kl"], state.best_epoch, run_dir)
+    nll = f", NLL {test['test/nll']:.2f} (K={test['test/iw_samples']})" if "test/nll" in test else ""
+    log.info("test ELBO %.2f (recon %.2f, KL %.2f)%s, %d active units, best epoch %d; outputs in %s",
+             test["test/elbo"], test["test/recon"], test["test/kl"], nll, test["test/active_units"],
+             state.best_epoch, run_dir)
     return summary

@@ -1,11 +1,16 @@
-"""Image grids researchers look at: prior samples, and reconstructions beside their inputs."""
+"""The pictures researchers look at: sample and reconstruction grids, learning curves, 2-d latent maps.
+
+Figures use matplotlib's object API (``matplotlib.figure.Figure``), so saving them never touches the
+interactive backend of a notebook that imports this module.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 
@@ -23,3 +28,34 @@ def reconstruction_grid(inputs: torch.Tensor, recons: torch.Tensor, image_shape:
 
 def save_grid(grid: torch.Tensor, path: str | Path) -> None:
     save_image(grid, str(path))
+
+
+def learning_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
+    """Train and validation ELBO (left) and KL (right) per epoch, from ``metrics.jsonl`` rows."""
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    epochs = [row["epoch"] for row in history]
+    for ax, metric, label in zip(fig.subplots(1, 2), ("elbo", "kl"), ("ELBO (nats)", "KL (nats)")):
+        for split, style in (("train", "-"), ("val", "--")):
+            ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], style, marker=".", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def latent_scatter(means: torch.Tensor, labels: torch.Tensor) -> Figure:
+    """Posterior means of a 2-d latent space, coloured by class label."""
+    if means.shape[-1] != 2:
+        raise ValueError(f"latent_scatter draws 2-d latents, got d={means.shape[-1]}")
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    points = ax.scatter(*means.cpu().T.numpy(), c=labels.cpu().numpy(), cmap="tab10", s=3, alpha=0.7)
+    fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel("E[z_1 | x]")
+    ax.set_ylabel("E[z_2 | x]")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    fig.savefig(str(path), dpi=110)

@@ -50,7 +50,7 @@ class NullLogger:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
+    def log_images(self, images: Mapping[str, torch.Tensor | Path], step: int) -> None:
         pass
 
     def summarize(self, metrics: Mapping[str, Any]) -> None:
@@ -76,8 +76,10 @@ class WandbLogger(NullLogger):
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=step)
 
-    def log_images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
-        self.run.log({k: self._wandb.Image(v.permute(1, 2, 0).cpu().numpy()) for k, v in images.items()}, step=step)
+    def log_images(self, images: Mapping[str, torch.Tensor | Path], step: int) -> None:
+        """Image grids ``[C, H, W]`` in [0, 1], or PNG files."""
+        self.run.log({k: self._wandb.Image(str(v) if isinstance(v, Path) else v.permute(1, 2, 0).cpu().numpy())
+                      for k, v in images.items()}, step=step)
 
     def summarize(self, metrics: Mapping[str, Any]) -> None:
         self.run.summary.update(dict(metrics))

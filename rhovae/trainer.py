@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .checkpoint import save_atomic
 from .data import ImageData, n_train_batches, train_batches
 from .errors import RhovaeError
-from .evaluation import evaluate_elbo
+from .evaluation import EvalSettings, evaluate_elbo
 from .tracking import NullLogger, append_jsonl
 from .vae import VAE
 
@@ -39,8 +39,6 @@ class TrainSettings:
     max_batches: int | None = None
     kl_warmup_epochs: float = 0.0
     patience: int | None = None
-    eval_batch_size: int = 1000
-    eval_seed: int = 0
     progress: bool = True
     image_every: int = 0
 
@@ -116,17 +114,18 @@ def checkpoint_payload(model: VAE, optimizer: torch.optim.Optimizer, state: Trai
 
 
 def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings: TrainSettings, run_dir: Path,
-        *, data_rng: torch.Generator, config: dict[str, Any], tracker=None, state: TrainState | None = None,
-        on_images: Callable[[VAE, int], None] | None = None) -> TrainState:
+        *, data_rng: torch.Generator, config: dict[str, Any], evaluation: EvalSettings | None = None, tracker=None,
+        state: TrainState | None = None, on_images: Callable[[VAE, int], None] | None = None) -> TrainState:
     """Train until ``settings.epochs`` (or early stopping); return the final ``TrainState``."""
     tracker = tracker or NullLogger()
+    evaluation = evaluation or EvalSettings()
     state = state or TrainState()
     ckpt_dir = run_dir / "checkpoints"
     while state.epoch < settings.epochs:
         start = time.perf_counter()
         train_metrics = train_one_epoch(model, optimizer, data, settings, state, data_rng)
         epoch_s = time.perf_counter() - start
-        val = evaluate_elbo(model, data.val, batch_size=settings.eval_batch_size, eval_seed=settings.eval_seed)
+        val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed)
         state.epoch += 1
         row = {"epoch": state.epoch, **train_metrics, **{f"val/{k}": v for k, v in val.items()},
                "lr": optimizer.param_groups[0]["lr"], "epoch_s": epoch_s,

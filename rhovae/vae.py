@@ -25,7 +25,8 @@ def standard_normal_prior(latent_dim: int, device=None, dtype=None) -> Independe
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x|z) summed over pixels for Bernoulli pixels with the given logits (x may be continuous in [0, 1])."""
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    logits, x = torch.broadcast_tensors(logits, x)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 @dataclass
@@ -62,6 +63,15 @@ class VAE(nn.Module):
         recon = bernoulli_log_likelihood(self.decoder(z), x)
         kl = self.posterior.kl(q, z, log_q, self.prior())
         return ElboTerms(recon=recon, kl=kl)
+
+    def log_importance_weights(self, x: torch.Tensor, n_samples: int, q: Distribution | None = None) -> torch.Tensor:
+        """log p(x|z_k) + log p(z_k) - log q(z_k|x) for ``n_samples`` draws z_k ~ q(z|x): shape ``[n_samples, B]``.
+
+        Pass ``q`` to reuse an already-encoded posterior when drawing several chunks of samples.
+        """
+        q = self.posterior_of(x) if q is None else q
+        z, log_q = self.posterior.rsample_with_log_prob(q, (n_samples,))
+        return bernoulli_log_likelihood(self.decoder(z), x) + self.prior().log_prob(z) - log_q
 
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, ElboTerms]:
         """The training objective -(recon - beta * kl), averaged over the batch, and the detached terms."""

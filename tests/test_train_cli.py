@@ -24,7 +24,8 @@ DECODERS = ["mlp", "conv"]
 COMBOS = list(itertools.product(POSTERIORS, DATASETS, DECODERS))
 EPOCHS = 2
 SUMMARY_KEYS = {"status", "dataset", "posterior", "decoder", "seed", "latent_dim", "epochs", "best_epoch",
-                "train_time_s", "epoch_s", "n_params", "val/elbo", "test/elbo", "test/recon", "test/kl"}
+                "train_time_s", "epoch_s", "n_params", "val/elbo", "test/elbo", "test/recon", "test/kl",
+                "test/nll", "test/iw_samples", "test/active_units"}
 METRIC_KEYS = {"epoch", "train/elbo", "train/recon", "train/kl", "val/elbo", "val/recon", "val/kl", "lr",
                "epoch_s"}
 SHARED = [o for o in TINY_OVERRIDES if not o.startswith("decoder.")]
@@ -65,6 +66,8 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     assert summary["test/elbo"] < 0 and summary["test/recon"] < 0 and summary["test/kl"] >= 0
     assert abs(summary["test/elbo"] - (summary["test/recon"] - summary["test/kl"])) < 1e-3
     assert summary["val/elbo"] < 0 and summary["train_time_s"] > 0 and summary["n_params"] > 0
+    assert summary["test/iw_samples"] == 20 and 0 < summary["test/nll"] < -summary["test/elbo"] + 1.0
+    assert 0 <= summary["test/active_units"] <= 4
 
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
@@ -84,6 +87,9 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     for name in ("samples.png", "reconstructions.png"):
         with Image.open(run / name) as img:
             assert img.size == (8 * 30 + 2, 8 * 30 + 2)  # 8 x 8 tiles of 28 px with 2 px padding
+    with Image.open(run / "learning_curves.png") as img:
+        assert img.size[0] > 500
+    assert not (run / "latent_means.png").exists()  # drawn only for 2-d latents
     assert (run / ".hydra" / "config.yaml").is_file()
     assert not (run / "wandb").exists()
 

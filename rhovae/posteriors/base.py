@@ -8,6 +8,9 @@ distribution over ``z`` with event shape ``[d]``. The VAE then only calls the tw
 * ``kl(q, z, log_q, prior)``: the per-image KL(q || p) of shape ``[B]``. The default is the closed form
   from ``torch.distributions.kl_divergence``; posteriors without one override it with the Monte Carlo
   estimate mean_s[log q(z_s) - log p(z_s)].
+
+and, for evaluation, ``mean(q)`` (E_q[z|x], Monte Carlo where there is no closed form) and
+``statistics(q)``: named per-image quantities worth reporting for this family (rho's rho and log s).
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ class Posterior(nn.Module):
 
     def kl(self, q: Distribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution) -> torch.Tensor:
         return kl_divergence(q, prior)
+
+    def mean(self, q: Distribution, n_samples: int = 100) -> torch.Tensor:
+        """E_q[z|x], shape ``[B, d]``; ``n_samples`` is used only where there is no closed form."""
+        return q.mean
+
+    def statistics(self, q: Distribution) -> dict[str, torch.Tensor]:
+        """Per-image quantities of shape ``[B]`` that describe this posterior family (none by default)."""
+        return {}
 
 
 def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:

@@ -97,6 +97,10 @@ class FlowPosterior(Posterior):
     def rsample_with_log_prob(self, q: FlowDistribution, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(sample_shape)
 
+    def mean(self, q: FlowDistribution, n_samples: int = 100) -> torch.Tensor:
+        """Monte Carlo E_q[z|x] from ``n_samples`` draws (a flow's mean has no closed form)."""
+        return q.rsample((n_samples,)).mean(0)
+
     def kl(self, q: FlowDistribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution) -> torch.Tensor:
         if self.kl_samples > 1:
             z, log_q = q.rsample_with_log_prob((self.kl_samples,))

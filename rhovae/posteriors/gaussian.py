@@ -47,6 +47,9 @@ class RhoPosterior(Posterior):
     def rsample_with_log_prob(self, q: AR1Normal, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(torch.Size(sample_shape))
 
+    def statistics(self, q: AR1Normal) -> dict[str, torch.Tensor]:
+        return {"rho": q.rho, "log_s": q.log_scale}
+
 
 class FullCovPosterior(Posterior):
     """q(z|x) = N(mu, L L^T): L lower-triangular with diagonal softplus(head) + min_std and a free

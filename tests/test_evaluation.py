@@ -1,0 +1,174 @@
+"""The importance-weighted estimator against an exactly computable log p(x), and the test-set diagnostics."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from conftest import REPO, TINY_OVERRIDES, compose, subprocess_env
+from rhovae.checkpoint import load_checkpoint
+from rhovae.evaluation import evaluate_elbo, importance_weighted_log_likelihood, posterior_diagnostics
+from rhovae.experiment import build_vae, load_data, run_experiment
+from rhovae.posteriors import POSTERIORS, build_posterior
+from rhovae.vae import VAE, bernoulli_log_likelihood
+
+P, D = 6, 2  # pixels and latent dimensions of a model small enough to integrate on a grid
+
+
+def tiny_vae(posterior: str) -> VAE:
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(P, 8), nn.Tanh())
+    encoder.out_features = 8
+    decoder = nn.Linear(D, P)
+    with torch.no_grad():
+        decoder.weight.mul_(4.0)  # an informative likelihood, so the posterior is far from the prior
+    return VAE(encoder, build_posterior(posterior, 8, D), decoder, D)
+
+
+def fit_posterior(model: VAE, x: torch.Tensor, steps: int = 300) -> VAE:
+    """Amortized inference for a fixed decoder: a few hundred Adam steps on the ELBO of the encoder and q only,
+    so that q is a sensible importance proposal (the estimator converges for any q, but slowly for a bad one)."""
+    params = list(model.encoder.parameters()) + list(model.posterior.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(steps):
+        loss, _ = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def exact_log_px(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) = log int p(x|z) p(z) dz by the rectangle rule on an 801 x 801 grid over [-8, 8]^2, in float64."""
+    axis = torch.linspace(-8, 8, 801, dtype=torch.float64)
+    step = (axis[1] - axis[0]).item()
+    z = torch.cartesian_prod(axis, axis)
+    log_prior = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    decoder = model.decoder.double()
+    with torch.no_grad():
+        log_lik = bernoulli_log_likelihood(decoder(z)[:, None, :], x.double()[None])
+    model.decoder.float()
+    return torch.logsumexp(log_lik + log_prior[:, None], dim=0) + 2 * math.log(step)
+
+
+@pytest.mark.parametrize("posterior", sorted(POSTERIORS))
+def test_iwae_converges_to_exact_log_likelihood_while_elbo_stays_below(posterior):
+    model = tiny_vae(posterior)
+    images = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 1]],
+                          dtype=torch.uint8) * 255
+    x = images.float() / 255
+    fit_posterior(model, x)
+    exact = exact_log_px(model, x)
+    iwae = importance_weighted_log_likelihood(model, images, n_samples=20_000, chunk=5000, eval_seed=1)
+    with torch.no_grad():
+        log_w = model.log_importance_weights(x, 20_000).double()
+    elbo, elbo_se = log_w.mean(0), log_w.std(0) / math.sqrt(len(log_w))
+    assert torch.allclose(iwae, exact, atol=0.02), (iwae, exact)
+    assert torch.all(elbo + 5 * elbo_se < exact), (elbo, exact)  # the ELBO is a strict lower bound
+    assert torch.all(exact - elbo > 3 * (exact - iwae).abs().max())  # and much further off than the IWAE
+
+
+def test_iwae_is_logmeanexp_of_the_log_weights_with_or_without_chunks():
+    model = tiny_vae("diag")
+    images = torch.randint(0, 2, (5, P), dtype=torch.uint8) * 255
+    whole = importance_weighted_log_likelihood(model, images, n_samples=64, chunk=64, batch_size=5, eval_seed=3)
+    torch.manual_seed(3)  # the same 64 draws, reduced by hand
+    log_w = model.log_importance_weights(images.float() / 255, 64).detach().double()
+    torch.testing.assert_close(whole, torch.logsumexp(log_w, 0) - math.log(64))
+    # in chunks, the running logsumexp equals the logsumexp of all the weights it drew
+    drawn = []
+    original = model.log_importance_weights
+
+    def recording(*args, **kwargs):
+        drawn.append(original(*args, **kwargs).double())
+        return drawn[-1]
+
+    model.log_importance_weights = recording
+    chunked = importance_weighted_log_likelihood(model, images, n_samples=64, chunk=10, batch_size=5, eval_seed=3)
+    assert [len(w) for w in drawn] == [10] * 6 + [4]  # K = 64 in chunks of at most 10
+    torch.testing.assert_close(chunked, torch.logsumexp(torch.cat(drawn), 0) - math.log(64))
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained")
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
+                   "trainer.epochs=3", "trainer.max_batches=null", "trainer.lr=3e-3"])
+    run_experiment(cfg, run_dir)
+    return run_dir
+
+
+def test_iwae_is_non_decreasing_in_k_on_a_trained_model(trained_run):
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    data = load_data(ckpt["config"], torch.device("cpu"))
+    model = build_vae(ckpt["config"], data.image_shape)
+    model.load_state_dict(ckpt["model"])
+    means = {k: torch.stack([importance_weighted_log_likelihood(model, data.test, n_samples=k, chunk=100,
+                                                                eval_seed=s).mean() for s in range(4)]).mean()
+             for k in (1, 10, 100)}
+    assert means[1] < means[10] < means[100]
+    elbo = evaluate_elbo(model, data.test)["elbo"]
+    assert abs(means[1].item() - elbo) < 2.0  # K = 1 is the ELBO itself, up to Monte Carlo noise
+
+
+def test_evaluate_script_reproduces_the_runs_test_numbers(trained_run, tmp_path):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["test/iw_samples"] == 20 and 0 < summary["test/nll"] <= -summary["test/elbo"] + 1.0
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(trained_run), "--update-summary"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rescored = json.loads((trained_run / "evaluation.json").read_text())
+    for key in ("test/nll", "test/elbo", "test/recon", "test/kl", "test/active_units"):
+        assert rescored[key] == pytest.approx(summary[key], abs=1e-6), key
+    assert "test/nll" in proc.stdout
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(trained_run),
+                           "eval.iw_samples=40"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((trained_run / "evaluation.json").read_text())["test/iw_samples"] == 40
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(tmp_path)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'checkpoints' / 'best.pt'}"
+
+
+def test_active_units_count_dimensions_whose_posterior_mean_varies():
+    torch.manual_seed(0)
+    encoder = nn.Identity()
+    post = build_posterior("diag", 3, 4)
+    with torch.no_grad():
+        post.loc.weight.zero_()
+        post.loc.weight[0, 0], post.loc.weight[1, 1], post.loc.weight[2, 2] = 1.0, 0.5, 0.05
+    model = VAE(encoder, post, nn.Linear(4, 3), 4)
+    images = torch.randint(0, 256, (2000, 3), dtype=torch.uint8)
+    result, means = posterior_diagnostics(model, images, batch_size=500)
+    # Var(u) = 1/12 for u ~ U[0, 1]: dims 0 and 1 vary (0.083, 0.021), dim 2 barely (0.0002), dim 3 not at all
+    assert result["active_units"] == 2
+    torch.testing.assert_close(means, post(images.float() / 255).mean.detach())
+
+
+def test_rho_statistics_are_reported_over_the_set():
+    torch.manual_seed(0)
+    post = build_posterior("rho", 3, 4)
+    model = VAE(nn.Identity(), post, nn.Linear(4, 3), 4)
+    images = torch.randint(0, 256, (300, 3), dtype=torch.uint8)
+    result, _ = posterior_diagnostics(model, images, batch_size=128)
+    rho = torch.tanh(post.rho_atanh(images.float() / 255)).squeeze(-1).double()
+    assert result["rho_mean"] == pytest.approx(rho.mean().item(), abs=1e-6)
+    assert result["rho_std"] == pytest.approx(rho.std().item(), abs=1e-6)
+    assert {"log_s_mean", "log_s_std", "active_units"} <= set(result)
+
+
+def test_two_dimensional_latents_get_a_latent_map_and_rho_runs_report_rho(data_root, tmp_path):
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
+                   "posterior=rho", "latent_dim=2", "trainer.epochs=2"])
+    summary = run_experiment(cfg, tmp_path)
+    for name in ("latent_means.png", "learning_curves.png", "samples.png", "reconstructions.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert -1 < summary["test/rho_mean"] < 1 and summary["test/rho_std"] >= 0
+    assert 0 <= summary["test/active_units"] <= 2
