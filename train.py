@@ -2,7 +2,9 @@
 
 Thin entry point: Hydra composes ``configs/`` and picks the run folder; ``rhovae.experiment`` does the work.
 Errors caused by the input (a bad config value, missing data) end the run with one line on stderr; in a
-multirun they are re-raised so Hydra records the job as failed and carries on with the others.
+multirun they are re-raised so Hydra records the job as failed and carries on with the others. SIGTERM
+checkpoints the exact position and exits with status 143 (128 + SIGTERM); ``trainer.resume=true`` with
+``hydra.run.dir=<run folder>`` continues the run.
 """
 
 import logging
@@ -16,6 +18,9 @@ from omegaconf import DictConfig
 
 from rhovae.errors import RhovaeError
 from rhovae.experiment import run_experiment
+from rhovae.trainer import TrainingInterrupted
+
+EXIT_TERMINATED = 143
 
 log = logging.getLogger("train")
 
@@ -25,6 +30,10 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
+    except TrainingInterrupted as err:
+        log.warning("%s", err)
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
     except RhovaeError as err:
         log.error("%s", err)
         if hydra_cfg.mode == RunMode.MULTIRUN:

@@ -79,6 +79,7 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _check(cfg, "trainer.kl_warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _int_at_least(cfg, "trainer.patience", 1, optional=True)
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
+    _check(cfg, "trainer.resume", lambda v: isinstance(v, bool), "true, false")
     _int_at_least(cfg, "eval.batch_size", 1)
     _int_at_least(cfg, "eval.seed", 0)
     _int_at_least(cfg, "eval.iw_samples", 0)

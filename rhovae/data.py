@@ -132,16 +132,18 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def train_batches(images: torch.Tensor, batch_size: int, *, order: torch.Generator,
-                  binarize: torch.Generator | None, max_batches: int | None = None) -> Iterator[torch.Tensor]:
-    """One epoch of float batches in a seeded random order; a fresh Bernoulli draw per batch if ``binarize``.
+def train_batches(images: torch.Tensor, batch_size: int, *, order: torch.Tensor, binarize: torch.Generator | None,
+                  start: int = 0, max_batches: int | None = None) -> Iterator[torch.Tensor]:
+    """Float batches of ``images`` in the given ``order`` (a permutation), from batch ``start`` on.
 
-    Both generators live on the images' device; the epoch is indexed, never copied image by image.
+    With ``binarize`` (a generator on the images' device) every batch is a fresh Bernoulli draw. The epoch
+    is indexed, never copied image by image.
     """
-    perm = torch.randperm(len(images), generator=order, device=images.device)
-    for i, idx in enumerate(perm.split(batch_size)):
+    for i, idx in enumerate(order.split(batch_size)):
         if max_batches is not None and i >= max_batches:
             return
+        if i < start:
+            continue
         x = to_unit_float(images[idx])
         yield x if binarize is None else torch.bernoulli(x, generator=binarize)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,12 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import load_checkpoint
 from .config import validate_config
 from .data import ImageData, load_image_data, to_unit_float
+from .errors import ConfigError
 from .evaluation import EvalSettings, evaluate_test_set, seeded_rng
 from .networks import build_networks
 from .plots import latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
 from .posteriors import build_posterior
-from .tracking import NullLogger, WandbLogger, write_json_atomic
-from .trainer import NonFiniteLossError, TrainSettings, TrainState, fit
+from .interrupt import stop_on_signals
+from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
+from .trainer import (EpochProgress, NonFiniteLossError, TrainingInterrupted, TrainSettings, TrainState, fit,
+                      restore_training)
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,52 @@ def load_data(config: Mapping[str, Any], device: torch.device) -> ImageData:
 
 def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
     return EvalSettings(**config["eval"])
+
+
+# Keys that may change when a run is resumed; any other difference from the checkpoint's config is refused.
+RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.patience", "trainer.progress", "trainer.device",
+                     "dataset.root", "dataset.download", "logger.", "eval.iw_", "eval.mean_samples",
+                     "eval.active_threshold")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse to continue a run under a config that would train a different model or on different data."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    if changed:
+        diffs = "; ".join(f"{k}={new.get(k)!r} (checkpoint: {old.get(k)!r})" for k in changed)
+        raise ConfigError(f"cannot resume {run_dir}: the config differs from its checkpoint in {diffs}; "
+                          f"accepted changes: {', '.join(RESUMABLE_CHANGES)}")
+
+
+def resume_or_start(config: Mapping[str, Any], run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer,
+                    data_rng: torch.Generator, device: torch.device) -> tuple[TrainState, EpochProgress | None]:
+    """With ``trainer.resume`` and a ``last.pt`` in the run folder, restore it; otherwise start afresh."""
+    metrics = run_dir / "metrics.jsonl"
+    last = run_dir / "checkpoints" / "last.pt"
+    if not (config["trainer"]["resume"] and last.exists()):
+        metrics.unlink(missing_ok=True)  # a fresh run in a reused folder starts a fresh log
+        return TrainState(), None
+    checkpoint = load_checkpoint(last, map_location=device)
+    check_resumable(checkpoint["config"], config, run_dir)
+    state, progress = restore_training(checkpoint, model, optimizer, data_rng)
+    metrics.unlink(missing_ok=True)  # the checkpoint's history is the truth: drop rows of an unsaved epoch
+    for row in state.history:
+        append_jsonl(metrics, row)
+    log.info("resuming %s at epoch %d, step %d%s", run_dir, state.epoch + 1, state.step,
+             f" (batch {progress.next_batch} of that epoch)" if progress else "")
+    return state, progress
 
 
 def seed_everything(seed: int) -> None:
@@ -136,17 +184,19 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     def log_images(m: VAE, epoch: int) -> None:
         tracker.log_images(image_grids(m, data, evaluation.seed), step=epoch)
 
-    start = time.perf_counter()
+    state, progress = resume_or_start(config, run_dir, model, optimizer, data_rng, device)
     try:
-        state = fit(model, optimizer, data, settings, run_dir, data_rng=data_rng, config=config,
-                    evaluation=evaluation, tracker=tracker, on_images=log_images)
-    except NonFiniteLossError as err:
-        summary.update(status="failed", error=str(err), train_time_s=time.perf_counter() - start)
+        with stop_on_signals() as stop:
+            state = fit(model, optimizer, data, settings, run_dir, data_rng=data_rng, config=config,
+                        evaluation=evaluation, tracker=tracker, state=state, progress=progress, stop=stop,
+                        on_images=log_images)
+    except (NonFiniteLossError, TrainingInterrupted) as err:
+        status = "failed" if isinstance(err, NonFiniteLossError) else "interrupted"
+        summary.update(status=status, error=str(err))
         write_json_atomic(run_dir / "summary.json", summary)
         tracker.summarize(summary)
         tracker.finish(exit_code=1)
         raise
-    train_time = time.perf_counter() - start
 
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
     test, latent_means = evaluate_test_set(model, data, evaluation)
@@ -154,7 +204,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     epoch_times = [row["epoch_s"] for row in state.history]
     summary.update({
         "status": "completed", "epochs": state.epoch, "best_epoch": state.best_epoch,
-        "train_time_s": train_time, "epoch_s": sum(epoch_times) / len(epoch_times),
+        "train_time_s": state.train_time_s, "epoch_s": sum(epoch_times) / len(epoch_times),
         "val/elbo": state.best_val_elbo, **test,
     })
     write_json_atomic(run_dir / "summary.json", summary)

@@ -2,18 +2,22 @@
 
 ``fit`` is deliberately ignorant of Hydra and of which posterior the model holds. After every epoch it
 appends a row to ``metrics.jsonl``, logs to the tracker, and atomically rewrites ``checkpoints/last.pt``
-(and ``best.pt`` when the validation ELBO improved); ``TrainState`` is everything needed to carry on.
+(and ``best.pt`` when the validation ELBO improved). A checkpoint holds everything needed to carry on
+bit for bit: model, optimizer, ``TrainState``, every random state, and, when a stop was requested in the
+middle of an epoch (SIGTERM), that epoch's batch order, position and running sums (``EpochProgress``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -29,6 +33,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RhovaeError):
     """The loss became NaN or infinite; the message names the epoch, the step and the term."""
+
+
+class TrainingInterrupted(RhovaeError):
+    """A stop was requested (SIGTERM); a checkpoint of the exact position was written first."""
 
 
 @dataclass
@@ -51,11 +59,24 @@ class TrainState:
     step: int = 0
     best_epoch: int = 0
     best_val_elbo: float = -math.inf
+    train_time_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def epochs_since_best(self) -> int:
         return self.epoch - self.best_epoch
+
+
+@dataclass
+class EpochProgress:
+    """An epoch stopped part-way: its batch order, the next batch to run, and the running per-image sums."""
+
+    order: torch.Tensor
+    next_batch: int
+    sums: torch.Tensor
+    n_images: int
+    elapsed_s: float
+    beta: float = 1.0
 
 
 def kl_weight(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
@@ -76,19 +97,27 @@ def _check_finite(loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, epo
 
 
 def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings: TrainSettings,
-                    state: TrainState, data_rng: torch.Generator) -> dict[str, float]:
-    """One pass over the training images; returns mean per-image train metrics (ELBO with beta = 1)."""
+                    state: TrainState, data_rng: torch.Generator, progress: EpochProgress | None = None,
+                    stop: Callable[[], bool] = lambda: False) -> dict[str, float] | EpochProgress:
+    """One pass over the training images, or the rest of one when ``progress`` is given.
+
+    Returns mean per-image train metrics (the ELBO with beta = 1), or, if ``stop()`` turns true after a
+    step, the ``EpochProgress`` needed to finish the epoch later exactly as it would have run.
+    """
     model.train()
     epoch = state.epoch + 1
+    started = time.perf_counter()
     n_batches = n_train_batches(len(data.train), settings.batch_size, settings.max_batches)
-    batches = train_batches(data.train, settings.batch_size, order=data_rng,
+    if progress is None:
+        order = torch.randperm(len(data.train), generator=data_rng, device=data.train.device)
+        progress = EpochProgress(order=order, next_batch=0, sums=torch.zeros(3, device=data.train.device),
+                                 n_images=0, elapsed_s=0.0)
+    batches = train_batches(data.train, settings.batch_size, order=progress.order, start=progress.next_batch,
                             binarize=data_rng if data.dynamic else None, max_batches=settings.max_batches)
-    sums = torch.zeros(3, device=data.train.device)  # recon, kl, loss (per-image sums)
-    n_images = 0
-    beta = 1.0
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-               disable=None if settings.progress else True)
-    for x in bar:
+    sums, n_images, beta = progress.sums, progress.n_images, progress.beta  # sums: recon, kl, loss per image
+    bar = tqdm(batches, total=n_batches, initial=progress.next_batch, desc=f"epoch {epoch}", leave=False,
+               dynamic_ncols=True, disable=None if settings.progress else True)
+    for i, x in enumerate(bar, start=progress.next_batch):
         beta = kl_weight(state.step, n_batches, settings.kl_warmup_epochs)
         loss, terms = model.loss(x, beta)
         _check_finite(loss, terms.recon, terms.kl, epoch, state.step + 1)
@@ -97,39 +126,82 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
         optimizer.step()
         state.step += 1
         n_images += len(x)
-        sums += torch.stack([terms.recon.sum(), terms.kl.sum(), loss.detach() * len(x)])
+        sums = sums + torch.stack([terms.recon.sum(), terms.kl.sum(), loss.detach() * len(x)])
         if state.step % 25 == 0:
             bar.set_postfix(loss=f"{sums[2].item() / n_images:.2f}", beta=f"{beta:.2f}")
+        if stop() and i + 1 < n_batches:
+            bar.close()
+            return EpochProgress(order=progress.order, next_batch=i + 1, sums=sums, n_images=n_images,
+                                 elapsed_s=progress.elapsed_s + time.perf_counter() - started, beta=beta)
     recon, kl, loss_sum = (sums / max(n_images, 1)).tolist()
-    return {"train/elbo": recon - kl, "train/recon": recon, "train/kl": kl, "train/loss": loss_sum, "beta": beta}
+    return {"train/elbo": recon - kl, "train/recon": recon, "train/kl": kl, "train/loss": loss_sum, "beta": beta,
+            "epoch_s": progress.elapsed_s + time.perf_counter() - started}
 
 
-def checkpoint_payload(model: VAE, optimizer: torch.optim.Optimizer, state: TrainState,
-                       data_rng: torch.Generator, config: dict[str, Any]) -> dict[str, Any]:
-    rng = {"torch": torch.get_rng_state(), "data": data_rng.get_state()}
+def capture_rng(data_rng: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, as tensors and plain containers (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "data": data_rng.get_state(), "python": random.getstate(),
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], data_rng: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    data_rng.set_state(rng["data"])
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in rng["python"]))
+    np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy(), *rng["numpy"][2:]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def checkpoint_payload(model: VAE, optimizer: torch.optim.Optimizer, state: TrainState, data_rng: torch.Generator,
+                       config: dict[str, Any], progress: EpochProgress | None = None) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
-            "rng": rng, "config": config}
+            "rng": capture_rng(data_rng), "config": config,
+            "epoch_progress": None if progress is None else asdict(progress)}
+
+
+def restore_training(checkpoint: dict[str, Any], model: VAE, optimizer: torch.optim.Optimizer,
+                     data_rng: torch.Generator) -> tuple[TrainState, EpochProgress | None]:
+    """Put model, optimizer and random states back as saved; return the progress to continue from."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_rng(checkpoint["rng"], data_rng)
+    progress = checkpoint.get("epoch_progress")
+    return TrainState(**checkpoint["state"]), None if progress is None else EpochProgress(**progress)
 
 
 def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings: TrainSettings, run_dir: Path,
         *, data_rng: torch.Generator, config: dict[str, Any], evaluation: EvalSettings | None = None, tracker=None,
-        state: TrainState | None = None, on_images: Callable[[VAE, int], None] | None = None) -> TrainState:
-    """Train until ``settings.epochs`` (or early stopping); return the final ``TrainState``."""
+        state: TrainState | None = None, progress: EpochProgress | None = None,
+        stop: Callable[[], bool] = lambda: False,
+        on_images: Callable[[VAE, int], None] | None = None) -> TrainState:
+    """Train until ``settings.epochs`` (or early stopping); return the final ``TrainState``.
+
+    Pass ``state`` and ``progress`` from ``restore_training`` to continue a run. When ``stop()`` turns
+    true, the exact position is checkpointed to ``last.pt`` and ``TrainingInterrupted`` is raised.
+    """
     tracker = tracker or NullLogger()
     evaluation = evaluation or EvalSettings()
     state = state or TrainState()
     ckpt_dir = run_dir / "checkpoints"
-    while state.epoch < settings.epochs:
-        start = time.perf_counter()
-        train_metrics = train_one_epoch(model, optimizer, data, settings, state, data_rng)
-        epoch_s = time.perf_counter() - start
+    while state.epoch < settings.epochs and not (settings.patience and state.epochs_since_best >= settings.patience):
+        result = train_one_epoch(model, optimizer, data, settings, state, data_rng, progress, stop)
+        progress = None
+        if isinstance(result, EpochProgress):
+            save_atomic(checkpoint_payload(model, optimizer, state, data_rng, config, result), ckpt_dir / "last.pt")
+            raise TrainingInterrupted(
+                f"stop requested: saved epoch {state.epoch + 1} at step {state.step} to {ckpt_dir / 'last.pt'}; "
+                f"continue with trainer.resume=true hydra.run.dir={run_dir}")
+        start_eval = time.perf_counter()
         val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed)
         state.epoch += 1
-        row = {"epoch": state.epoch, **train_metrics, **{f"val/{k}": v for k, v in val.items()},
-               "lr": optimizer.param_groups[0]["lr"], "epoch_s": epoch_s,
-               "eval_s": time.perf_counter() - start - epoch_s}
+        row = {"epoch": state.epoch, **result, **{f"val/{k}": v for k, v in val.items()},
+               "lr": optimizer.param_groups[0]["lr"], "eval_s": time.perf_counter() - start_eval}
+        state.train_time_s += row["epoch_s"] + row["eval_s"]
         improved = val["elbo"] > state.best_val_elbo
         if improved:
             state.best_epoch, state.best_val_elbo = state.epoch, val["elbo"]
@@ -141,12 +213,15 @@ def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings:
             save_atomic(payload, ckpt_dir / "best.pt")
         save_atomic(payload, ckpt_dir / "last.pt")
         log.info("epoch %d/%d  train elbo %.2f  val elbo %.2f (recon %.2f, kl %.2f)  %.1fs%s", state.epoch,
-                 settings.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], epoch_s,
+                 settings.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], row["epoch_s"],
                  "  *best*" if improved else "")
         if on_images and settings.image_every and state.epoch % settings.image_every == 0:
             on_images(model, state.epoch)
+        if stop() and state.epoch < settings.epochs:
+            raise TrainingInterrupted(f"stop requested: epoch {state.epoch} is complete and saved to "
+                                      f"{ckpt_dir / 'last.pt'}; continue with trainer.resume=true "
+                                      f"hydra.run.dir={run_dir}")
         if settings.patience and state.epochs_since_best >= settings.patience:
             log.info("early stopping: no val ELBO improvement for %d epochs (best %.2f at epoch %d)",
                      settings.patience, state.best_val_elbo, state.best_epoch)
-            break
     return state

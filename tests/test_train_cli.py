@@ -116,6 +116,14 @@ def test_missing_dataset_fails_with_one_clear_line(tmp_path):
     assert "train-images-idx3-ubyte" in last and "t10k-labels-idx1-ubyte" in last
 
 
+@pytest.mark.parametrize("group,bad", [("posterior", "vamp"), ("dataset", "cifar10"), ("decoder", "resnet")])
+def test_unknown_group_option_lists_the_available_ones(tmp_path, group, bad):
+    proc = train([f"{group}={bad}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"Could not find '{group}/{bad}'" in proc.stderr and f"Available options in '{group}'" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_bad_config_value_fails_before_training(tmp_path):
     proc = train(["latent_dim=0", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from conftest import TINY_OVERRIDES, compose
+from rhovae.checkpoint import load_checkpoint
 from rhovae.experiment import run_experiment
 from rhovae.tracking import read_jsonl
 from rhovae.trainer import NonFiniteLossError
+from rhovae.vae import VAE
 
 
 def tiny_cfg(data_root, *extra):
@@ -50,6 +52,26 @@ def test_early_stopping_when_validation_stops_improving(data_root, tmp_path):
                              tmp_path)
     assert summary["epochs"] == 3 and summary["best_epoch"] == 1
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 3
+
+
+def test_non_finite_loss_in_epoch_two_names_it_and_keeps_epoch_one(data_root, tmp_path, monkeypatch):
+    original = VAE.elbo_terms
+    training_calls = {"n": 0}
+
+    def poisoned(self, x):
+        terms = original(self, x)
+        if self.training:
+            training_calls["n"] += 1
+            if training_calls["n"] == 5:  # 3 batches per epoch: epoch 2, step 5
+                terms.recon = terms.recon * float("nan")
+        return terms
+
+    monkeypatch.setattr(VAE, "elbo_terms", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 5: the reconstruction term went NaN"):
+        run_experiment(tiny_cfg(data_root, "trainer.epochs=3"), tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 1
 
 
 def test_non_finite_loss_stops_and_marks_the_run_failed(data_root, tmp_path):

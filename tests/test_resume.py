@@ -1,0 +1,115 @@
+"""A killed or terminated run, resumed, ends exactly where the uninterrupted run ends (bitwise on CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_OVERRIDES, compose, subprocess_env
+from rhovae import experiment
+from rhovae.checkpoint import load_checkpoint
+from rhovae.errors import ConfigError
+from rhovae.tracking import read_jsonl
+from rhovae.trainer import TrainingInterrupted
+
+COMPARED = ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/recon", "test/kl", "test/nll",
+            "test/active_units", "n_params")
+# 200 training images in batches of 8: 25 steps per epoch, long enough to be caught in the middle of one
+RESUME_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_batches", "trainer.batch_size",
+                                                                  "decoder."))]
+RESUME_OVERRIDES += ["trainer.batch_size=8", "trainer.epochs=3", "logger=none", "trainer.device=cpu"]
+
+
+def same_numbers(a: dict, b: dict) -> None:
+    for key in COMPARED:
+        assert a[key] == b[key], (key, a[key], b[key])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    return experiment.run_experiment(compose([f"dataset.root={data_root}", *RESUME_OVERRIDES]), run_dir)
+
+
+def test_stop_mid_epoch_then_resume_matches_the_uninterrupted_run(data_root, tmp_path, monkeypatch, uninterrupted):
+    calls = {"n": 0}
+
+    @contextlib.contextmanager
+    def stop_after_36_steps():
+        def stop():
+            calls["n"] += 1
+            return calls["n"] >= 36  # polled after each step and each epoch: epoch 2, step 35, batch 10 of 25
+        yield stop
+
+    monkeypatch.setattr(experiment, "stop_on_signals", stop_after_36_steps)
+    cfg = compose([f"dataset.root={data_root}", *RESUME_OVERRIDES])
+    with pytest.raises(TrainingInterrupted, match="stop requested: saved epoch 2 at step 35"):
+        experiment.run_experiment(cfg, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert saved["state"]["epoch"] == 1 and saved["epoch_progress"]["next_batch"] == 10
+
+    monkeypatch.undo()
+    resumed = experiment.run_experiment(compose([f"dataset.root={data_root}", *RESUME_OVERRIDES,
+                                                 "trainer.resume=true"]), tmp_path)
+    same_numbers(resumed, uninterrupted)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_model(data_root, tmp_path, uninterrupted):
+    cfg = compose([f"dataset.root={data_root}", *RESUME_OVERRIDES, "trainer.epochs=1"])
+    experiment.run_experiment(cfg, tmp_path)
+    changed = compose([f"dataset.root={data_root}", *RESUME_OVERRIDES, "trainer.resume=true", "latent_dim=5"])
+    with pytest.raises(ConfigError, match=r"cannot resume .*latent_dim=5 \(checkpoint: 4\)"):
+        experiment.run_experiment(changed, tmp_path)
+    # extending the number of epochs is allowed, and continues from epoch 2
+    longer = experiment.run_experiment(compose([f"dataset.root={data_root}", *RESUME_OVERRIDES,
+                                                "trainer.resume=true"]), tmp_path)
+    same_numbers(longer, uninterrupted)
+
+
+def start_training(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), f"dataset.root={data_root}",
+                             *RESUME_OVERRIDES, f"hydra.run.dir={run_dir}", *extra],
+                            cwd=run_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_first_checkpoint(proc: subprocess.Popen, run_dir: Path) -> None:
+    """Until epoch 1's last.pt exists (it is written last, by rename): the run is then in epoch 2."""
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "training did not finish an epoch in time"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_subprocess_resumes_to_the_same_summary(data_root, tmp_path, uninterrupted, sig):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    proc = start_training(data_root, run_dir)
+    wait_for_first_checkpoint(proc, run_dir)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    summary_path = run_dir / "summary.json"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1].startswith("interrupted: stop requested")
+        assert json.loads(summary_path.read_text())["status"] == "interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        assert not summary_path.exists()
+    assert 1 <= load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]["epoch"] < 3
+
+    proc = start_training(data_root, run_dir, "trainer.resume=true")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    same_numbers(json.loads(summary_path.read_text()), uninterrupted)
