@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision import datasets
 
-from idx import write_dataset, write_idx
+from rhovae.idx import write_dataset, write_idx
 from rhovae.data import (expected_files, load_image_data, n_train_batches, raw_folder, to_unit_float,
                          train_batches)
 from rhovae.errors import ConfigError, DatasetError

@@ -1,4 +1,5 @@
-"""Writes tiny MNIST-format (IDX) files so tests load data through torchvision's real code path."""
+"""Writes MNIST-format (IDX) files of synthetic digits, for tests and benchmarks that must not depend on the
+real datasets: torchvision then loads them through its ordinary code path."""
 
 from __future__ import annotations
 

@@ -1,0 +1,244 @@
+"""Where the project stands against the hardware and against the naive way: a benchmark with a JSON record.
+
+    python scripts/bench.py                       # CPU or the default CUDA device; about 2-4 minutes on 2 cores
+    python scripts/bench.py --device cuda --out outputs/bench_gpu.json
+    python scripts/bench.py --quick               # tiny settings, seconds (what the test suite runs)
+
+Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped data:
+
+1. training throughput of each posterior, and its step time as a ratio to ``diag`` in the same run;
+2. the hardware limit: matmul FLOPs of a training epoch (counted by torch's FlopCounterMode) divided by the
+   measured throughput of a large square matmul, and the diag epoch as a multiple of it;
+3. the project's data path (uint8 tensor on the device, indexed batches, on-device binarization) against
+   a torch DataLoader over the torchvision dataset with ``transforms.ToTensor()`` per image, same model;
+4. the vectorized rho sampler against a Python loop over latent dimensions, at several d;
+5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior.
+
+Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
+figures that count. Results are printed as a table and written as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from rhovae.config import resolve_device
+from rhovae.data import load_image_data, train_batches
+from rhovae.evaluation import importance_weighted_log_likelihood
+from rhovae.experiment import build_vae
+from rhovae.idx import write_dataset
+from rhovae.posteriors import AR1Normal, POSTERIORS
+from rhovae.vae import VAE
+
+EPOCH_IMAGES = 60_000
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_for(posterior: str, latent_dim: int, device: torch.device) -> VAE:
+    config = {"latent_dim": latent_dim, "decoder": {"name": "mlp", "hidden": [512, 512]},
+              "posterior": {"name": posterior}}
+    torch.manual_seed(0)
+    return build_vae(config, (1, 28, 28)).to(device)
+
+
+def training_step(model: VAE, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], None]:
+    def step(x: torch.Tensor) -> None:
+        loss, _ = model.loss(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def bench_training(args, device, images: torch.Tensor) -> dict:
+    """Steps on pre-binarized batches already on the device: the model's cost alone."""
+    out = {}
+    batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
+               for i in range(args.steps)]
+    for name in POSTERIORS:
+        model = model_for(name, args.latent_dim, device)
+        step = training_step(model, torch.optim.Adam(model.parameters(), lr=1e-3))
+        seconds = median_time(lambda: [step(x) for x in batches], device, args.repeats, warmup=1)
+        per_step = seconds / args.steps
+        out[name] = {"step_ms": 1e3 * per_step, "images_per_s": args.batch_size / per_step,
+                     "epoch_s": EPOCH_IMAGES / args.batch_size * per_step}
+    for name in out:
+        out[name]["ratio_vs_diag"] = out[name]["step_ms"] / out["diag"]["step_ms"]
+    return out
+
+
+def bench_limit(args, device, diag_epoch_s: float) -> dict:
+    model = model_for("diag", args.latent_dim, device)
+    x = torch.bernoulli(torch.rand(args.batch_size, 784, device=device))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = model.loss(x)
+        loss.backward()
+    step_flops = counter.get_total_flops()
+    n = args.matmul_size
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = median_time(lambda: a @ b, device, repeats=max(3, args.repeats), warmup=2)
+    gflops = 2 * n ** 3 / seconds / 1e9
+    limit = step_flops * EPOCH_IMAGES / args.batch_size / (gflops * 1e9)
+    return {"step_gflop": step_flops / 1e9, "matmul_gflops": gflops, "epoch_limit_s": limit,
+            "diag_epoch_over_limit": diag_epoch_s / limit}
+
+
+def bench_data_path(args, device, root: Path) -> dict:
+    """Same diag model and steps; batches from the project's tensors vs a DataLoader with ToTensor per image."""
+    data = load_image_data("mnist", root, binarize="dynamic", val_size=10_000, download=False, device=device)
+    model = model_for("diag", args.latent_dim, device)
+    step = training_step(model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def project():
+        order = torch.randperm(len(data.train), generator=gen, device=device)
+        for x in train_batches(data.train, args.batch_size, order=order, binarize=gen, max_batches=args.data_steps):
+            step(x)
+
+    loader = DataLoader(datasets.MNIST(str(root), train=True, transform=transforms.ToTensor()),
+                        batch_size=args.batch_size, shuffle=True, num_workers=0)
+
+    def baseline():
+        for i, (x, _) in enumerate(loader):
+            if i >= args.data_steps:
+                break
+            step(torch.bernoulli(x.view(len(x), -1).to(device)))
+
+    project_s = median_time(project, device, args.repeats)
+    baseline_s = median_time(baseline, device, args.repeats)
+    scale = EPOCH_IMAGES / (args.data_steps * args.batch_size)
+    return {"project_epoch_s": project_s * scale, "dataloader_epoch_s": baseline_s * scale,
+            "speedup": baseline_s / project_s}
+
+
+def loop_rho_sampler(loc: torch.Tensor, rho: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+    """The naive way: build z one latent dimension at a time."""
+    eps = torch.randn_like(loc)
+    sd = (0.5 * log_s).exp()
+    innovation_sd = sd * torch.sqrt(1 - rho ** 2)
+    xs = [sd * eps[:, 0]]
+    for j in range(1, loc.shape[-1]):
+        xs.append(rho * xs[-1] + innovation_sd * eps[:, j])
+    return loc + torch.stack(xs, dim=-1)
+
+
+def bench_rho_sampler(args, device) -> dict:
+    out = {}
+    for d in args.sampler_dims:
+        loc = torch.randn(args.batch_size, d, device=device)
+        rho, log_s = torch.rand(args.batch_size, device=device) * 1.8 - 0.9, torch.randn(args.batch_size, device=device)
+        q = AR1Normal(loc, rho=rho, log_scale=log_s, validate_args=False)
+        reps = 50
+        vec = median_time(lambda: [q.rsample() for _ in range(reps)], device, args.repeats) / reps
+        loop = median_time(lambda: [loop_rho_sampler(loc, rho, log_s) for _ in range(reps)], device, args.repeats) / reps
+        out[str(d)] = {"vectorized_us": 1e6 * vec, "loop_us": 1e6 * loop, "speedup": loop / vec}
+    return out
+
+
+def bench_iw_eval(args, device, images: torch.Tensor) -> dict:
+    out = {}
+    subset = images[: args.iw_images]
+    for name in POSTERIORS:
+        model = model_for(name, args.latent_dim, device)
+        seconds = median_time(lambda: importance_weighted_log_likelihood(
+            model, subset, n_samples=args.iw_samples, chunk=args.iw_chunk, batch_size=args.iw_batch_size),
+            device, repeats=1, warmup=0)
+        out[name] = {"images_per_s": len(subset) / seconds, "k": args.iw_samples}
+    return out
+
+
+def print_table(results: dict) -> None:
+    train, limit, data, rho, iw = (results[k] for k in ("train", "limit", "data_path", "rho_sampler", "iw_eval"))
+    print(f"device: {results['device']}  (batch {results['settings']['batch_size']}, d={results['settings']['latent_dim']})")
+    print(f"\n{'posterior':<10}{'images/s':>12}{'epoch s':>10}{'vs diag':>9}{'IW img/s':>11}")
+    for name in train:
+        print(f"{name:<10}{train[name]['images_per_s']:>12.0f}{train[name]['epoch_s']:>10.2f}"
+              f"{train[name]['ratio_vs_diag']:>8.2f}x{iw[name]['images_per_s']:>11.2f}")
+    print(f"\nmatmul {limit['matmul_gflops']:.1f} GFLOP/s; a training step is {limit['step_gflop']:.3f} GFLOP; "
+          f"epoch limit {limit['epoch_limit_s']:.2f} s; diag epoch = {limit['diag_epoch_over_limit']:.2f}x the limit")
+    print(f"data path: project {data['project_epoch_s']:.2f} s/epoch, DataLoader+ToTensor "
+          f"{data['dataloader_epoch_s']:.2f} s/epoch: {data['speedup']:.1f}x faster")
+    print("rho sampler speedup over a Python loop: "
+          + ", ".join(f"d={d}: {v['speedup']:.1f}x" for d, v in rho.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
+    parser.add_argument("--data-steps", type=int, default=60, help="steps per repeat in the data-path comparison")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--sampler-dims", type=int, nargs="+", default=[10, 32, 64, 128])
+    parser.add_argument("--iw-samples", type=int, default=5000)
+    parser.add_argument("--iw-images", type=int, default=20, help="test images timed for the IW evaluation")
+    parser.add_argument("--iw-chunk", type=int, default=200)
+    parser.add_argument("--iw-batch-size", type=int, default=20)
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder with MNIST/raw/*-ubyte; default: synthetic MNIST-format files in a temp folder")
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks that everything runs")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.steps, args.data_steps, args.matmul_size = 1, 2, 2, 256
+        args.sampler_dims, args.iw_samples, args.iw_images, args.iw_chunk = [4, 8], 20, 4, 10
+    device = resolve_device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data_root
+        if root is None:
+            root = Path(tmp)
+            write_dataset(root, "mnist", n_train=EPOCH_IMAGES, n_test=1000)
+        images = torch.randint(0, 256, (args.steps * args.batch_size, 784), dtype=torch.uint8, device=device)
+        train = bench_training(args, device, images)
+        results = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+            "torch": torch.__version__,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "train": train,
+            "limit": bench_limit(args, device, train["diag"]["epoch_s"]),
+            "data_path": bench_data_path(args, device, root),
+            "rho_sampler": bench_rho_sampler(args, device),
+            "iw_eval": bench_iw_eval(args, device, images),
+        }
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

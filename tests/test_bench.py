@@ -1,0 +1,32 @@
+"""The benchmark runs end to end on tiny settings and writes every documented key (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, subprocess_env
+
+POSTERIORS = ("diag", "rho", "fullcov", "planar", "iaf")
+
+
+def test_bench_quick_writes_its_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--device", "cpu",
+                           "--out", str(out)], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cpu")
+    for name in POSTERIORS:
+        for key in ("images_per_s", "epoch_s", "ratio_vs_diag"):
+            assert result["train"][name][key] > 0, (name, key)
+        assert result["iw_eval"][name]["images_per_s"] > 0
+    assert result["train"]["diag"]["ratio_vs_diag"] == 1.0
+    for key in ("matmul_gflops", "epoch_limit_s", "diag_epoch_over_limit"):
+        assert result["limit"][key] > 0
+    for key in ("project_epoch_s", "dataloader_epoch_s", "speedup"):
+        assert result["data_path"][key] > 0
+    assert set(result["rho_sampler"]) == {"4", "8"}
+    assert all(v["speedup"] > 0 for v in result["rho_sampler"].values())
+    assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout
