@@ -31,10 +31,15 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
 
 @dataclass
 class ElboTerms:
-    """Per-image terms, each of shape ``[B]``: elbo = recon - kl."""
+    """Per-image terms, each of shape ``[B]``: elbo = recon - kl.
+
+    ``objective_kl`` is the KL term the training loss uses: the true ``kl`` for every posterior except a
+    deliberate reproduction of published code (``rho`` with ``variant=published_code``).
+    """
 
     recon: torch.Tensor
     kl: torch.Tensor
+    objective_kl: torch.Tensor | None = None
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -62,7 +67,7 @@ class VAE(nn.Module):
         z, log_q = self.posterior.rsample_with_log_prob(q)
         recon = bernoulli_log_likelihood(self.decoder(z), x)
         kl = self.posterior.kl(q, z, log_q, self.prior())
-        return ElboTerms(recon=recon, kl=kl)
+        return ElboTerms(recon=recon, kl=kl, objective_kl=self.posterior.objective_kl(q, kl))
 
     def log_importance_weights(self, x: torch.Tensor, n_samples: int, q: Distribution | None = None) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for ``n_samples`` draws z_k ~ q(z|x): shape ``[n_samples, B]``.
@@ -76,7 +81,7 @@ class VAE(nn.Module):
     def loss(self, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, ElboTerms]:
         """The training objective -(recon - beta * kl), averaged over the batch, and the detached terms."""
         terms = self.elbo_terms(x)
-        loss = -(terms.recon - beta * terms.kl).mean()
+        loss = -(terms.recon - beta * terms.objective_kl).mean()
         return loss, ElboTerms(recon=terms.recon.detach(), kl=terms.kl.detach())
 
     @torch.no_grad()

@@ -89,6 +89,9 @@ BAD = [
     ("posterior=iaf posterior.flow_length=-2", "posterior.flow_length=-2.*integer >= 0"),
     ("posterior=iaf posterior.kl_samples=0", "posterior.kl_samples=0.*integer >= 1"),
     ("posterior.min_std=0", "posterior.min_std=0.*number > 0"),
+    ("posterior=rho posterior.variant=typo", "posterior.variant='typo'.*paper, published_code"),
+    ("decoder.activation=swish", "activation='swish' is not known"),
+    ("+posterior.flows=3", "posterior='diag' has no option flows; accepted: min_std"),
 ]
 
 
@@ -98,6 +101,13 @@ def test_bad_values_fail_with_key_value_and_accepted(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         validate_config(cfg)
     assert "accepted" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_published_code_variant_composes_and_builds():
+    cfg = compose(["posterior=rho", "posterior.variant=published_code"])
+    validate_config(cfg)
+    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    assert type(model.posterior).__name__ == "PublishedCodeRhoPosterior"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

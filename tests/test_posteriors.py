@@ -218,5 +218,5 @@ def test_flow_length_is_honoured_and_zero_means_the_base_alone():
 def test_unknown_posterior_and_option_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"posterior='nope' is not known; accepted: diag, fullcov, iaf, planar, rho"):
         build_posterior("nope", FEATURES, D)
-    with pytest.raises(ConfigError, match=r"posterior='rho' has no option flow_length; accepted: min_std"):
+    with pytest.raises(ConfigError, match=r"posterior=.rho. has no option flow_length; accepted: min_std, variant"):
         build_posterior("rho", FEATURES, D, flow_length=3)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..registry import build
 from .ar1_normal import AR1Normal, ar1_scan, log1m_tanh_sq
 from .base import Posterior
 from .flows import FlowDistribution, IAFPosterior, PlanarPosterior, planar_step
 from .gaussian import DiagonalPosterior, FullCovPosterior, RhoPosterior
+from .published_rho import PublishedCodeRhoPosterior, RandomWalkNormal
+
+RHO_VARIANTS = {"paper": RhoPosterior, "published_code": PublishedCodeRhoPosterior}
+
+
+def rho_posterior(in_features: int, latent_dim: int, *, min_std: float = 1e-4, variant: str = "paper") -> Posterior:
+    """``rho``: the distribution the paper describes (``paper``), or its published code's (``published_code``)."""
+    if variant not in RHO_VARIANTS:
+        raise ConfigError(f"posterior.variant={variant!r} is not known; accepted: {', '.join(RHO_VARIANTS)}")
+    return RHO_VARIANTS[variant](in_features, latent_dim, min_std=min_std)
+
 
 POSTERIORS = {
     "diag": DiagonalPosterior,
-    "rho": RhoPosterior,
+    "rho": rho_posterior,
     "fullcov": FullCovPosterior,
     "planar": PlanarPosterior,
     "iaf": IAFPosterior,
@@ -29,6 +41,8 @@ __all__ = [
     "FullCovPosterior",
     "IAFPosterior",
     "PlanarPosterior",
+    "PublishedCodeRhoPosterior",
+    "RandomWalkNormal",
     "POSTERIORS",
     "Posterior",
     "RhoPosterior",

@@ -41,6 +41,10 @@ class Posterior(nn.Module):
     def kl(self, q: Distribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution) -> torch.Tensor:
         return kl_divergence(q, prior)
 
+    def objective_kl(self, q: Distribution, kl: torch.Tensor) -> torch.Tensor:
+        """The KL term the training loss uses: the true ``kl``. Only a reproduction of published code differs."""
+        return kl
+
     def mean(self, q: Distribution, n_samples: int = 100) -> torch.Tensor:
         """E_q[z|x], shape ``[B, d]``; ``n_samples`` is used only where there is no closed form."""
         return q.mean

@@ -70,14 +70,22 @@ class FullCovPosterior(Posterior):
         return MultivariateNormal(self.loc(h), scale_tril=scale_tril, validate_args=False)
 
     def rsample_with_log_prob(self, q: MultivariateNormal, sample_shape=torch.Size()):
-        """z = loc + L eps, with log q(z) from eps (exact even where L is too ill-conditioned to invert)."""
-        eps = torch.randn(q._extended_shape(torch.Size(sample_shape)), dtype=q.loc.dtype, device=q.loc.device)
-        scale_tril = q.scale_tril
-        z = q.loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-        log_det = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return z, log_density_of_standard_draws(eps, log_det)
+        return mvn_rsample_with_log_prob(q, sample_shape)
 
     def kl(self, q: MultivariateNormal, z, log_q, prior: Distribution) -> torch.Tensor:
-        """torch's registered MultivariateNormal KL, with the diagonal prior written as a MultivariateNormal."""
-        prior_mvn = MultivariateNormal(prior.mean, scale_tril=torch.diag_embed(prior.stddev), validate_args=False)
-        return kl_divergence(q, prior_mvn)
+        return mvn_kl_to_diagonal(q, prior)
+
+
+def mvn_rsample_with_log_prob(q: MultivariateNormal, sample_shape=torch.Size()):
+    """z = loc + L eps, with log q(z) from eps (exact even where L is too ill-conditioned to invert)."""
+    eps = torch.randn(q._extended_shape(torch.Size(sample_shape)), dtype=q.loc.dtype, device=q.loc.device)
+    scale_tril = q.scale_tril
+    z = q.loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+    log_det = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return z, log_density_of_standard_draws(eps, log_det)
+
+
+def mvn_kl_to_diagonal(q: MultivariateNormal, prior: Distribution) -> torch.Tensor:
+    """torch's registered MultivariateNormal KL, with the diagonal prior written as a MultivariateNormal."""
+    prior_mvn = MultivariateNormal(prior.mean, scale_tril=torch.diag_embed(prior.stddev), validate_args=False)
+    return kl_divergence(q, prior_mvn)
