@@ -20,6 +20,10 @@ FLOWS = ["planar", "iaf"]
 def posterior_and_features(name: str, seed: int = 0, scale: float = 1.0):
     torch.manual_seed(seed)
     post = build_posterior(name, FEATURES, D).double()
+    with torch.no_grad():  # heads initialised to zero (fullcov's off-diagonal) get random values, so they count
+        for p in post.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
     h = scale * torch.randn(B, FEATURES, dtype=torch.float64)
     return post, h
 
@@ -213,6 +217,12 @@ def test_flow_length_is_honoured_and_zero_means_the_base_alone():
         torch.manual_seed(0)
         z, log_q = q.rsample_with_log_prob()
         torch.testing.assert_close(log_q, q.base.log_prob(z))
+
+
+def test_fullcov_starts_as_the_mean_field_posterior():
+    post = build_posterior("fullcov", FEATURES, D)
+    scale_tril = post(torch.randn(B, FEATURES)).scale_tril
+    torch.testing.assert_close(scale_tril, torch.diag_embed(scale_tril.diagonal(dim1=-2, dim2=-1)))
 
 
 def test_unknown_posterior_and_option_are_one_line_errors():

@@ -53,7 +53,7 @@ class RhoPosterior(Posterior):
 
 class FullCovPosterior(Posterior):
     """q(z|x) = N(mu, L L^T): L lower-triangular with diagonal softplus(head) + min_std and a free
-    strictly-lower part from a head of size d(d-1)/2."""
+    strictly-lower part from a head of size d(d-1)/2, initialised to zero (training starts mean-field)."""
 
     def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4):
         super().__init__(in_features, latent_dim)
@@ -61,6 +61,10 @@ class FullCovPosterior(Posterior):
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)
         self.off_diagonal = nn.Linear(in_features, latent_dim * (latent_dim - 1) // 2)
+        # Start as the mean-field posterior: with the default init the d(d-1)/2 off-diagonal entries are O(1)
+        # each, the initial covariance is huge, and training answers by switching latent dimensions off.
+        nn.init.zeros_(self.off_diagonal.weight)
+        nn.init.zeros_(self.off_diagonal.bias)
         self.register_buffer("_rows_cols", torch.tril_indices(latent_dim, latent_dim, offset=-1), persistent=False)
 
     def forward(self, h: torch.Tensor) -> MultivariateNormal:
