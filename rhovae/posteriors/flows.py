@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.distributions import Distribution, constraints
 
 from .ar1_normal import log1m_tanh_sq
-from .base import Posterior, positive_std
+from .base import Posterior
+from .gaussian import DiagonalPosterior
 
 # A flow step maps samples to (transformed samples, log|det J| per sample).
 Step = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -85,14 +86,8 @@ class FlowPosterior(Posterior):
         super().__init__(in_features, latent_dim)
         if kl_samples < 1:
             raise ValueError(f"kl_samples must be >= 1, got {kl_samples}")
-        self.min_std = min_std
         self.kl_samples = kl_samples
-        self.loc = nn.Linear(in_features, latent_dim)
-        self.raw_std = nn.Linear(in_features, latent_dim)
-
-    def base(self, h: torch.Tensor) -> Independent:
-        std = positive_std(self.raw_std(h), self.min_std)
-        return Independent(Normal(self.loc(h), std, validate_args=False), 1, validate_args=False)
+        self.base = DiagonalPosterior(in_features, latent_dim, min_std)
 
     def rsample_with_log_prob(self, q: FlowDistribution, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(sample_shape)
