@@ -4,8 +4,9 @@
 * ``importance_weighted_log_likelihood``: log p(x) ~ logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)]
   over K samples z_k ~ q(z|x) (Burda et al.), processed in chunks of samples so memory stays bounded.
   Its negative is the test NLL that likelihood papers report; it is >= the ELBO in expectation.
-* ``posterior_diagnostics``: active units (latent dimensions whose Cov_x(E_q[z|x]) exceeds a threshold)
-  and the mean and spread of each posterior's own statistics (rho and log s for ``rho``).
+* ``posterior_diagnostics``: active units (latent dimensions whose Cov_x(E_q[z|x]) exceeds a threshold;
+  for Monte Carlo means the estimator's own variance is subtracted, so sampling noise does not count as
+  activity) and the mean and spread of each posterior's own statistics (rho and log s for ``rho``).
 
 Every evaluation draws its samples from its own seeded random stream (``EvalSettings.seed``), so the
 numbers do not depend on how far training advanced the global generator, a re-scored run reproduces them,
@@ -92,15 +93,19 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
 def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
                           mean_samples: int = 100, threshold: float = 0.01) -> tuple[dict[str, float], torch.Tensor]:
     """Active units and posterior statistics over ``images``; also returns E_q[z|x] per image ``[N, d]``."""
-    means, stats = [], defaultdict(list)
+    means, noise, stats = [], [], defaultdict(list)
     with evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
             q = model.posterior_of(x)
-            means.append(model.posterior.mean(q, mean_samples))
+            mean, mean_variance = model.posterior.mean(q, mean_samples)
+            means.append(mean)
+            noise.append(mean_variance)
             for name, value in model.posterior.statistics(q).items():
                 stats[name].append(value)
     means = torch.cat(means)
-    result: dict[str, float] = {"active_units": int((means.var(dim=0) > threshold).sum())}
+    # Cov_x of Monte Carlo means = Cov_x(E_q[z|x]) + E_x[Var of the estimate]: remove the second term
+    activity = means.var(dim=0) - torch.cat(noise).mean(dim=0)
+    result: dict[str, float] = {"active_units": int((activity > threshold).sum())}
     for name, values in stats.items():
         values = torch.cat(values).double()
         result[f"{name}_mean"], result[f"{name}_std"] = values.mean().item(), values.std().item()

@@ -152,6 +152,22 @@ def test_active_units_count_dimensions_whose_posterior_mean_varies():
     torch.testing.assert_close(means, post(images.float() / 255).mean.detach())
 
 
+@pytest.mark.parametrize("name", ["planar", "iaf"])
+def test_monte_carlo_noise_of_flow_means_does_not_count_as_activity(name):
+    torch.manual_seed(0)
+    post = build_posterior(name, 3, 4)
+    with torch.no_grad():  # q(z|x) no longer depends on x: no dimension is active
+        for module in post.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.zero_()
+        post.base.raw_std.bias.fill_(0.5)  # std ~ 1: with 10 samples each mean is off by ~0.3 (variance 0.1)
+    model = VAE(nn.Identity(), post, nn.Linear(4, 3), 4)
+    images = torch.randint(0, 256, (500, 3), dtype=torch.uint8)
+    result, means = posterior_diagnostics(model, images, batch_size=100, mean_samples=10)
+    assert means.var(dim=0).min() > 0.02  # the raw Monte Carlo means do scatter above the 0.01 threshold ...
+    assert result["active_units"] == 0  # ... which the estimator's variance accounts for
+
+
 def test_rho_statistics_are_reported_over_the_set():
     torch.manual_seed(0)
     post = build_posterior("rho", 3, 4)

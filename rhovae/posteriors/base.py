@@ -9,7 +9,8 @@ distribution over ``z`` with event shape ``[d]``. The VAE then only calls the tw
   from ``torch.distributions.kl_divergence``; posteriors without one override it with the Monte Carlo
   estimate mean_s[log q(z_s) - log p(z_s)].
 
-and, for evaluation, ``mean(q)`` (E_q[z|x], Monte Carlo where there is no closed form) and
+and, for evaluation, ``mean(q)`` (E_q[z|x] with the variance of the estimate, Monte Carlo where there is
+no closed form) and
 ``statistics(q)``: named per-image quantities worth reporting for this family (rho's rho and log s).
 """
 
@@ -45,9 +46,12 @@ class Posterior(nn.Module):
         """The KL term the training loss uses: the true ``kl``. Only a reproduction of published code differs."""
         return kl
 
-    def mean(self, q: Distribution, n_samples: int = 100) -> torch.Tensor:
-        """E_q[z|x], shape ``[B, d]``; ``n_samples`` is used only where there is no closed form."""
-        return q.mean
+    def mean(self, q: Distribution, n_samples: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+        """E_q[z|x] ``[B, d]`` and the variance of that estimate ``[B, d]`` (zero where it is in closed form).
+
+        ``n_samples`` is used only by posteriors whose mean must be estimated by Monte Carlo.
+        """
+        return q.mean, torch.zeros_like(q.mean)
 
     def statistics(self, q: Distribution) -> dict[str, torch.Tensor]:
         """Per-image quantities of shape ``[B]`` that describe this posterior family (none by default)."""

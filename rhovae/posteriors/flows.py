@@ -92,9 +92,10 @@ class FlowPosterior(Posterior):
     def rsample_with_log_prob(self, q: FlowDistribution, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(sample_shape)
 
-    def mean(self, q: FlowDistribution, n_samples: int = 100) -> torch.Tensor:
-        """Monte Carlo E_q[z|x] from ``n_samples`` draws (a flow's mean has no closed form)."""
-        return q.rsample((n_samples,)).mean(0)
+    def mean(self, q: FlowDistribution, n_samples: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+        """Monte Carlo E_q[z|x] from ``n_samples`` draws (a flow's mean has no closed form), and its variance."""
+        z = q.rsample((n_samples,))
+        return z.mean(0), z.var(0) / n_samples
 
     def kl(self, q: FlowDistribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution) -> torch.Tensor:
         if self.kl_samples > 1:
