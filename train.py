@@ -28,8 +28,9 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
-        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), sweep=sweep)
     except TrainingInterrupted as err:
         log.warning("%s", err)
         print(f"interrupted: {err}", file=sys.stderr)

@@ -76,6 +76,7 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "trainer.batch_size", 1)
     _check(cfg, "trainer.lr", lambda v: _is_number(v) and v > 0, "a number > 0")
     _int_at_least(cfg, "trainer.max_batches", 1, optional=True)
+    _int_at_least(cfg, "trainer.threads", 1, optional=True)
     _check(cfg, "trainer.kl_warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _int_at_least(cfg, "trainer.patience", 1, optional=True)
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .evaluation import EvalSettings, evaluate_test_set, seeded_rng
 from .networks import build_networks
 from .plots import latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
-from .posteriors import build_posterior
+from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (EpochProgress, NonFiniteLossError, TrainingInterrupted, TrainSettings, TrainState, fit,
@@ -64,6 +64,7 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
 
 # Keys that may change when a run is resumed; any other difference from the checkpoint's config is refused.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.patience", "trainer.progress", "trainer.device",
+                     "trainer.threads",
                      "dataset.root", "dataset.download", "logger.", "eval.iw_", "eval.mean_samples",
                      "eval.active_threshold")
 
@@ -114,14 +115,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tracker(config: Mapping[str, Any], run_dir: Path):
+def build_tracker(config: Mapping[str, Any], run_dir: Path, sweep: str | None = None):
+    """W&B (or nothing): seeds of one dataset and posterior share a group, runs of one sweep share its name as a tag."""
     logger_cfg = config["logger"]
     if logger_cfg["name"] == "none":
         return NullLogger()
     dataset, posterior, decoder = config["dataset"]["name"], config["posterior"]["name"], config["decoder"]["name"]
+    tags = [dataset, posterior, decoder, *logger_cfg.get("tags", []), *([sweep] if sweep else [])]
     return WandbLogger(run_dir, config, project=logger_cfg["project"], entity=logger_cfg.get("entity"),
-                       mode=logger_cfg["mode"], group=f"{dataset}-{posterior}", name=run_dir.name,
-                       tags=[dataset, posterior, decoder, *logger_cfg.get("tags", [])])
+                       mode=logger_cfg["mode"], group=f"{dataset}-{posterior_label(config['posterior'])}",
+                       name=run_dir.name, tags=tags)
 
 
 def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.Tensor]:
@@ -153,12 +156,17 @@ def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState
     return paths
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train, test and summarise one run described by ``cfg``; return the summary written to summary.json."""
+def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = None) -> dict[str, Any]:
+    """Train, test and summarise one run described by ``cfg``; return the summary written to summary.json.
+
+    ``sweep`` names the multirun this run belongs to (a W&B tag and a summary field), if any.
+    """
     run_dir = Path(run_dir)
     device = validate_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
     seed_everything(cfg.seed)
     data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
@@ -175,10 +183,10 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
              len(data.train), len(data.val), len(data.test))
     summary: dict[str, Any] = {
         "status": "running", "dataset": cfg.dataset.name, "posterior": cfg.posterior.name,
-        "decoder": cfg.decoder.name, "seed": cfg.seed, "latent_dim": cfg.latent_dim,
+        "method": posterior_label(config["posterior"]), "sweep": sweep, "decoder": cfg.decoder.name, "seed": cfg.seed, "latent_dim": cfg.latent_dim,
         "binarize": cfg.dataset.binarize, "n_params": n_params, "device": str(device),
     }
-    tracker = build_tracker(config, run_dir)
+    tracker = build_tracker(config, run_dir, sweep)
     data_rng = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def log_images(m: VAE, epoch: int) -> None:

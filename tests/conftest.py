@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,15 +39,21 @@ def _seed_and_env(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
 
 
-def compose(overrides: list[str]):
-    """Compose ``configs/config.yaml`` with ``overrides`` through Hydra's compose API."""
+def compose(overrides: list[str], hydra: bool = False):
+    """Compose ``configs/config.yaml`` with ``overrides`` through Hydra's compose API (``hydra``: keep ``cfg.hydra``)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=False)
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
 
 
 def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "RHOVAE_DATA"}
     env.update(WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     return env
+
+
+def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` as a user runs it, in ``cwd``, with W&B quiet and no inherited data root."""
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)

@@ -12,6 +12,7 @@ from conftest import CONFIGS, compose
 from rhovae.config import validate_config
 from rhovae.errors import ConfigError
 from rhovae.experiment import build_vae
+from rhovae.posteriors import posterior_label
 
 GROUPS = {group: sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
           for group in ("dataset", "posterior", "decoder", "logger")}
@@ -21,7 +22,16 @@ def test_config_groups_offer_the_documented_options():
     assert GROUPS["dataset"] == ["fmnist", "mnist"]
     assert GROUPS["decoder"] == ["conv", "mlp"]
     assert GROUPS["logger"] == ["none", "wandb"]
-    assert GROUPS["posterior"] == ["diag", "fullcov", "iaf", "planar", "rho"]
+    assert GROUPS["posterior"] == ["diag", "fullcov", "iaf", "planar", "rho", "rho_published_code"]
+
+
+@pytest.mark.parametrize("option", GROUPS["posterior"])
+def test_shipped_posterior_configs_use_the_constructor_defaults(option):
+    """The method label is the name alone for every shipped config, so W&B groups and tables read `diag`, `rho`."""
+    options = OmegaConf.to_container(compose([f"posterior={option}"]).posterior)
+    expected = "rho[variant=published_code]" if option == "rho_published_code" else option
+    assert posterior_label(options) == expected
+    assert "min_std=0.01" in posterior_label({**options, "min_std": 0.01})
 
 
 @pytest.mark.parametrize("combo", list(itertools.product(*GROUPS.values())), ids="-".join)
@@ -30,7 +40,7 @@ def test_every_combination_composes_validates_and_builds(combo):
     cfg = compose(overrides)
     assert validate_config(cfg) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for group, option in zip(GROUPS, combo):
-        assert cfg[group].name == option
+        assert cfg[group].name == {"rho_published_code": "rho"}.get(option, option)  # a variant of rho
     model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
     assert model.elbo_terms(torch.zeros(2, 784)).elbo.shape == (2,)
 
@@ -76,6 +86,7 @@ BAD = [
     ("trainer.lr=0", "trainer.lr=0"),
     ("trainer.lr=-1e-3", "trainer.lr=-0.001"),
     ("trainer.max_batches=0", "trainer.max_batches=0"),
+    ("trainer.threads=0", "trainer.threads=0.*integer >= 1 or null"),
     ("trainer.patience=0", "trainer.patience=0"),
     ("trainer.kl_warmup_epochs=-1", "trainer.kl_warmup_epochs=-1"),
     ("trainer.device=tpu", "trainer.device='tpu'.*auto, cpu, cuda"),

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_OVERRIDES, subprocess_env
+from conftest import TINY_OVERRIDES, train
 from rhovae.checkpoint import load_checkpoint
 from rhovae.experiment import build_vae
 from rhovae.vae import count_parameters
@@ -29,11 +27,6 @@ SUMMARY_KEYS = {"status", "dataset", "posterior", "decoder", "seed", "latent_dim
 METRIC_KEYS = {"epoch", "train/elbo", "train/recon", "train/kl", "val/elbo", "val/recon", "val/kl", "lr",
                "epoch_s"}
 SHARED = [o for o in TINY_OVERRIDES if not o.startswith("decoder.")]
-
-
-def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -147,5 +140,20 @@ def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
         tracker.log_images({"samples": torch.rand(1, 30, 30)}, step=1)
         tracker.summarize({"test/elbo": -99.0})
         assert tracker.run.summary["test/elbo"] == -99.0
+    finally:
+        tracker.finish()
+
+
+def test_wandb_groups_tell_variants_apart_and_tag_the_sweep(tmp_path, monkeypatch):
+    from rhovae.experiment import build_tracker
+
+    monkeypatch.chdir(tmp_path)
+    config = {"dataset": {"name": "mnist"}, "decoder": {"name": "mlp"}, "latent_dim": 4,
+              "posterior": {"name": "rho", "min_std": 1e-4, "variant": "published_code"},
+              "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": []}}
+    tracker = build_tracker(config, tmp_path, sweep="paper_2026-01-01_00-00-00")
+    try:
+        assert tracker.run.group == "mnist-rho[variant=published_code]"
+        assert "paper_2026-01-01_00-00-00" in tracker.run.tags
     finally:
         tracker.finish()

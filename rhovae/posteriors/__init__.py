@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, Mapping
+
 from ..errors import ConfigError
 from ..registry import build
 from .ar1_normal import AR1Normal, ar1_scan, log1m_tanh_sq
@@ -34,6 +37,21 @@ def build_posterior(name: str, in_features: int, latent_dim: int, **options) -> 
     return build("posterior", POSTERIORS, name, in_features, latent_dim, **options)
 
 
+def posterior_label(options: Mapping[str, Any]) -> str:
+    """A posterior config's name plus every option that differs from its default, e.g. ``rho`` or
+    ``rho[variant=published_code]``: what tells two methods apart in W&B groups and result tables."""
+    name = options["name"]
+    params = inspect.signature(POSTERIORS[name]).parameters
+    changed = []
+    for key, value in sorted(options.items()):
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if isinstance(default, tuple):
+            default = list(default)
+        if key != "name" and value != default:
+            changed.append(f"{key}={value}".replace(" ", ""))
+    return f"{name}[{','.join(changed)}]" if changed else name
+
+
 __all__ = [
     "AR1Normal",
     "DiagonalPosterior",
@@ -48,6 +66,7 @@ __all__ = [
     "RhoPosterior",
     "ar1_scan",
     "build_posterior",
+    "posterior_label",
     "log1m_tanh_sq",
     "planar_step",
 ]
