@@ -59,3 +59,42 @@ def latent_scatter(means: torch.Tensor, labels: torch.Tensor) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path) -> None:
     fig.savefig(str(path), dpi=110)
+
+
+def method_comparison(table, metric: str = "test/nll", label: str = "test NLL (nats)") -> Figure:
+    """Mean +- sd over seeds of ``metric`` per method, one panel per dataset, from ``results.summarize``."""
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig = Figure(figsize=(4.5 * len(datasets), 3.8), layout="constrained")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+        rows = table[table["dataset"] == dataset]
+        names = [" ".join(str(v) for v in r) for r in rows.drop(columns=["dataset"]).filter(
+            regex=r"^(method|config\.)").itertuples(index=False)]
+        ax.errorbar(range(len(rows)), rows[f"{metric} mean"], yerr=rows[f"{metric} sd"].fillna(0.0), fmt="o",
+                    capsize=4)
+        for i, n in enumerate(rows["n"]):
+            ax.annotate(f"n={n}", (i, rows[f"{metric} mean"].iloc[i]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=7)
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+        ax.set_title(dataset)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "method") -> Figure:
+    """Mean +- sd over seeds of a per-epoch ``metric`` for each ``group`` value, one panel per dataset."""
+    datasets = list(dict.fromkeys(histories["dataset"]))
+    fig = Figure(figsize=(5 * len(datasets), 3.8), layout="constrained")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+        rows = histories[histories["dataset"] == dataset]
+        for name, curve in rows.groupby(group, sort=False)[metric]:
+            stats = curve.groupby(rows.loc[curve.index, "epoch"]).agg(["mean", "std"])
+            line, = ax.plot(stats.index, stats["mean"], marker=".", label=str(name))
+            ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0), stats["mean"] + stats["std"].fillna(0),
+                            color=line.get_color(), alpha=0.2)
+        ax.set_title(dataset)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

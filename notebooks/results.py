@@ -1,0 +1,116 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # rhovae: comparing approximate posteriors
+#
+# Loads one sweep (`python train.py -m ...`) into pandas with the same code as `scripts/summarize.py`, then
+# shows the table, the paired differences against `diag`, learning curves (mean ± sd over seeds), the NLL
+# comparison and sample grids side by side.
+#
+# Point it at a sweep folder with the environment variable `RHOVAE_SWEEP` (default: the newest folder under
+# `outputs/multirun`), or read the runs from Weights & Biases instead with `RHOVAE_WANDB_PROJECT`
+# (`project` or `entity/project`) and optionally `RHOVAE_WANDB_TAGS` (comma-separated, e.g. the sweep's name).
+# This file is paired with `results.py` by jupytext: edit either, then `jupytext --sync notebooks/results.ipynb`.
+
+# %%
+# %matplotlib inline
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+from PIL import Image
+
+from rhovae import results
+from rhovae.plots import learning_curve_bands, method_comparison
+
+REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+WANDB_PROJECT = os.environ.get("RHOVAE_WANDB_PROJECT")
+WANDB_TAGS = [t for t in os.environ.get("RHOVAE_WANDB_TAGS", "").split(",") if t]
+SWEEP_DIR = os.environ.get("RHOVAE_SWEEP")
+if SWEEP_DIR is None and not WANDB_PROJECT:
+    sweeps = sorted((REPO / "outputs" / "multirun").glob("*/"), key=lambda p: p.stat().st_mtime)
+    SWEEP_DIR = str(sweeps[-1]) if sweeps else None
+pd.set_option("display.width", 160)
+
+# %% [markdown]
+# ## Runs
+
+# %%
+if WANDB_PROJECT:
+    entity, _, project = WANDB_PROJECT.rpartition("/")
+    runs = results.load_wandb_runs(project, entity or None, tags=WANDB_TAGS)
+    source = f"W&B project {WANDB_PROJECT}" + (f" (tags {WANDB_TAGS})" if WANDB_TAGS else "")
+elif SWEEP_DIR:
+    runs = results.load_runs(SWEEP_DIR)
+    source = SWEEP_DIR
+else:
+    raise SystemExit("no sweep found: set RHOVAE_SWEEP to a folder written by `python train.py -m ...`")
+keys = results.group_keys(runs)
+display(Markdown(f"**{source}**: {len(results.completed(runs))} of {len(runs)} runs completed; "
+                 f"grouped by {', '.join(keys)}"))
+runs[["run", "status", *keys, "seed", "test/elbo", "test/kl"] + (["test/nll"] if "test/nll" in runs else [])]
+
+# %% [markdown]
+# ## The table (mean ± sd over seeds, nats per image)
+
+# %%
+table = results.summarize(runs, keys)
+results.display_table(table)
+
+# %% [markdown]
+# ## Each method against `diag`, paired by seed (95% t interval)
+# Negative NLL differences and positive ELBO differences favour the method.
+
+# %%
+results.display_differences(results.paired_differences(runs, keys))
+
+# %% [markdown]
+# Runs left out of the averages (failed, interrupted or unfinished):
+
+# %%
+results.not_completed(runs)
+
+# %% [markdown]
+# ## Learning curves (local sweeps)
+
+# %%
+histories = results.load_histories(runs, keys) if not WANDB_PROJECT else pd.DataFrame()
+if not histories.empty:
+    display(learning_curve_bands(histories, "val/elbo"))
+    display(learning_curve_bands(histories, "val/kl"))
+
+# %% [markdown]
+# ## Test NLL per method
+
+# %%
+if "test/nll mean" in table and table["test/nll mean"].notna().any():
+    display(method_comparison(table, "test/nll", "test NLL (nats)"))
+else:
+    display(method_comparison(table.assign(**{"test/elbo mean": -table["test/elbo mean"]}), "test/elbo",
+                              "-test ELBO (nats)"))
+
+# %% [markdown]
+# ## Prior samples side by side (first completed seed of each group)
+
+# %%
+if not WANDB_PROJECT:
+    firsts = results.completed(runs).groupby(keys, sort=False, dropna=False).head(1)
+    fig, axes = plt.subplots(1, len(firsts), figsize=(3 * len(firsts), 3.3), squeeze=False)
+    for ax, (_, run) in zip(axes[0], firsts.iterrows()):
+        ax.imshow(Image.open(Path(run["run_dir"]) / "samples.png"), cmap="gray")
+        ax.set_title(f"{run['dataset']}\n{run['method']}", fontsize=8)
+        ax.axis("off")
+    plt.show()

@@ -1,0 +1,236 @@
+"""Sweep folders (or W&B runs) as pandas tables: one row per run, one row per method, paired differences.
+
+The summary script (``scripts/summarize.py``) and the analysis notebook (``notebooks/results.ipynb``) both
+read results through this module, so the paper table and the notebook cannot disagree.
+
+* ``load_runs(sweep_dir)``: every run folder below ``sweep_dir`` (a folder holding ``.hydra/config.yaml``
+  or ``summary.json``), with its status, its summary numbers and its flattened config (columns
+  ``config.<key>``). A run that never wrote ``summary.json`` (killed, crashed) is kept as ``unfinished``.
+* ``group_keys(runs)``: what tells methods apart: dataset, the posterior's ``method`` label, and every other
+  config key that the sweep varied (decoder, latent_dim, ...), but never the seed.
+* ``summarize(runs)``: mean and sd over seeds of the completed runs, one row per group.
+* ``paired_differences(runs)``: each method minus ``diag`` on the same dataset and seed, with a 95%
+  Student-t confidence interval over seeds.
+* ``load_histories(runs)``: the per-epoch ``metrics.jsonl`` rows of every completed run, for learning curves.
+* ``load_wandb_runs(project)``: the same run table from the W&B API instead of local folders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+from omegaconf import OmegaConf
+from scipy import stats
+
+from .posteriors import posterior_label
+
+BASELINE = "diag"
+# Reported per group: the columns averaged over seeds, and how each is shown in the tables.
+METRICS = {
+    "test/elbo": ("test ELBO", 2),
+    "test/nll": ("test NLL", 2),
+    "test/kl": ("test KL", 2),
+    "test/active_units": ("active units", 1),
+    "epoch_s": ("s/epoch", 1),
+}
+PAIRED_METRICS = ("test/nll", "test/elbo")
+CONFIG = "config."  # prefix of the flattened config columns
+# Config keys that do not change what is being measured, so a sweep that varies them is still one method.
+NOT_A_FACTOR = ("seed", "dataset.root", "dataset.download", "trainer.progress", "trainer.device", "trainer.threads",
+                "trainer.resume", "logger.", "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{"trainer.lr": 0.001, ...}``; lists become strings so they can be compared and grouped."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def find_runs(sweep_dir: str | Path) -> list[Path]:
+    """Run folders below ``sweep_dir`` (itself included): those with a Hydra config or a summary."""
+    root = Path(sweep_dir)
+    found = {p.parent for p in root.rglob("summary.json")}
+    found |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    return sorted(found)
+
+
+def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """One table row from a run's summary and resolved config (either may be incomplete)."""
+    row = {"status": summary.get("status", "unfinished"), "error": summary.get("error"),
+           "dataset": summary.get("dataset", config.get("dataset", {}).get("name")),
+           "posterior": summary.get("posterior", config.get("posterior", {}).get("name")),
+           "method": summary.get("method") or (posterior_label(config["posterior"]) if "posterior" in config else None),
+           "seed": summary.get("seed", config.get("seed")), **extra}
+    row.update({k: v for k, v in summary.items() if k not in row})
+    row.update(flatten(config, CONFIG))
+    return row
+
+
+def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """Every run below ``sweep_dir`` as one row: status, summary numbers, flattened config; sorted for reading."""
+    root = Path(sweep_dir)
+    rows = []
+    for run in find_runs(root):
+        summary_path, config_path = run / "summary.json", run / ".hydra" / "config.yaml"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False) if config_path.is_file() else {}
+        rows.append(run_row(summary, config, run=str(run.relative_to(root)) or ".", run_dir=str(run)))
+    if not rows:
+        raise FileNotFoundError(f"no runs under {root}: expected folders holding summary.json or .hydra/config.yaml")
+    return sort_runs(pd.DataFrame(rows))
+
+
+def sort_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Baseline first, then methods alphabetically; within a method by seed."""
+    order = runs["method"].map(lambda m: (m != BASELINE, str(m)))
+    return (runs.assign(_order=order).sort_values(["dataset", "_order", "seed"], kind="stable")
+            .drop(columns="_order").reset_index(drop=True))
+
+
+def completed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "completed"]
+
+
+def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs left out of every average: failed, interrupted or unfinished, with the reason when known."""
+    columns = [c for c in ("run", "dataset", "method", "seed", "status", "error") if c in runs]
+    return runs.loc[runs["status"] != "completed", columns]
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """``dataset``, ``method`` and the config keys the sweep varied within a (dataset, method) pair."""
+    keys = ["dataset", "method"]
+    done = completed(runs)
+    for column in runs.columns:
+        key = column.removeprefix(CONFIG)
+        if key == column or key.startswith(NOT_A_FACTOR) or key.startswith("posterior."):
+            continue  # not a config key, not a factor, or a posterior option (part of the method label)
+        if done.groupby(keys, dropna=False)[column].nunique(dropna=False).max() > 1:
+            keys.append(column)
+    return keys
+
+
+def summarize(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and sd over seeds of every metric in ``METRICS``, per group of completed runs; ``n`` counts seeds."""
+    keys = list(keys or group_keys(runs))
+    done = completed(runs)
+    metrics = [m for m in METRICS if m in done]
+    grouped = done.groupby(keys, dropna=False, sort=False)
+    table = grouped.size().rename("n").to_frame()
+    for metric in metrics:
+        values = grouped[metric].agg(["mean", "std"])
+        table[f"{metric} mean"], table[f"{metric} sd"] = values["mean"], values["std"]
+    return table.reset_index()
+
+
+def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, baseline: str = BASELINE,
+                       metrics: Iterable[str] = PAIRED_METRICS, confidence: float = 0.95) -> pd.DataFrame:
+    """Each method minus ``baseline`` on the same dataset, other factors and seed: mean, sd and a t interval.
+
+    Only seeds completed by both enter; ``n`` says how many. With one seed the interval is undefined (NaN).
+    """
+    keys = list(keys or group_keys(runs))
+    context = [k for k in keys if k != "method"]
+    done = completed(runs)
+    base = done[done["method"] == baseline]
+    rows = []
+    for metric in [m for m in metrics if m in done and done[m].notna().any()]:
+        for group, others in done[done["method"] != baseline].groupby(keys, dropna=False, sort=False):
+            where = dict(zip(keys, group))
+            match = base
+            for k in context:
+                match = match[match[k].isna()] if pd.isna(where[k]) else match[match[k] == where[k]]
+            pairs = others[["seed", metric]].merge(match[["seed", metric]], on="seed", suffixes=("", "_base"))
+            diff = (pairs[metric] - pairs[f"{metric}_base"]).dropna()
+            n = len(diff)
+            mean = diff.mean() if n else math.nan
+            sd = diff.std() if n > 1 else math.nan
+            half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+            rows.append({**where, "metric": metric, "baseline": baseline, "n": n, "mean": mean, "sd": sd,
+                         "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(rows)
+
+
+def load_histories(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """``metrics.jsonl`` of every completed run, one row per epoch, with the run's group keys and seed."""
+    keys = list(keys or group_keys(runs))
+    frames = []
+    for _, run in completed(runs).iterrows():
+        path = Path(run["run_dir"]) / "metrics.jsonl"
+        if path.is_file():
+            epochs = pd.read_json(path, lines=True)
+            frames.append(epochs.assign(**{k: run[k] for k in keys}, seed=run["seed"], run=run["run"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, "seed", "run", "epoch"])
+
+
+def load_wandb_runs(project: str, entity: str | None = None, tags: Sequence[str] = (), api: Any = None) -> pd.DataFrame:
+    """The run table of a W&B project (optionally only runs with all of ``tags``), in ``load_runs``' columns.
+
+    Needs ``wandb login``; ``api`` replaces ``wandb.Api()`` (tests pass a stand-in).
+    """
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    filters = {"tags": {"$all": list(tags)}} if tags else None
+    rows = []
+    for run in api.runs(path, filters=filters):
+        summary = {k: v for k, v in dict(run.summary).items() if not str(k).startswith("_")}
+        summary.setdefault("status", "completed" if run.state == "finished" else run.state)
+        rows.append(run_row(summary, dict(run.config), run=run.name, run_dir=None, wandb_id=run.id))
+    if not rows:
+        raise LookupError(f"no W&B runs in {path}" + (f" with tags {list(tags)}" if tags else ""))
+    return sort_runs(pd.DataFrame(rows))
+
+
+# ---- tables as text ------------------------------------------------------------------------------------------
+
+
+def _mean_sd(mean: float, sd: float, digits: int, pm: str) -> str:
+    if pd.isna(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} {pm} {sd:.{digits}f}"
+
+
+def display_table(table: pd.DataFrame, pm: str = "±") -> pd.DataFrame:
+    """``summarize``'s output as strings, ``mean ± sd`` per metric, for Markdown and LaTeX."""
+    keys = [c for c in table.columns if c == "n" or not c.endswith((" mean", " sd"))]
+    shown = table[keys].copy()
+    for metric, (title, digits) in METRICS.items():
+        if f"{metric} mean" in table:
+            shown[title] = [_mean_sd(m, s, digits, pm) for m, s in zip(table[f"{metric} mean"], table[f"{metric} sd"])]
+    return shown
+
+
+def display_differences(diffs: pd.DataFrame) -> pd.DataFrame:
+    """``paired_differences``' output as strings: ``mean [low, high]`` with n."""
+    if diffs.empty:
+        return diffs
+    shown = diffs.drop(columns=["mean", "sd", "ci_low", "ci_high", "baseline"]).copy()
+    shown["metric"] = [METRICS[m][0] for m in diffs["metric"]]
+    shown[f"difference vs {BASELINE} [95% CI]"] = [
+        f"{m:+.2f}" + ("" if pd.isna(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
+        for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])]
+    return shown
+
+
+def _latex_escape(text: Any) -> str:
+    escaped = str(text).replace("\\", r"\textbackslash{}")
+    for char in "_%&#$":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped.replace("±", r"$\pm$")
+
+
+def to_latex(frame: pd.DataFrame) -> str:
+    escaped = frame.map(_latex_escape).rename(columns=_latex_escape)
+    return escaped.to_latex(index=False, escape=False, column_format="l" * len(frame.columns))

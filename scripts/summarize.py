@@ -1,0 +1,83 @@
+"""Turn a sweep folder into the paper table: per-run CSV, per-method Markdown/LaTeX tables and an NLL figure.
+
+    python scripts/summarize.py outputs/multirun/<sweep>
+    python scripts/summarize.py outputs/multirun/<sweep> --baseline rho
+
+Writes into the sweep folder:
+
+    results.csv   one row per run (status, summary numbers, full config)
+    results.md    one row per dataset x method: n seeds, mean +- sd of test ELBO, NLL, KL, active units,
+                  seconds per epoch; then each method minus the baseline (paired over seeds, 95% t interval);
+                  then the runs left out (failed, interrupted, unfinished)
+    results.tex   the same two tables for a paper (booktabs)
+    results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
+
+Groups are (dataset, method) plus any other config key the sweep varied; ``method`` is the posterior's name
+with its non-default options (``rho[variant=published_code]``). Runs that did not complete are listed,
+never averaged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rhovae import results
+from rhovae.plots import method_comparison, save_figure
+
+
+def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[str, Path]:
+    runs = results.load_runs(sweep_dir)
+    keys = results.group_keys(runs)
+    table = results.summarize(runs, keys)
+    diffs = results.paired_differences(runs, keys, baseline=baseline)
+    left_out = results.not_completed(runs)
+    shown, shown_diffs = results.display_table(table), results.display_differences(diffs)
+
+    paths = {name: sweep_dir / f"results.{name}" for name in ("csv", "md", "tex", "png")}
+    runs.to_csv(paths["csv"], index=False)
+    md = [f"# Results: {sweep_dir.name}", "",
+          f"{len(results.completed(runs))} of {len(runs)} runs completed; mean ± sd over seeds, nats per image.", "",
+          shown.to_markdown(index=False), ""]
+    if not shown_diffs.empty:
+        md += [f"## Paired differences against {baseline} (same dataset and seed; 95% t interval)", "",
+               "Negative NLL differences and positive ELBO differences favour the method.", "",
+               shown_diffs.to_markdown(index=False), ""]
+    if not left_out.empty:
+        md += ["## Runs not included", "", left_out.to_markdown(index=False), ""]
+    paths["md"].write_text("\n".join(md))
+    tex = [results.to_latex(shown)]
+    if not shown_diffs.empty:
+        tex.append(results.to_latex(shown_diffs))
+    paths["tex"].write_text("\n".join(tex))
+    if table.empty:  # nothing completed: no figure to draw
+        del paths["png"]
+    elif "test/nll mean" in table and table["test/nll mean"].notna().any():
+        save_figure(method_comparison(table, "test/nll", "test NLL (nats)"), paths["png"])
+    else:
+        negated = table.assign(**{"test/elbo mean": -table["test/elbo mean"]})
+        save_figure(method_comparison(negated, "test/elbo", "-test ELBO (nats)"), paths["png"])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder written by train.py -m (or any folder of runs)")
+    parser.add_argument("--baseline", default=results.BASELINE, help="method the paired differences are taken against")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a folder", file=sys.stderr)
+        return 1
+    try:
+        paths = summarize_sweep(args.sweep_dir, args.baseline)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(paths["md"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

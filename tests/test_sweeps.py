@@ -1,0 +1,199 @@
+"""Sweeps end to end: experiment and launcher configs, real joblib multiruns, the results table and the notebook."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO, TINY_OVERRIDES, compose, subprocess_env, train
+from rhovae import results
+from rhovae.config import validate_config
+from rhovae.experiment import build_vae
+
+SWEEP_OVERRIDES = [*TINY_OVERRIDES, "logger=none", "trainer.epochs=2"]
+T_975_ONE_DOF = 12.7062047  # Student t quantile 0.975 with 1 degree of freedom, from tables
+
+
+def summaries(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(data_root, tmp_path_factory) -> Path:
+    """A real 4-job sweep (2 seeds x diag, rho) with the joblib launcher, 2 jobs at a time."""
+    out = tmp_path_factory.mktemp("sweeps") / "tiny"
+    proc = train(["-m", "launcher=joblib", "seed=0,1", "posterior=diag,rho", f"dataset.root={data_root}",
+                  *SWEEP_OVERRIDES, f"hydra.sweep.dir={out}"], cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_paper_experiment_fixes_the_setup_and_sweeps_fifty_runs():
+    cfg = compose(["experiment=paper"], hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert params.seed == "0,1,2,3,4" and params.dataset == "mnist,fmnist"
+    assert params.posterior == "diag,rho,fullcov,planar,iaf"
+    assert (cfg.latent_dim, cfg.decoder.name, cfg.eval.iw_samples) == (32, "mlp", 5000)
+    assert "paper_" in cfg.hydra.sweep.dir
+
+
+def test_rho_paper_experiment_is_the_papers_setup():
+    overrides = ["experiment=rho_paper", "posterior=rho_published_code"]
+    assert compose(overrides, hydra=True).hydra.sweeper.params.posterior == "diag,rho,rho_published_code"
+    cfg = compose(overrides)
+    validate_config(cfg)
+    assert (cfg.latent_dim, cfg.trainer.batch_size, cfg.trainer.lr, cfg.trainer.epochs) == (10, 128, 1e-3, 15)
+    assert cfg.dataset.binarize == "none" and cfg.trainer.patience is None
+    assert cfg.posterior.name == "rho" and cfg.posterior.variant == "published_code"
+    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    assert type(model.posterior).__name__ == "PublishedCodeRhoPosterior"
+    assert [m.weight.shape for m in model.encoder if isinstance(m, torch.nn.Linear)] == [(400, 784)]  # 784-400-z
+    assert [m.weight.shape for m in model.decoder if isinstance(m, torch.nn.Linear)] == [(400, 10), (784, 400)]
+
+
+def test_slurm_launcher_config_composes_with_an_installed_plugin():
+    from hydra.utils import get_class
+
+    cfg = compose(["launcher=slurm", "experiment=paper", "hydra.launcher.partition=gpu"], hydra=True)
+    launcher = cfg.hydra.launcher
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout >= 1
+    assert cfg.trainer.resume is True  # a requeued job continues from last.pt
+    assert launcher.submitit_folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"  # logs stay with the sweep
+
+
+def test_joblib_launcher_config_runs_one_thread_per_job():
+    from hydra.utils import get_class
+
+    launcher = compose(["launcher=joblib"], hydra=True).hydra.launcher
+    assert get_class(launcher._target_).__name__ == "JoblibLauncher" and launcher.n_jobs == 2
+    cfg = compose(["launcher=joblib"])
+    assert cfg.trainer.threads == 1
+    validate_config(cfg)
+
+
+def test_joblib_sweep_runs_every_job_in_its_own_folder(tiny_sweep):
+    folders = sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir())
+    assert folders == ["0_mnist_diag_s0", "1_mnist_rho_s0", "2_mnist_diag_s1", "3_mnist_rho_s1"]
+    found = summaries(tiny_sweep)
+    assert [s["status"] for s in found] == ["completed"] * 4
+    assert {(s["method"], s["seed"]) for s in found} == {("diag", 0), ("diag", 1), ("rho", 0), ("rho", 1)}
+    assert {s["sweep"] for s in found} == {"tiny"}  # the W&B tag every run of the sweep shares
+
+
+def test_a_failing_job_is_recorded_and_the_other_finishes(data_root, tmp_path):
+    """A real 2-job joblib multirun: lr = 1e30 goes NaN, lr = 1e-3 completes; the table lists the failure."""
+    out = tmp_path / "sweep"
+    proc = train(["-m", "launcher=joblib", "trainer.lr=1e30,1e-3", f"dataset.root={data_root}", *SWEEP_OVERRIDES,
+                  f"hydra.sweep.dir={out}"], cwd=tmp_path)
+    assert proc.returncode != 0  # Hydra reports the failed job once every job has run
+    failed, done = (json.loads((out / f"{i}_mnist_diag_s0" / "summary.json").read_text()) for i in (0, 1))
+    assert failed["status"] == "failed" and "non-finite loss" in failed["error"]
+    assert done["status"] == "completed" and "test/elbo" in done
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(out)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "results.md").read_text()
+    assert "1 of 2 runs completed" in md and "| 0_mnist_diag_s0 |" in md and "failed" in md
+    assert "| mnist     | diag     |   1 |" in md  # the failed run is listed, not averaged in
+
+
+def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
+    sweep = tmp_path / "tiny"
+    shutil.copytree(tiny_sweep, sweep)
+    killed = sweep / "4_mnist_rho_s2"  # a job killed before it wrote its summary
+    shutil.copytree(sweep / "3_mnist_rho_s1", killed)
+    (killed / "summary.json").unlink()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("csv", "md", "tex", "png"):
+        assert (sweep / f"results.{name}").stat().st_size > 200, name
+
+    runs = pd.read_csv(sweep / "results.csv")
+    assert len(runs) == 5 and sorted(runs["status"]) == ["completed"] * 4 + ["unfinished"]
+    md = (sweep / "results.md").read_text()
+    assert "4 of 5 runs completed" in md and "4_mnist_rho_s2" in md and "unfinished" in md
+
+    by = {(s["method"], s["seed"]): s for s in summaries(tiny_sweep)}
+    for method in ("diag", "rho"):
+        elbo = [by[method, seed]["test/elbo"] for seed in (0, 1)]
+        nll = [by[method, seed]["test/nll"] for seed in (0, 1)]
+        row = (f"| mnist     | {method:<8} |   2 | {statistics.mean(elbo):.2f} ± {statistics.stdev(elbo):.2f} | "
+               f"{statistics.mean(nll):.2f} ± {statistics.stdev(nll):.2f} |")
+        assert row in md, (row, md)
+    diffs = [by["rho", seed]["test/nll"] - by["diag", seed]["test/nll"] for seed in (0, 1)]
+    mean, half = statistics.mean(diffs), T_975_ONE_DOF * statistics.stdev(diffs) / math.sqrt(2)
+    assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in md
+    tex = (sweep / "results.tex").read_text()
+    assert r"\toprule" in tex and r"$\pm$" in tex and "rho" in tex
+
+
+def test_group_keys_follow_what_the_sweep_varied():
+    def row(method, seed, latent_dim, status="completed", **posterior):
+        summary = {"status": status, "dataset": "mnist", "method": method, "seed": seed, "test/elbo": -100.0 - seed}
+        config = {"seed": seed, "latent_dim": latent_dim, "posterior": {"name": method, **posterior},
+                  "trainer": {"threads": seed + 1}, "dataset": {"name": "mnist", "root": f"/data{seed}"}}
+        return results.run_row(summary, config, run=f"{method}{seed}{latent_dim}")
+
+    runs = pd.DataFrame([row("diag", s, d) for s in (0, 1) for d in (8, 16)]
+                        + [row("planar", s, 8, flow_length=4) for s in (0, 1)] + [row("diag", 2, 99, "failed")])
+    assert results.group_keys(runs) == ["dataset", "method", "config.latent_dim"]  # not seed, threads or root
+    table = results.summarize(runs)
+    assert list(table["n"]) == [2, 2, 2] and list(table["test/elbo mean"]) == [-100.5] * 3
+    diffs = results.paired_differences(runs, metrics=["test/elbo"])
+    assert len(diffs) == 1 and diffs.iloc[0]["config.latent_dim"] == 8 and diffs.iloc[0]["mean"] == 0.0
+
+
+def test_wandb_runs_load_into_the_same_table():
+    class FakeApi:
+        def runs(self, path, filters=None):
+            self.asked = (path, filters)
+            config = {"seed": 0, "posterior": {"name": "rho", "variant": "published_code"}, "dataset": {"name": "fmnist"}}
+            return [SimpleNamespace(name="a", id="x1", state="finished", config=config,
+                                    summary={"status": "completed", "test/elbo": -90.0, "_step": 3}),
+                    SimpleNamespace(name="b", id="x2", state="crashed", config={**config, "seed": 1}, summary={})]
+
+    api = FakeApi()
+    runs = results.load_wandb_runs("rhovae", "me", tags=["paper_x"], api=api)
+    assert api.asked == ("me/rhovae", {"tags": {"$all": ["paper_x"]}})
+    assert list(runs["status"]) == ["completed", "crashed"] and list(runs["seed"]) == [0, 1]
+    assert set(runs["method"]) == {"rho[variant=published_code]"} and "_step" not in runs
+    assert results.summarize(runs)["n"].tolist() == [1]
+
+
+def test_notebook_runs_on_the_tiny_sweep(tiny_sweep, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("RHOVAE_SWEEP", str(tiny_sweep))
+    notebook = nbformat.read(REPO / "notebooks" / "results.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "rho" in html and "diag" in html and "test NLL" in html
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # 2 learning curves, NLL plot, samples
+
+
+def test_notebook_is_paired_with_its_script_and_stored_without_outputs():
+    import jupytext
+
+    notebook = jupytext.read(REPO / "notebooks" / "results.ipynb")
+    script = jupytext.read(REPO / "notebooks" / "results.py")
+    assert [(c.cell_type, c.source) for c in notebook.cells] == [(c.cell_type, c.source) for c in script.cells]
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
