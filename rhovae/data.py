@@ -71,9 +71,9 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[tor
         try:
             ds = cls(str(root), train=train, download=True)
         except Exception as dl_err:  # torchvision raises RuntimeError/URLError/OSError on a failed download
-            first_line = str(dl_err).strip().splitlines()[0] if str(dl_err).strip() else type(dl_err).__name__
+            reason = " ".join(str(dl_err).split()) or type(dl_err).__name__  # every mirror tried, on one line
             raise DatasetError(
-                f"no {where}, and downloading failed ({first_line}); put the files there or point "
+                f"no {where}, and downloading failed ({reason}); put the files there or point "
                 f"dataset.root (or $RHOVAE_DATA) at a folder that has them"
             ) from dl_err
     except (AssertionError, ValueError, IndexError) as err:

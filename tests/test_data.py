@@ -87,6 +87,7 @@ def test_failed_download_is_one_clear_message(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="downloading failed") as err:
         load_image_data("mnist", tmp_path, download=True)
     assert "\n" not in str(err.value) and "train-images-idx3-ubyte" in str(err.value)
+    assert "Tried https://mirror, got: <urlopen error>" in str(err.value)  # why it failed, not just that it did
 
     def unreachable(self):
         raise URLError("no network")
