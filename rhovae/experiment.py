@@ -29,7 +29,7 @@ from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (EpochProgress, NonFiniteLossError, TrainingInterrupted, TrainSettings, TrainState, fit,
-                      restore_training)
+                      make_optimizer, restore_training)
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = Non
     seed_everything(cfg.seed)
     data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr)
+    optimizer = make_optimizer(model, cfg.trainer.lr)
     settings = TrainSettings(
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
         max_batches=cfg.trainer.max_batches, kl_warmup_epochs=cfg.trainer.kl_warmup_epochs,

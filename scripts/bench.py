@@ -40,6 +40,7 @@ from rhovae.evaluation import importance_weighted_log_likelihood
 from rhovae.experiment import build_vae
 from rhovae.idx import write_dataset
 from rhovae.posteriors import AR1Normal, POSTERIORS
+from rhovae.trainer import make_optimizer
 from rhovae.vae import VAE
 
 EPOCH_IMAGES = 60_000
@@ -86,7 +87,7 @@ def bench_training(args, device, images: torch.Tensor) -> dict:
                for i in range(args.steps)]
     for name in POSTERIORS:
         model = model_for(name, args.latent_dim, device)
-        step = training_step(model, torch.optim.Adam(model.parameters(), lr=1e-3))
+        step = training_step(model, make_optimizer(model, lr=1e-3))
         seconds = median_time(lambda: [step(x) for x in batches], device, args.repeats, warmup=1)
         per_step = seconds / args.steps
         out[name] = {"step_ms": 1e3 * per_step, "images_per_s": args.batch_size / per_step,
@@ -117,7 +118,7 @@ def bench_data_path(args, device, root: Path) -> dict:
     """Same diag model and steps; batches from the project's tensors vs a DataLoader with ToTensor per image."""
     data = load_image_data("mnist", root, binarize="dynamic", val_size=10_000, download=False, device=device)
     model = model_for("diag", args.latent_dim, device)
-    step = training_step(model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    step = training_step(model, make_optimizer(model, lr=1e-3))
     gen = torch.Generator(device=device).manual_seed(0)
 
     def project():

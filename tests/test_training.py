@@ -80,3 +80,25 @@ def test_non_finite_loss_stops_and_marks_the_run_failed(data_root, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "non-finite" in summary["error"]
     assert "test/elbo" not in summary
+
+
+def test_training_optimizer_is_fused_adam_with_the_reference_updates():
+    import torch
+
+    from rhovae.trainer import make_optimizer
+
+    def trained(make):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1))
+        optimizer = make(model)
+        for step in range(5):
+            optimizer.zero_grad()
+            model(torch.randn(16, 5, generator=torch.Generator().manual_seed(step))).pow(2).mean().backward()
+            optimizer.step()
+        return optimizer, [p.detach().clone() for p in model.parameters()]
+
+    fused, fused_params = trained(lambda m: make_optimizer(m, lr=1e-2))
+    _, reference_params = trained(lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, foreach=False))
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["lr"] == 1e-2
+    for p, q in zip(fused_params, reference_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
