@@ -7,7 +7,7 @@ typo in a sweep dies at start-up instead of hours in, or worse, silently trains 
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +43,17 @@ def _one_of(cfg: DictConfig, key: str, options) -> None:
 def _int_at_least(cfg: DictConfig, key: str, low: int, optional: bool = False) -> None:
     accepted = f"an integer >= {low}" + (" or null" if optional else "")
     _check(cfg, key, lambda v: (optional and v is None) or (_is_int(v) and v >= low), accepted)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"trainer.lr": 0.001, ...}`` (keys joined with dots, after ``prefix``)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import load_checkpoint
-from .config import validate_config
+from .config import flatten, validate_config
 from .data import ImageData, load_image_data, to_unit_float
 from .errors import ConfigError
 from .evaluation import EvalSettings, evaluate_test_set, seeded_rng
@@ -69,19 +69,9 @@ RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.patience", "tr
                      "eval.active_threshold")
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
     """Refuse to continue a run under a config that would train a different model or on different data."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
     if changed:
@@ -183,8 +173,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = Non
              len(data.train), len(data.val), len(data.test))
     summary: dict[str, Any] = {
         "status": "running", "dataset": cfg.dataset.name, "posterior": cfg.posterior.name,
-        "method": posterior_label(config["posterior"]), "sweep": sweep, "decoder": cfg.decoder.name, "seed": cfg.seed, "latent_dim": cfg.latent_dim,
-        "binarize": cfg.dataset.binarize, "n_params": n_params, "device": str(device),
+        "method": posterior_label(config["posterior"]), "sweep": sweep, "decoder": cfg.decoder.name,
+        "seed": cfg.seed, "latent_dim": cfg.latent_dim, "binarize": cfg.dataset.binarize, "n_params": n_params,
+        "device": str(device),
     }
     tracker = build_tracker(config, run_dir, sweep)
     data_rng = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -26,6 +26,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from scipy import stats
 
+from .config import flatten
 from .posteriors import posterior_label
 
 BASELINE = "diag"
@@ -44,17 +45,6 @@ NOT_A_FACTOR = ("seed", "dataset.root", "dataset.download", "trainer.progress", 
                 "trainer.resume", "logger.", "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size")
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> ``{"trainer.lr": 0.001, ...}``; lists become strings so they can be compared and grouped."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else value
-    return flat
-
-
 def find_runs(sweep_dir: str | Path) -> list[Path]:
     """Run folders below ``sweep_dir`` (itself included): those with a Hydra config or a summary."""
     root = Path(sweep_dir)
@@ -71,7 +61,8 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
            "method": summary.get("method") or (posterior_label(config["posterior"]) if "posterior" in config else None),
            "seed": summary.get("seed", config.get("seed")), **extra}
     row.update({k: v for k, v in summary.items() if k not in row})
-    row.update(flatten(config, CONFIG))
+    # lists (hidden sizes) become strings, so that columns can be compared and grouped
+    row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(config, CONFIG).items()})
     return row
 
 

@@ -40,7 +40,7 @@ def _seed_and_env(monkeypatch):
 
 
 def compose(overrides: list[str], hydra: bool = False):
-    """Compose ``configs/config.yaml`` with ``overrides`` through Hydra's compose API (``hydra``: keep ``cfg.hydra``)."""
+    """Compose ``configs/config.yaml`` with ``overrides`` through Hydra's compose API; ``hydra`` keeps ``cfg.hydra``."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

@@ -160,7 +160,8 @@ def test_wandb_runs_load_into_the_same_table():
     class FakeApi:
         def runs(self, path, filters=None):
             self.asked = (path, filters)
-            config = {"seed": 0, "posterior": {"name": "rho", "variant": "published_code"}, "dataset": {"name": "fmnist"}}
+            config = {"seed": 0, "posterior": {"name": "rho", "variant": "published_code"},
+                      "dataset": {"name": "fmnist"}}
             return [SimpleNamespace(name="a", id="x1", state="finished", config=config,
                                     summary={"status": "completed", "test/elbo": -90.0, "_step": 3}),
                     SimpleNamespace(name="b", id="x2", state="crashed", config={**config, "seed": 1}, summary={})]

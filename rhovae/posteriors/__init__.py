@@ -44,10 +44,10 @@ def posterior_label(options: Mapping[str, Any]) -> str:
     params = inspect.signature(POSTERIORS[name]).parameters
     changed = []
     for key, value in sorted(options.items()):
+        if key == "name":
+            continue
         default = params[key].default if key in params else inspect.Parameter.empty
-        if isinstance(default, tuple):
-            default = list(default)
-        if key != "name" and value != default:
+        if value != (list(default) if isinstance(default, tuple) else default):
             changed.append(f"{key}={value}".replace(" ", ""))
     return f"{name}[{','.join(changed)}]" if changed else name
 
