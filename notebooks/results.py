@@ -110,9 +110,13 @@ else:
 # %%
 if not WANDB_PROJECT:
     firsts = results.completed(runs).groupby(keys, sort=False, dropna=False).head(1)
-    fig, axes = plt.subplots(1, len(firsts), figsize=(3 * len(firsts), 3.3), squeeze=False)
-    for ax, (_, run) in zip(axes[0], firsts.iterrows()):
-        ax.imshow(Image.open(Path(run["run_dir"]) / "samples.png"), cmap="gray")
-        ax.set_title(f"{run['dataset']}\n{run['method']}", fontsize=8)
+    datasets = list(dict.fromkeys(firsts["dataset"]))  # one row of panels per dataset
+    width = firsts.groupby("dataset").size().max()
+    fig, axes = plt.subplots(len(datasets), width, figsize=(2.8 * width, 3.1 * len(datasets)), squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
+    for row, dataset in zip(axes, datasets):
+        for ax, (_, run) in zip(row, firsts[firsts["dataset"] == dataset].iterrows()):
+            ax.imshow(Image.open(Path(run["run_dir"]) / "samples.png"), cmap="gray")
+            ax.set_title(f"{dataset}: {run['method']}", fontsize=8)
     plt.show()

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
 
@@ -94,6 +95,7 @@ def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "meth
                             color=line.get_color(), alpha=0.2)
         ax.set_title(dataset)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
