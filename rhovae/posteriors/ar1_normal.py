@@ -133,8 +133,13 @@ class AR1Normal(Distribution):
         rest = log_sd_rest.unsqueeze(-1).expand(self.batch_shape + (self.dim - 1,))
         return torch.cat([first, rest], dim=-1).exp()
 
+    def _draw(self, sample_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples z = loc + L e and the standard-normal draws e behind them."""
+        eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + ar1_scan(eps * self._innovation_scales(), self.rho), eps
+
     def rsample(self, sample_shape=torch.Size()):
-        return self.rsample_with_log_prob(sample_shape)[0]
+        return self._draw(sample_shape)[0]
 
     def rsample_with_log_prob(self, sample_shape=torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and their log-density, the latter from the standard-normal draws e themselves.
@@ -142,9 +147,7 @@ class AR1Normal(Distribution):
         Equal to ``log_prob(z)`` in exact arithmetic (e = L^-1 (z - loc)), but it never divides by the
         innovation scale, so it stays exact when rho is within rounding of +-1.
         """
-        shape = self._extended_shape(sample_shape)
-        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        z = self.loc + ar1_scan(eps * self._innovation_scales(), self.rho)
+        z, eps = self._draw(sample_shape)
         return z, log_density_of_standard_draws(eps, self.log_det_scale_tril())
 
     def log_det_scale_tril(self) -> torch.Tensor:
