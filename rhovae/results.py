@@ -127,7 +127,8 @@ def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, ba
                        metrics: Iterable[str] = PAIRED_METRICS, confidence: float = 0.95) -> pd.DataFrame:
     """Each method minus ``baseline`` on the same dataset, other factors and seed: mean, sd and a t interval.
 
-    Only seeds completed by both enter; ``n`` says how many. With one seed the interval is undefined (NaN).
+    Only seeds completed by both enter; ``n`` says how many (groups without any are left out). With one seed the
+    interval is undefined (NaN).
     """
     keys = list(keys or group_keys(runs))
     context = [k for k in keys if k != "method"]
@@ -143,7 +144,9 @@ def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, ba
             pairs = others[["seed", metric]].merge(match[["seed", metric]], on="seed", suffixes=("", "_base"))
             diff = (pairs[metric] - pairs[f"{metric}_base"]).dropna()
             n = len(diff)
-            mean = diff.mean() if n else math.nan
+            if n == 0:
+                continue  # no baseline run on the same dataset, factors and seeds: nothing to compare
+            mean = diff.mean()
             sd = diff.std() if n > 1 else math.nan
             half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
             rows.append({**where, "metric": metric, "baseline": baseline, "n": n, "mean": mean, "sd": sd,
@@ -209,7 +212,7 @@ def display_differences(diffs: pd.DataFrame) -> pd.DataFrame:
         return diffs
     shown = diffs.drop(columns=["mean", "sd", "ci_low", "ci_high", "baseline"]).copy()
     shown["metric"] = [METRICS[m][0] for m in diffs["metric"]]
-    shown[f"difference vs {BASELINE} [95% CI]"] = [
+    shown[f"difference vs {diffs['baseline'].iloc[0]} [95% CI]"] = [
         f"{m:+.2f}" + ("" if pd.isna(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
         for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])]
     return shown

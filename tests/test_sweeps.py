@@ -154,6 +154,9 @@ def test_group_keys_follow_what_the_sweep_varied():
     assert list(table["n"]) == [2, 2, 2] and list(table["test/elbo mean"]) == [-100.5] * 3
     diffs = results.paired_differences(runs, metrics=["test/elbo"])
     assert len(diffs) == 1 and diffs.iloc[0]["config.latent_dim"] == 8 and diffs.iloc[0]["mean"] == 0.0
+    against_planar = results.paired_differences(runs, baseline="planar", metrics=["test/elbo"])
+    assert list(against_planar["method"]) == ["diag"]  # diag at latent_dim 8 is the one pair planar has
+    assert "difference vs planar [95% CI]" in results.display_differences(against_planar)
 
 
 def test_wandb_runs_load_into_the_same_table():
