@@ -36,7 +36,7 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from rhovae import results
-from rhovae.plots import learning_curve_bands, method_comparison
+from rhovae.plots import learning_curve_bands, likelihood_comparison
 
 REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 WANDB_PROJECT = os.environ.get("RHOVAE_WANDB_PROJECT")
@@ -95,14 +95,10 @@ if not histories.empty:
     display(learning_curve_bands(histories, "val/kl"))
 
 # %% [markdown]
-# ## Test NLL per method
+# ## Test NLL per method (-ELBO where no NLL was estimated)
 
 # %%
-if "test/nll mean" in table and table["test/nll mean"].notna().any():
-    display(method_comparison(table, "test/nll", "test NLL (nats)"))
-else:
-    display(method_comparison(table.assign(**{"test/elbo mean": -table["test/elbo mean"]}), "test/elbo",
-                              "-test ELBO (nats)"))
+display(likelihood_comparison(table))
 
 # %% [markdown]
 # ## Prior samples side by side (first completed seed of each group)

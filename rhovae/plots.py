@@ -82,6 +82,14 @@ def method_comparison(table, metric: str = "test/nll", label: str = "test NLL (n
     return fig
 
 
+def likelihood_comparison(table) -> Figure:
+    """The headline figure of a sweep: test NLL per method where it was estimated, otherwise -test ELBO."""
+    if "test/nll mean" in table and table["test/nll mean"].notna().any():
+        return method_comparison(table, "test/nll", "test NLL (nats)")
+    negated = table.assign(**{"test/elbo mean": -table["test/elbo mean"]})
+    return method_comparison(negated, "test/elbo", "-test ELBO (nats)")
+
+
 def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "method") -> Figure:
     """Mean +- sd over seeds of a per-epoch ``metric`` for each ``group`` value, one panel per dataset."""
     datasets = list(dict.fromkeys(histories["dataset"]))

@@ -198,7 +198,7 @@ def _mean_sd(mean: float, sd: float, digits: int, pm: str) -> str:
 
 def display_table(table: pd.DataFrame, pm: str = "±") -> pd.DataFrame:
     """``summarize``'s output as strings, ``mean ± sd`` per metric, for Markdown and LaTeX."""
-    keys = [c for c in table.columns if c == "n" or not c.endswith((" mean", " sd"))]
+    keys = [c for c in table.columns if not c.endswith((" mean", " sd"))]  # the group keys and n
     shown = table[keys].copy()
     for metric, (title, digits) in METRICS.items():
         if f"{metric} mean" in table:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from rhovae import results
-from rhovae.plots import method_comparison, save_figure
+from rhovae.plots import likelihood_comparison, save_figure
 
 
 def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[str, Path]:
@@ -53,11 +53,8 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
     paths["tex"].write_text("\n".join(tex))
     if table.empty:  # nothing completed: no figure to draw
         del paths["png"]
-    elif "test/nll mean" in table and table["test/nll mean"].notna().any():
-        save_figure(method_comparison(table, "test/nll", "test NLL (nats)"), paths["png"])
     else:
-        negated = table.assign(**{"test/elbo mean": -table["test/elbo mean"]})
-        save_figure(method_comparison(negated, "test/elbo", "-test ELBO (nats)"), paths["png"])
+        save_figure(likelihood_comparison(table), paths["png"])
     return paths
 
 

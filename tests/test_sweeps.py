@@ -29,6 +29,11 @@ def summaries(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
 
 
+def summarize(sweep: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(data_root, tmp_path_factory) -> Path:
     """A real 4-job sweep (2 seeds x diag, rho) with the joblib launcher, 2 jobs at a time."""
@@ -101,8 +106,7 @@ def test_a_failing_job_is_recorded_and_the_other_finishes(data_root, tmp_path):
     failed, done = (json.loads((out / f"{i}_mnist_diag_s0" / "summary.json").read_text()) for i in (0, 1))
     assert failed["status"] == "failed" and "non-finite loss" in failed["error"]
     assert done["status"] == "completed" and "test/elbo" in done
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(out)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = summarize(out)
     assert proc.returncode == 0, proc.stderr
     md = (out / "results.md").read_text()
     assert "1 of 2 runs completed" in md and "| 0_mnist_diag_s0 |" in md and "failed" in md
@@ -115,8 +119,7 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     killed = sweep / "4_mnist_rho_s2"  # a job killed before it wrote its summary
     shutil.copytree(sweep / "3_mnist_rho_s1", killed)
     (killed / "summary.json").unlink()
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = summarize(sweep)
     assert proc.returncode == 0, proc.stderr
     for name in ("csv", "md", "tex", "png"):
         assert (sweep / f"results.{name}").stat().st_size > 200, name
