@@ -57,6 +57,49 @@ def expected_files(name: str) -> list[str]:
     return [Path(url).stem for url, _ in DATASETS[name].resources]
 
 
+# IDX headers (the MNIST file format): two zero bytes, a type code, the number of dimensions, then each size as a
+# big-endian int32. torchvision's parser asserts on a bad header; ``idx_problem`` says what is wrong instead.
+IDX_UBYTE = 0x08
+IDX_DIMS = {"images": 3, "labels": 1}
+
+
+def idx_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable uint8 IDX file (missing, bad header, wrong size), or None when it looks fine."""
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] != IDX_UBYTE:
+            return f"{path} is not an uint8 IDX file (its first bytes are {head.hex() or 'missing'}, expected 000008..)"
+        ndim = head[3]
+        expected_ndim = IDX_DIMS["labels" if "labels" in path.name else "images"]
+        if ndim != expected_ndim:
+            return f"{path} has {ndim} dimensions in its header, expected {expected_ndim}"
+        dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        return f"{path} is truncated inside its header ({size} bytes)"
+    shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4)]
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        return f"{path} is {state}: its header announces {' x '.join(map(str, shape))} bytes of data " \
+               f"({expected:,} bytes in all), the file has {size:,}"
+    return None
+
+
+def _corrupt(name: str, root: Path, train: bool, err: Exception) -> DatasetError:
+    """The error for files torchvision could not parse: the first bad file and why, or torchvision's own reason."""
+    folder = raw_folder(name, root)
+    prefix = "train" if train else "t10k"
+    files = [folder / f for f in expected_files(name) if f.startswith(prefix)]
+    problems = [p for p in map(idx_problem, files) if p]
+    if problems:
+        return DatasetError(f"could not read {name} data: {problems[0]}")
+    reason = f"{type(err).__name__}: {' '.join(str(err).split()) or 'no message'}"
+    return DatasetError(f"could not read {name} data in {folder}: {reason}")
+
+
 def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     cls = DATASETS[name]
     folder = raw_folder(name, root)
@@ -65,7 +108,7 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[tor
         ds = cls(str(root), train=train, download=False)
     except RuntimeError as err:
         if "Dataset not found" not in str(err):
-            raise DatasetError(f"could not read {where}: corrupt or truncated file ({err})") from err
+            raise _corrupt(name, root, train, err) from err
         if not download:
             raise DatasetError(f"no {where}; dataset.download=false, so nothing was fetched") from err
         try:
@@ -77,7 +120,7 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[tor
                 f"dataset.root (or $RHOVAE_DATA) at a folder that has them"
             ) from dl_err
     except (AssertionError, ValueError, IndexError) as err:
-        raise DatasetError(f"could not read {where}: corrupt or truncated file ({type(err).__name__} {err})") from err
+        raise _corrupt(name, root, train, err) from err
     images, labels = ds.data, ds.targets
     if images.dim() != 3 or images.dtype != torch.uint8 or len(images) != len(labels):
         raise DatasetError(f"could not read {where}: images {tuple(images.shape)} {images.dtype}, "

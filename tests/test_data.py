@@ -97,15 +97,21 @@ def test_failed_download_is_one_clear_message(tmp_path, monkeypatch):
         load_image_data("mnist", tmp_path, download=True)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bad_magic"])
-def test_corrupt_idx_file_is_reported(tmp_path, damage):
+@pytest.mark.parametrize("file,damage,reason", [
+    ("train-images-idx3-ubyte", lambda b: b[:-500], "is truncated: its header announces 60 x 28 x 28 bytes of data "
+                                                     "(47,056 bytes in all), the file has 46,556"),
+    ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x07" + b[4:], "has 7 dimensions in its header, expected 3"),
+    ("t10k-labels-idx1-ubyte", lambda b: b"\x1f\x8b" + b[2:], "is not an uint8 IDX file (its first bytes are 1f8b0801"),
+    ("t10k-labels-idx1-ubyte", lambda b: b + b"\x00", "is longer than its header says"),
+], ids=["truncated", "bad-header", "gzip-not-unpacked", "trailing-bytes"])
+def test_corrupt_idx_file_is_named_with_a_readable_reason(tmp_path, file, damage, reason):
     raw = write_dataset(tmp_path, "mnist", n_train=60, n_test=20)
-    path = raw / "train-images-idx3-ubyte"
-    blob = path.read_bytes()
-    path.write_bytes(blob[:-500] if damage == "truncate" else b"\x00\x00\x08\x07" + blob[4:])
-    with pytest.raises(DatasetError, match="corrupt or truncated") as err:
+    path = raw / file
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DatasetError) as err:
         load_image_data("mnist", tmp_path, val_size=10, download=False)
-    assert str(raw) in str(err.value)
+    assert str(err.value).startswith(f"could not read mnist data: {path} {reason}")
+    assert "AssertionError" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_label_count_mismatch_is_reported(tmp_path):
