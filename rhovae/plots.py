@@ -9,36 +9,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
+
+ZOOM = 2  # image grids show each pixel as ZOOM x ZOOM, so a 28 x 28 digit is readable on a slide
+PADDING = 4
 
 
 def sample_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int = 8) -> torch.Tensor:
-    """Flat images ``[N, n_pixels]`` in [0, 1] as one ``[C, H, W]`` grid."""
-    return make_grid(images.detach().reshape(-1, *image_shape).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    """Flat images ``[N, n_pixels]`` in [0, 1] as one ``[C, H, W]`` grid, each image enlarged ``ZOOM`` times."""
+    tiles = images.detach().reshape(-1, *image_shape).cpu()
+    tiles = tiles.repeat_interleave(ZOOM, dim=-2).repeat_interleave(ZOOM, dim=-1)
+    return make_grid(tiles, nrow=nrow, padding=PADDING, pad_value=1.0)
 
 
 def reconstruction_grid(inputs: torch.Tensor, recons: torch.Tensor, image_shape: Sequence[int],
-                        pairs_per_row: int = 4) -> torch.Tensor:
-    """Each input immediately followed by its reconstruction, ``pairs_per_row`` pairs per row."""
-    paired = torch.stack([inputs.detach(), recons.detach()], dim=1).reshape(-1, inputs.shape[-1])
-    return sample_grid(paired, image_shape, nrow=2 * pairs_per_row)
+                        per_row: int = 8) -> torch.Tensor:
+    """Rows of ``per_row`` test inputs, each row followed by the row of their reconstructions, labelled on the left."""
+    inputs, recons = inputs.detach(), recons.detach()
+    rows = [block for start in range(0, len(inputs), per_row)
+            for block in (inputs[start:start + per_row], recons[start:start + per_row])]
+    grid = sample_grid(torch.cat(rows), image_shape, nrow=per_row)
+    return label_rows(grid, ["input", "reconstruction"] * (len(rows) // 2), row_height=image_shape[-2] * ZOOM)
+
+
+def label_rows(grid: torch.Tensor, labels: Sequence[str], row_height: int, width: int = 120) -> torch.Tensor:
+    """``grid`` with a white margin on the left naming each of its rows of tiles."""
+    height = grid.shape[-2]
+    margin = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(margin)
+    font = ImageFont.load_default(size=14)
+    for i, label in enumerate(labels):
+        middle = PADDING + i * (row_height + PADDING) + row_height / 2
+        draw.text((width - 6, middle), label, fill=0, font=font, anchor="rm")
+    strip = torch.from_numpy(np.asarray(margin, dtype=np.float32) / 255.0).expand(grid.shape[0], -1, -1)
+    return torch.cat([strip, grid], dim=-1)
 
 
 def save_grid(grid: torch.Tensor, path: str | Path) -> None:
     save_image(grid, str(path))
 
 
-def learning_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
-    """Train and validation ELBO (left) and KL (right) per epoch, from ``metrics.jsonl`` rows."""
-    fig = Figure(figsize=(9, 3.5), layout="constrained")
+def learning_curves(history: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
+    """Train and validation ELBO (left) and KL (right) per epoch, from ``metrics.jsonl`` rows, under ``title``."""
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    if title:
+        fig.suptitle(title)
     epochs = [row["epoch"] for row in history]
     for ax, metric, label in zip(fig.subplots(1, 2), ("elbo", "kl"), ("ELBO (nats)", "KL (nats)")):
         for split, style in (("train", "-"), ("val", "--")):
             ax.plot(epochs, [row[f"{split}/{metric}"] for row in history], style, marker=".", label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -82,12 +108,22 @@ def method_comparison(table, metric: str = "test/nll", label: str = "test NLL (n
     return fig
 
 
-def likelihood_comparison(table) -> Figure:
-    """The headline figure of a sweep: test NLL per method where it was estimated, otherwise -test ELBO."""
+def likelihood_comparison(table, iw_samples: Sequence[int] = ()) -> Figure:
+    """The headline figure of a sweep: test NLL per method where it was estimated, otherwise -test ELBO.
+
+    The title says what the error bars are and, for the NLL, the numbers K of importance samples (``iw_samples``).
+    """
     if "test/nll mean" in table and table["test/nll mean"].notna().any():
-        return method_comparison(table, "test/nll", "test NLL (nats)")
-    negated = table.assign(**{"test/elbo mean": -table["test/elbo mean"]})
-    return method_comparison(negated, "test/elbo", "-test ELBO (nats)")
+        ks = ", ".join(str(int(k)) for k in sorted(set(iw_samples)))
+        fig = method_comparison(table, "test/nll", "test NLL (nats)")
+        what = "importance-weighted test NLL" + (f" with K = {ks}" if ks else "")
+    else:
+        negated = table.assign(**{"test/elbo mean": -table["test/elbo mean"]})
+        fig = method_comparison(negated, "test/elbo", "-test ELBO (nats)")
+        what = "negative test ELBO (no NLL was estimated)"
+    fig.suptitle(f"{what}\npoints: mean over seeds; error bars: ± 1 sd over seeds (n seeds beside each point)",
+                 fontsize=9)
+    return fig
 
 
 def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "method") -> Figure:

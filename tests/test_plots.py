@@ -1,0 +1,57 @@
+"""Pictures people put on slides: readable grids, labelled reconstruction rows, titled curves, captioned results."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from rhovae.plots import PADDING, ZOOM, learning_curves, likelihood_comparison, reconstruction_grid, sample_grid
+
+SHAPE = (1, 28, 28)
+TILE = 28 * ZOOM
+
+
+def test_sample_grid_enlarges_every_pixel():
+    images = torch.rand(64, 784)
+    grid = sample_grid(images, SHAPE)
+    assert grid.shape[-2:] == (8 * (TILE + PADDING) + PADDING,) * 2
+    first = grid[0, PADDING:PADDING + TILE, PADDING:PADDING + TILE]
+    assert torch.equal(first, images[0].reshape(28, 28).repeat_interleave(ZOOM, 0).repeat_interleave(ZOOM, 1))
+
+
+def test_reconstruction_rows_alternate_inputs_and_reconstructions_under_labels():
+    inputs, recons = torch.zeros(16, 784), torch.ones(16, 784)  # black inputs, white reconstructions
+    grid = reconstruction_grid(inputs, recons, SHAPE)
+    margin = grid.shape[-1] - sample_grid(torch.zeros(32, 784), SHAPE).shape[-1]
+    assert margin > 0
+    tiles = grid[0, :, margin:]
+
+    def row(i: int) -> torch.Tensor:
+        top = PADDING + i * (TILE + PADDING)
+        return tiles[top:top + TILE, PADDING:PADDING + TILE]
+
+    assert [row(i).mean().item() for i in range(4)] == [0.0, 1.0, 0.0, 1.0]  # input row, its reconstructions, ...
+    for i in range(4):  # each row's label is drawn in the margin beside it
+        top = PADDING + i * (TILE + PADDING)
+        assert grid[0, top:top + TILE, :margin].min() < 0.5
+
+
+def test_learning_curves_have_a_title_and_whole_epoch_ticks():
+    history = [{"epoch": e, "train/elbo": -100.0 - e, "val/elbo": -101.0, "train/kl": 5.0, "val/kl": 5.0}
+               for e in (1, 2, 3)]
+    fig = learning_curves(history, "mnist, rho, seed 3")
+    assert fig._suptitle.get_text() == "mnist, rho, seed 3"
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_results_figure_says_what_the_error_bars_are_and_which_k():
+    table = pd.DataFrame({"dataset": ["mnist", "mnist"], "method": ["diag", "rho"], "n": [3, 3],
+                          "test/nll mean": [90.0, 91.0], "test/nll sd": [0.5, 0.4],
+                          "test/elbo mean": [-95.0, -96.0], "test/elbo sd": [0.5, 0.5]})
+    title = likelihood_comparison(table, [1000])._suptitle.get_text()
+    assert "K = 1000" in title and "error bars: ± 1 sd over seeds" in title
+    no_nll = table.drop(columns=["test/nll mean", "test/nll sd"])
+    assert "negative test ELBO" in likelihood_comparison(no_nll)._suptitle.get_text()
