@@ -1,10 +1,12 @@
 """Train one VAE, or sweep many with Hydra's multirun: ``python train.py posterior=rho dataset=fmnist``.
 
 Thin entry point: Hydra composes ``configs/`` and picks the run folder; ``rhovae.experiment`` does the work.
-Errors caused by the input (a bad config value, missing data) end the run with one line on stderr; in a
-multirun they are re-raised so Hydra records the job as failed and carries on with the others. SIGTERM
-checkpoints the exact position and exits with status 143 (128 + SIGTERM); ``trainer.resume=true`` with
-``hydra.run.dir=<run folder>`` continues the run.
+Before anything is written, the command is checked: unknown keys, bad values, and whether the folder already
+holds a run (continue it with ``trainer.resume=true``, replace it with ``trainer.overwrite=true``); a refused
+command leaves the folder byte-identical. Errors caused by the input end the run with one line on stderr; in a
+multirun they are re-raised so Hydra records the job as failed and carries on with the others. SIGTERM and
+Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); a second Ctrl-C exits at once.
+``python train.py trainer.resume=true hydra.run.dir=<run folder>`` continues a run with the config it saved.
 """
 
 import logging
@@ -16,11 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rhovae.errors import RhovaeError
+from rhovae.errors import JobFailed, RhovaeError
 from rhovae.experiment import run_experiment
+from rhovae.hydra_run import check_known_keys, file_logs_held, given_keys, log_to_file, write_hydra_record
 from rhovae.trainer import TrainingInterrupted
-
-EXIT_TERMINATED = 143
 
 log = logging.getLogger("train")
 
@@ -28,19 +29,31 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-    try:
-        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), sweep=sweep)
-    except TrainingInterrupted as err:
-        log.warning("%s", err)
-        print(f"interrupted: {err}", file=sys.stderr)
-        sys.exit(EXIT_TERMINATED)
-    except RhovaeError as err:
-        log.error("%s", err)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep = Path(hydra_cfg.sweep.dir).name if multirun else None
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+
+    def on_start(plan) -> None:
+        release_file_log()
+        if plan.checkpoint is None or not (run_dir / ".hydra").is_dir():
+            write_hydra_record(cfg, run_dir)
+
+    with file_logs_held() as release_file_log:
+        try:
+            check_known_keys(cfg, overrides)
+            summary = run_experiment(cfg, run_dir, sweep=sweep, given=given_keys(cfg, overrides), on_start=on_start)
+        except TrainingInterrupted as err:
+            log_to_file(log, logging.WARNING, f"interrupted: {err}")
+            print(f"interrupted: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        except RhovaeError as err:
+            log_to_file(log, logging.ERROR, f"error: {err}")  # only once the run was accepted (train.log is held)
+            if multirun:  # Hydra records the job as failed, runs the others, and reports the first failure at the end
+                print(f"error in {run_dir.name}: {err}", file=sys.stderr)
+                raise JobFailed(f"{run_dir.name}: {err}") from None
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
     return summary["test/elbo"]
 
 

@@ -6,8 +6,9 @@ typo in a sweep dies at start-up instead of hours in, or worse, silently trains 
 
 from __future__ import annotations
 
+import difflib
 import numbers
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +21,19 @@ from .tracking import WANDB_MODES
 
 LOGGERS = ("wandb", "none")
 DEVICES = ("auto", "cpu", "cuda")
+
+# Keys (or whole sections) that say how a run executes, not what it measures: a resumed run may change them,
+# and result tables never treat them as a factor.
+RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "trainer.resume", "trainer.overwrite",
+                "dataset.root", "dataset.download", "logger")
+# What else may differ when a run is resumed: how long it trains, and how its final scores are estimated.
+RESUMABLE_KEYS = (*RUNTIME_KEYS, "trainer.epochs", "trainer.patience", "eval.iw_samples", "eval.iw_chunk",
+                  "eval.iw_batch_size", "eval.mean_samples", "eval.active_threshold")
+
+
+def in_sections(key: str, sections: Iterable[str]) -> bool:
+    """Whether the dotted ``key`` is one of ``sections`` or lies inside one of them."""
+    return any(key == s or key.startswith(f"{s}.") for s in sections)
 
 
 def _is_int(v: Any) -> bool:
@@ -54,6 +68,33 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``flatten``: ``{"trainer.lr": 0.001}`` as ``{"trainer": {"lr": 0.001}}``."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def reject_unknown_keys(keys: Iterable[str], known: Iterable[str], where: str = "") -> None:
+    """One line naming the first key that is not in ``known`` and the closest known key."""
+    known = sorted(set(known))
+    unknown = sorted(set(keys) - set(known))
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    section = key.rpartition(".")[0]
+    siblings = [k for k in known if k.rpartition(".")[0] == section]
+    hint = f"did you mean {close[0]}?" if close else f"known keys here: {', '.join(siblings) or ', '.join(known)}"
+    more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    raise ConfigError(f"{key} is not a key {where or 'of the configuration'}; {hint}{more}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +133,7 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "trainer.patience", 1, optional=True)
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
     _check(cfg, "trainer.resume", lambda v: isinstance(v, bool), "true, false")
+    _check(cfg, "trainer.overwrite", lambda v: isinstance(v, bool), "true, false")
     _int_at_least(cfg, "eval.batch_size", 1)
     _int_at_least(cfg, "eval.seed", 0)
     _int_at_least(cfg, "eval.iw_samples", 0)

@@ -16,15 +16,28 @@ and evaluating never perturbs training.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from .data import ImageData, eval_batches
 from .vae import VAE
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationStopped(Exception):
+    """``stop()`` turned true between two batches of an evaluation; nothing of it was kept."""
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -70,23 +83,37 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, e
 
 
 def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
-                                       batch_size: int = 100, eval_seed: int = 0) -> torch.Tensor:
+                                       batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
+                                       stop: Callable[[], bool] = _never) -> torch.Tensor:
     """Per-image estimates of log p(x) from ``n_samples`` importance samples, shape ``[N]``.
 
     Each image is encoded once; its K log-weights are reduced with a running logsumexp over chunks of
-    at most ``chunk`` samples, so memory grows with ``chunk * batch_size``, not with K.
+    at most ``chunk`` samples, so memory grows with ``chunk * batch_size``, not with K. With ``progress`` a
+    tqdm bar counts images (hidden when stderr is not a terminal) and the expected duration is logged after
+    the first batch; ``stop()`` is polled before every chunk of samples and raises ``EvaluationStopped``.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     estimates = []
-    with evaluating(model, eval_seed, images.device):
+    started = time.perf_counter()
+    bar = tqdm(total=len(images), desc=f"test NLL (K={n_samples})", unit="img", leave=False, dynamic_ncols=True,
+               disable=None if progress else True)
+    with bar, evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
             q = model.posterior_of(x)
             running = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
             for start in range(0, n_samples, chunk):
+                if stop():
+                    raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {bar.n} of "
+                                            f"{len(images)} images")
                 log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q)
                 running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
             estimates.append(running - math.log(n_samples))
+            bar.update(len(x))
+            if len(estimates) == 1 and progress:
+                expected = (time.perf_counter() - started) * len(images) / len(x)
+                log.info("importance-weighted NLL of %d images with K=%d: about %.1f min at the first batch's rate",
+                         len(images), n_samples, expected / 60)
     return torch.cat(estimates)
 
 
@@ -112,19 +139,30 @@ def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int =
     return result, means
 
 
-def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings) -> tuple[dict[str, float], torch.Tensor]:
-    """Every test metric, keyed ``test/...``, and the test set's posterior means (for latent plots)."""
+def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings, *, progress: bool = False,
+                      stop: Callable[[], bool] = _never) -> tuple[dict[str, float], torch.Tensor]:
+    """Every test metric, keyed ``test/...``, and the test set's posterior means (for latent plots).
+
+    ``stop()`` is polled between the parts and between the batches of the long one (the importance-weighted
+    NLL); when it turns true, ``EvaluationStopped`` is raised and nothing is returned.
+    """
+    def check(done: str) -> None:
+        if stop():
+            raise EvaluationStopped(f"stopped during the test evaluation, after {done}")
+
     metrics = {f"test/{k}": v for k, v in evaluate_elbo(model, data.test, batch_size=settings.batch_size,
                                                         eval_seed=settings.seed).items()}
+    check("the test ELBO")
     diagnostics, means = posterior_diagnostics(model, data.test, batch_size=settings.batch_size,
                                                eval_seed=settings.seed, mean_samples=settings.mean_samples,
                                                threshold=settings.active_threshold)
     metrics.update({f"test/{k}": v for k, v in diagnostics.items()})
+    check("the active units")
     if settings.iw_samples > 0:
         start = time.perf_counter()
         log_px = importance_weighted_log_likelihood(model, data.test, n_samples=settings.iw_samples,
                                                     chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,
-                                                    eval_seed=settings.seed)
+                                                    eval_seed=settings.seed, progress=progress, stop=stop)
         metrics.update({"test/nll": -log_px.mean().item(), "test/iw_samples": settings.iw_samples,
                         "test/iw_eval_s": time.perf_counter() - start})
     return metrics, means

@@ -9,27 +9,31 @@ This is the glue between the configuration (an OmegaConf ``DictConfig``, usually
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import load_checkpoint
-from .config import flatten, validate_config
+from .config import RESUMABLE_KEYS, flatten, in_sections, unflatten, validate_config
 from .data import ImageData, load_image_data, to_unit_float
 from .errors import ConfigError
-from .evaluation import EvalSettings, evaluate_test_set, seeded_rng
+from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set, seeded_rng
 from .networks import build_networks
 from .plots import latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
 from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
+from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
+                         wandb_run_id)
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (EpochProgress, NonFiniteLossError, TrainingInterrupted, TrainSettings, TrainState, fit,
-                      make_optimizer, restore_training)
+                      interrupted, make_optimizer, restore_training, resume_command, training_finished)
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
@@ -62,35 +66,76 @@ def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
     return EvalSettings(**config["eval"])
 
 
-# Keys that may change when a run is resumed; any other difference from the checkpoint's config is refused.
-RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.patience", "trainer.progress", "trainer.device",
-                     "trainer.threads",
-                     "dataset.root", "dataset.download", "logger.", "eval.iw_", "eval.mean_samples",
-                     "eval.active_threshold")
+def resumed_config(saved: Mapping[str, Any], current: Mapping[str, Any], given: Iterable[str] | None,
+                   run_dir: Path) -> dict[str, Any]:
+    """The config a resumed run continues with: the checkpoint's, with the given keys that may change applied.
 
-
-def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
-    """Refuse to continue a run under a config that would train a different model or on different data."""
+    ``given`` lists the keys the user set for this command (``None``: treat every key of ``current`` as given).
+    A given key that differs from the checkpoint and would train a different model, or on different data, is
+    refused. Keys the checkpoint does not have (added to the project after it was written) take ``current``'s.
+    """
     old, new = flatten(saved), flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
-    if changed:
-        diffs = "; ".join(f"{k}={new.get(k)!r} (checkpoint: {old.get(k)!r})" for k in changed)
-        raise ConfigError(f"cannot resume {run_dir}: the config differs from its checkpoint in {diffs}; "
-                          f"accepted changes: {', '.join(RESUMABLE_CHANGES)}")
+    given = set(new) if given is None else set(given)
+    changed = sorted(k for k in given & set(new) if k in old and old[k] != new[k])
+    refused = [k for k in changed if not in_sections(k, RESUMABLE_KEYS)]
+    if refused:
+        diffs = "; ".join(f"{k}={new[k]!r} (checkpoint: {old[k]!r})" for k in refused)
+        allowed = ", ".join(k for k in sorted(old.keys() | new.keys()) if in_sections(k, RESUMABLE_KEYS))
+        raise ConfigError(f"cannot resume {run_dir}: the config differs from its checkpoint in {diffs}; nothing was "
+                          f"changed. Keys that may change on resume: {allowed}")
+    merged = {**new, **old, **{k: new[k] for k in changed}}
+    return unflatten({k: v for k, v in merged.items() if k in new or k in old})
 
 
-def resume_or_start(config: Mapping[str, Any], run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer,
-                    data_rng: torch.Generator, device: torch.device) -> tuple[TrainState, EpochProgress | None]:
-    """With ``trainer.resume`` and a ``last.pt`` in the run folder, restore it; otherwise start afresh."""
+@dataclass
+class RunPlan:
+    """What a run will do, decided before anything is written: its config, device, and where it starts from."""
+
+    config: dict[str, Any]
+    device: torch.device
+    checkpoint: dict[str, Any] | None = None
+    status: str | None = None  # how the checkpoint's run ended, from its summary.json
+    overwrite: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """A finished run resumed with nothing left to train: it is left exactly as it is."""
+        if self.checkpoint is None:
+            return False
+        trainer = self.config["trainer"]
+        state = TrainState(**self.checkpoint["state"])
+        return (self.status == "completed" and self.checkpoint.get("epoch_progress") is None
+                and training_finished(state, trainer["epochs"], trainer["patience"]))
+
+
+def plan_run(cfg: DictConfig, run_dir: Path, given: Iterable[str] | None = None) -> RunPlan:
+    """Check the config and the run folder and decide how to start; write nothing. Raises ``RhovaeError``."""
+    device = validate_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = config["trainer"]
+    check_start(run_dir, resume=trainer["resume"], overwrite=trainer["overwrite"])
+    if trainer["overwrite"] and run_records(run_dir):
+        return RunPlan(config, device, overwrite=True)
+    if not trainer["resume"]:
+        return RunPlan(config, device)
+    if not (run_dir / CHECKPOINT).is_file():
+        return RunPlan(config, device, notes=[f"no checkpoint in {run_dir}, starting afresh"])
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+    config = resumed_config(checkpoint["config"], config, given, run_dir)
+    device = validate_config(OmegaConf.create(config))
+    return RunPlan(config, device, checkpoint=checkpoint, status=recorded_status(run_dir))
+
+
+def resume_or_start(plan: RunPlan, run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer,
+                    data_rng: torch.Generator) -> tuple[TrainState, EpochProgress | None]:
+    """Restore the plan's checkpoint, or start a fresh run (whose metrics log starts empty)."""
     metrics = run_dir / "metrics.jsonl"
-    last = run_dir / "checkpoints" / "last.pt"
-    if not (config["trainer"]["resume"] and last.exists()):
-        metrics.unlink(missing_ok=True)  # a fresh run in a reused folder starts a fresh log
-        return TrainState(), None
-    checkpoint = load_checkpoint(last, map_location=device)
-    check_resumable(checkpoint["config"], config, run_dir)
-    state, progress = restore_training(checkpoint, model, optimizer, data_rng)
+    if plan.checkpoint is None:
+        metrics.unlink(missing_ok=True)  # a log left by an attempt that never finished an epoch
+        return TrainState(run_id=wandb_run_id(run_dir, overwrite_salt() if plan.overwrite else "")), None
+    state, progress = restore_training(plan.checkpoint, model, optimizer, data_rng)
+    state.run_id = state.run_id or wandb_run_id(run_dir)  # checkpoints written before run ids existed
     metrics.unlink(missing_ok=True)  # the checkpoint's history is the truth: drop rows of an unsaved epoch
     for row in state.history:
         append_jsonl(metrics, row)
@@ -105,8 +150,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tracker(config: Mapping[str, Any], run_dir: Path, sweep: str | None = None):
-    """W&B (or nothing): seeds of one dataset and posterior share a group, runs of one sweep share its name as a tag."""
+def build_tracker(config: Mapping[str, Any], run_dir: Path, sweep: str | None = None, run_id: str | None = None):
+    """W&B (or nothing): seeds of one dataset and posterior share a group, runs of one sweep share its name as a tag.
+
+    ``run_id`` (default: derived from the run folder) makes every attempt of a resumed run log into one W&B run.
+    """
     logger_cfg = config["logger"]
     if logger_cfg["name"] == "none":
         return NullLogger()
@@ -114,7 +162,8 @@ def build_tracker(config: Mapping[str, Any], run_dir: Path, sweep: str | None = 
     tags = [dataset, posterior, decoder, *logger_cfg.get("tags", []), *([sweep] if sweep else [])]
     return WandbLogger(run_dir, config, project=logger_cfg["project"], entity=logger_cfg.get("entity"),
                        mode=logger_cfg["mode"], group=f"{dataset}-{posterior_label(config['posterior'])}",
-                       name=run_dir.name, tags=tags)
+                       name=run_dir.name, tags=tags, run_id=run_id or wandb_run_id(run_dir),
+                       verbose=logger_cfg.get("verbose", False))
 
 
 def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.Tensor]:
@@ -132,13 +181,13 @@ def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.
 
 
 def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState, latent_means: torch.Tensor,
-                   eval_seed: int) -> list[Path]:
+                   eval_seed: int, title: str = "") -> list[Path]:
     """Save every end-of-run picture as PNG in ``run_dir``; return their paths."""
     paths = []
     for name, grid in image_grids(model, data, eval_seed).items():
         save_grid(grid, run_dir / f"{name}.png")
         paths.append(run_dir / f"{name}.png")
-    save_figure(learning_curves(state.history), run_dir / "learning_curves.png")
+    save_figure(learning_curves(state.history, title), run_dir / "learning_curves.png")
     paths.append(run_dir / "learning_curves.png")
     if latent_means.shape[-1] == 2:
         save_figure(latent_scatter(latent_means, data.test_labels), run_dir / "latent_means.png")
@@ -146,69 +195,102 @@ def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState
     return paths
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = None) -> dict[str, Any]:
+def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = None, given: Iterable[str] | None = None,
+                   on_start: Callable[[RunPlan], None] | None = None) -> dict[str, Any]:
     """Train, test and summarise one run described by ``cfg``; return the summary written to summary.json.
 
-    ``sweep`` names the multirun this run belongs to (a W&B tag and a summary field), if any.
+    ``sweep`` names the multirun this run belongs to (a W&B tag and a summary field), if any. ``given`` lists the
+    keys the user set (see ``resumed_config``). Everything is checked before the first write (``plan_run``);
+    ``on_start`` is called once the run is accepted, before anything else is written.
     """
     run_dir = Path(run_dir)
-    device = validate_config(cfg)
+    plan = plan_run(cfg, run_dir, given)
+    if plan.complete:
+        log.info("%s is complete (status completed); nothing to resume. Re-score it with scripts/evaluate.py, or "
+                 "raise trainer.epochs to train on", run_dir)
+        return json.loads((run_dir / "summary.json").read_text())
+    return start_run(plan, run_dir, sweep, on_start)
+
+
+def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
+              on_start: Callable[[RunPlan], None] | None = None) -> dict[str, Any]:
+    """Carry out an accepted ``RunPlan``: train (or continue), test, write pictures and summary.json."""
+    config, device = plan.config, plan.device
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.trainer.threads is not None:
-        torch.set_num_threads(cfg.trainer.threads)
-    seed_everything(cfg.seed)
+    if plan.overwrite:
+        log.warning("trainer.overwrite=true: removed the previous run's %s from %s",
+                    ", ".join(clear_outputs(run_dir)), run_dir)
+    if on_start is not None:
+        on_start(plan)
+    for note in plan.notes:
+        log.info("%s", note)
+    trainer_cfg, dataset, posterior = config["trainer"], config["dataset"]["name"], config["posterior"]["name"]
+    if trainer_cfg["threads"] is not None:
+        torch.set_num_threads(trainer_cfg["threads"])
+    seed_everything(config["seed"])
     data = load_data(config, device)
+    if trainer_cfg["batch_size"] > len(data.train):
+        raise ConfigError(f"trainer.batch_size={trainer_cfg['batch_size']} is larger than the training set "
+                          f"({len(data.train)} images of {dataset} after dataset.val_size={config['dataset']['val_size']}); "
+                          f"accepted: 1 to {len(data.train)}")
     model = build_vae(config, data.image_shape).to(device)
-    optimizer = make_optimizer(model, cfg.trainer.lr)
+    optimizer = make_optimizer(model, trainer_cfg["lr"])
     settings = TrainSettings(
-        epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
-        max_batches=cfg.trainer.max_batches, kl_warmup_epochs=cfg.trainer.kl_warmup_epochs,
-        patience=cfg.trainer.patience, progress=cfg.trainer.progress, image_every=cfg.logger.image_every,
+        epochs=trainer_cfg["epochs"], batch_size=trainer_cfg["batch_size"], lr=trainer_cfg["lr"],
+        max_batches=trainer_cfg["max_batches"], kl_warmup_epochs=trainer_cfg["kl_warmup_epochs"],
+        patience=trainer_cfg["patience"], progress=trainer_cfg["progress"], image_every=config["logger"]["image_every"],
     )
     evaluation = eval_settings(config)
     n_params = count_parameters(model)
     log.info("%s | %s posterior | %s networks | d=%d | %d parameters | %s | train %d, val %d, test %d images",
-             cfg.dataset.name, cfg.posterior.name, cfg.decoder.name, cfg.latent_dim, n_params, device,
+             dataset, posterior, config["decoder"]["name"], config["latent_dim"], n_params, device,
              len(data.train), len(data.val), len(data.test))
     summary: dict[str, Any] = {
-        "status": "running", "dataset": cfg.dataset.name, "posterior": cfg.posterior.name,
-        "method": posterior_label(config["posterior"]), "sweep": sweep, "decoder": cfg.decoder.name,
-        "seed": cfg.seed, "latent_dim": cfg.latent_dim, "binarize": cfg.dataset.binarize, "n_params": n_params,
-        "device": str(device),
+        "status": "running", "dataset": dataset, "posterior": posterior,
+        "method": posterior_label(config["posterior"]), "sweep": sweep, "decoder": config["decoder"]["name"],
+        "seed": config["seed"], "latent_dim": config["latent_dim"], "binarize": config["dataset"]["binarize"],
+        "n_params": n_params, "device": str(device),
     }
-    tracker = build_tracker(config, run_dir, sweep)
-    data_rng = torch.Generator(device=device).manual_seed(cfg.seed)
+    data_rng = torch.Generator(device=device).manual_seed(config["seed"])
+    state, progress = resume_or_start(plan, run_dir, model, optimizer, data_rng)
+    tracker = build_tracker(config, run_dir, sweep, run_id=state.run_id)
 
     def log_images(m: VAE, epoch: int) -> None:
         tracker.log_images(image_grids(m, data, evaluation.seed), step=epoch)
 
-    state, progress = resume_or_start(config, run_dir, model, optimizer, data_rng, device)
     try:
         with stop_on_signals() as stop:
             state = fit(model, optimizer, data, settings, run_dir, data_rng=data_rng, config=config,
                         evaluation=evaluation, tracker=tracker, state=state, progress=progress, stop=stop,
                         on_images=log_images)
+            model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
+            log.info("test evaluation of the best checkpoint (epoch %d): ELBO and active units on %d images%s",
+                     state.best_epoch, len(data.test),
+                     f", then importance-weighted NLL with K={evaluation.iw_samples}" if evaluation.iw_samples else "")
+            try:
+                test, latent_means = evaluate_test_set(model, data, evaluation, progress=settings.progress, stop=stop)
+            except EvaluationStopped as err:
+                raise interrupted(stop, f"{err}; training is complete and saved, so resuming goes straight to the "
+                                        f"test evaluation: {resume_command(run_dir)}") from err
     except (NonFiniteLossError, TrainingInterrupted) as err:
         status = "failed" if isinstance(err, NonFiniteLossError) else "interrupted"
-        summary.update(status=status, error=str(err))
+        summary.update(status=status, error=str(err), epochs=state.epoch, config=config)
         write_json_atomic(run_dir / "summary.json", summary)
         tracker.summarize(summary)
         tracker.finish(exit_code=1)
         raise
 
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
-    test, latent_means = evaluate_test_set(model, data, evaluation)
-    pictures = write_pictures(model, data, run_dir, state, latent_means, evaluation.seed)
+    title = f"{dataset}, {summary['method']}, seed {config['seed']}"
+    pictures = write_pictures(model, data, run_dir, state, latent_means, evaluation.seed, title)
     epoch_times = [row["epoch_s"] for row in state.history]
     summary.update({
         "status": "completed", "epochs": state.epoch, "best_epoch": state.best_epoch,
         "train_time_s": state.train_time_s, "epoch_s": sum(epoch_times) / len(epoch_times),
-        "val/elbo": state.best_val_elbo, **test,
+        "train/loss": state.history[-1]["train/loss"], "val/elbo": state.best_val_elbo, **test, "config": config,
     })
     write_json_atomic(run_dir / "summary.json", summary)
     tracker.log_images({p.stem: p for p in pictures}, step=state.epoch)
-    tracker.summarize(summary)
+    tracker.summarize({k: v for k, v in summary.items() if k != "config"})
     tracker.finish()
     nll = f", NLL {test['test/nll']:.2f} (K={test['test/iw_samples']})" if "test/nll" in test else ""
     log.info("test ELBO %.2f (recon %.2f, KL %.2f)%s, %d active units, best epoch %d; outputs in %s",

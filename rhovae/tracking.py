@@ -61,17 +61,25 @@ class NullLogger:
 
 
 class WandbLogger(NullLogger):
-    """A W&B run in ``run_dir/wandb``; scalars per epoch, image grids, and the final metrics in the run summary."""
+    """A W&B run in ``run_dir/wandb``; scalars per epoch, image grids, and the final metrics in the run summary.
+
+    ``run_id`` is fixed by the caller and W&B resumes it when it exists (``resume="allow"``), so a run that was
+    interrupted and resumed is one W&B run, not one per attempt. W&B's own console output is silenced (``verbose``
+    brings it back); the run's own log says where its files are.
+    """
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], *, project: str, mode: str, group: str,
-                 tags: Sequence[str], entity: str | None = None, name: str | None = None):
+                 tags: Sequence[str], run_id: str, entity: str | None = None, name: str | None = None,
+                 verbose: bool = False):
         if mode not in WANDB_MODES:
             raise ConfigError(f"logger.mode={mode!r} is not known; accepted: {', '.join(WANDB_MODES)}")
         import wandb  # lazy: logger=none must never need it
 
         self._wandb = wandb
+        settings = wandb.Settings(silent=not verbose)
         self.run = wandb.init(project=project, entity=entity, name=name, group=group, tags=list(tags),
-                              config=dict(config), dir=str(run_dir), mode=mode, reinit="finish_previous")
+                              config=dict(config), dir=str(run_dir), mode=mode, reinit="finish_previous",
+                              id=run_id, resume="allow", settings=settings)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=step)

@@ -36,7 +36,19 @@ class NonFiniteLossError(RhovaeError):
 
 
 class TrainingInterrupted(RhovaeError):
-    """A stop was requested (SIGTERM); a checkpoint of the exact position was written first."""
+    """A stop was requested (SIGTERM, Ctrl-C); a checkpoint of the exact position was written first.
+
+    ``exit_code`` is what the process should exit with: 128 + the signal's number (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, message: str, exit_code: int = 143):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def interrupted(stop: Callable[[], bool], message: str) -> TrainingInterrupted:
+    """The exception for a stop requested through ``stop`` (a ``StopRequest`` knows which signal it was)."""
+    return TrainingInterrupted(message, getattr(stop, "exit_code", 143))
 
 
 @dataclass
@@ -53,8 +65,12 @@ class TrainSettings:
 
 @dataclass
 class TrainState:
-    """Progress that a checkpoint must restore: completed epochs, the best epoch so far, and the metrics."""
+    """Progress that a checkpoint must restore: completed epochs, the best epoch so far, and the metrics.
 
+    ``run_id`` names the run for the tracker (one W&B run however often the run is resumed).
+    """
+
+    run_id: str = ""
     epoch: int = 0
     step: int = 0
     best_epoch: int = 0
@@ -180,6 +196,16 @@ def restore_training(checkpoint: dict[str, Any], model: VAE, optimizer: torch.op
     return TrainState(**checkpoint["state"]), None if progress is None else EpochProgress(**progress)
 
 
+def training_finished(state: TrainState, epochs: int, patience: int | None) -> bool:
+    """Whether ``fit`` has nothing left to do: ``epochs`` reached, or early stopping's ``patience`` used up."""
+    return state.epoch >= epochs or bool(patience and state.epochs_since_best >= patience)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The one command that continues the run in ``run_dir`` (its config comes from the checkpoint)."""
+    return f"python train.py trainer.resume=true hydra.run.dir={run_dir}"
+
+
 def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings: TrainSettings, run_dir: Path,
         *, data_rng: torch.Generator, config: dict[str, Any], evaluation: EvalSettings | None = None, tracker=None,
         state: TrainState | None = None, progress: EpochProgress | None = None,
@@ -194,14 +220,13 @@ def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings:
     evaluation = evaluation or EvalSettings()
     state = state or TrainState()
     ckpt_dir = run_dir / "checkpoints"
-    while state.epoch < settings.epochs and not (settings.patience and state.epochs_since_best >= settings.patience):
+    while not training_finished(state, settings.epochs, settings.patience):
         result = train_one_epoch(model, optimizer, data, settings, state, data_rng, progress, stop)
         progress = None
         if isinstance(result, EpochProgress):
             save_atomic(checkpoint_payload(model, optimizer, state, data_rng, config, result), ckpt_dir / "last.pt")
-            raise TrainingInterrupted(
-                f"stop requested: saved epoch {state.epoch + 1} at step {state.step} to {ckpt_dir / 'last.pt'}; "
-                f"continue with trainer.resume=true hydra.run.dir={run_dir}")
+            raise interrupted(stop, f"stop requested: saved epoch {state.epoch + 1} at step {state.step} to "
+                                    f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run_dir)}")
         start_eval = time.perf_counter()
         val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed)
         state.epoch += 1
@@ -224,9 +249,8 @@ def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings:
         if on_images and settings.image_every and state.epoch % settings.image_every == 0:
             on_images(model, state.epoch)
         if stop() and state.epoch < settings.epochs:
-            raise TrainingInterrupted(f"stop requested: epoch {state.epoch} is complete and saved to "
-                                      f"{ckpt_dir / 'last.pt'}; continue with trainer.resume=true "
-                                      f"hydra.run.dir={run_dir}")
+            raise interrupted(stop, f"stop requested: epoch {state.epoch} is complete and saved to "
+                                    f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run_dir)}")
         if settings.patience and state.epochs_since_best >= settings.patience:
             log.info("early stopping: no val ELBO improvement for %d epochs (best %.2f at epoch %d)",
                      settings.patience, state.best_val_elbo, state.best_epoch)

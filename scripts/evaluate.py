@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rhovae.checkpoint import load_checkpoint
-from rhovae.config import validate_config
+from rhovae.config import flatten, reject_unknown_keys, validate_config
 from rhovae.errors import RhovaeError
 from rhovae.evaluation import EvalSettings, evaluate_test_set
 from rhovae.experiment import build_vae, eval_settings, load_data
@@ -31,7 +31,11 @@ def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", updat
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     # eval keys added after a run was trained take their current defaults
     eval_defaults = OmegaConf.create({"eval": asdict(EvalSettings())})
-    cfg = OmegaConf.merge(eval_defaults, OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(overrides))
+    saved = OmegaConf.merge(eval_defaults, OmegaConf.create(ckpt["config"]))
+    given = OmegaConf.from_dotlist(overrides)
+    reject_unknown_keys(flatten(OmegaConf.to_container(given)), flatten(OmegaConf.to_container(saved)),
+                        where="of the run's configuration")
+    cfg = OmegaConf.merge(saved, given)
     device = validate_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     data = load_data(config, device)

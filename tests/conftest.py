@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -51,6 +52,12 @@ def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "RHOVAE_DATA"}
     env.update(WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     return env
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (relative path) with the SHA-256 of its bytes: equal digests = byte-identical."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,105 @@
+"""What ``train.py`` needs from Hydra beyond composing the config: Hydra glue, kept out of the rest of the package.
+
+* ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
+  takes everything else from its checkpoint.
+* ``check_known_keys``: a key added with ``+`` (or ``++``) that the configuration does not have is refused with
+  one line naming the closest known key, instead of being silently ignored.
+* ``write_hydra_record``: ``.hydra/{config,hydra,overrides}.yaml``, written by the run once it is accepted
+  (``hydra.output_subdir`` is null, so Hydra itself writes nothing into a folder the run may refuse).
+* ``file_logs_held``: ``train.log`` receives nothing until the run is accepted, and nothing after it ends;
+  ``log_to_file`` puts a line there that the user already sees on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from .config import flatten, reject_unknown_keys
+
+_MISSING = object()
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    return flatten(OmegaConf.to_container(cfg, resolve=False))
+
+
+def _parsed(overrides: Sequence[str]):
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _is_key_addition(override, groups) -> bool:
+    return (override.is_add() or override.is_force_add()) and override.key_or_group not in groups
+
+
+def check_known_keys(cfg: DictConfig, overrides: Sequence[str], config_name: str = "config") -> None:
+    """Refuse keys that exist only because an override added them (``+trainer.epoch=3``), naming the closest key."""
+    groups = set(HydraConfig.get().runtime.choices)
+    parsed = _parsed(overrides)
+    if not any(_is_key_addition(o, groups) for o in parsed):
+        return
+    reference = compose(config_name, overrides=[o.input_line for o in parsed if not _is_key_addition(o, groups)])
+    reject_unknown_keys(_flat(cfg), _flat(reference))
+
+
+def given_keys(cfg: DictConfig, overrides: Sequence[str], config_name: str = "config") -> set[str]:
+    """The flattened keys this command set: named by an override, inside an overridden group, or changed from the
+    defaults by any override (an experiment sets many keys at once)."""
+    flat = _flat(cfg)
+    defaults = _flat(compose(config_name, overrides=[]))
+    named = [o.key_or_group for o in _parsed(overrides)]
+    given = {k for k in flat if any(k == n or k.startswith(f"{n}.") for n in named)}
+    return given | {k for k, v in flat.items() if defaults.get(k, _MISSING) != v}
+
+
+def write_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes to ``.hydra/`` when it is allowed to: the composed config, its own config, the overrides."""
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+
+
+def log_to_file(logger: logging.Logger, level: int, message: str) -> None:
+    """Record ``message`` in ``train.log`` only: for a line the user is shown once, on stderr, by the caller."""
+    record = logger.makeRecord(logger.name, level, "(train.py)", 0, message, None, None)
+    for handler in _file_handlers():
+        handler.handle(record)
+
+
+def _file_handlers() -> list[logging.FileHandler]:
+    return [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
+@contextlib.contextmanager
+def file_logs_held() -> Iterator[callable]:
+    """Detach the root logger's file handlers (``train.log``) until the returned ``release()`` is called.
+
+    On leaving, the handlers are detached and closed for good: Hydra logs the next job's launch, and a failed job,
+    after this job returned, and those lines must not land in this run's folder (it may be a finished run).
+    """
+    held = _file_handlers()
+    root = logging.getLogger()
+    for handler in held:
+        root.removeHandler(handler)
+
+    def release() -> None:
+        for handler in held:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+
+    try:
+        yield release
+    finally:
+        for handler in held:
+            root.removeHandler(handler)
+            handler.close()

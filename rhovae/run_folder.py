@@ -1,0 +1,91 @@
+"""What a command may do to a run folder: a folder that holds a run is continued or, when asked, replaced.
+
+A run folder holds a run once it has a checkpoint or a ``summary.json``. Starting there is refused unless the
+user says which of the two ways on is meant: ``trainer.resume=true`` continues it from ``checkpoints/last.pt``,
+``trainer.overwrite=true`` deletes its outputs first. The refusal happens before anything is written, so the
+folder stays byte-identical. ``wandb_run_id`` gives the run one W&B id for all its attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from .errors import RhovaeError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+# Files that make a folder a run: finished epochs (a checkpoint) or a record of how the run ended.
+RUN_RECORDS = (CHECKPOINT, Path("checkpoints") / "best.pt", Path("summary.json"))
+# Everything a run writes into its folder; trainer.overwrite=true removes these and nothing else (train.log is
+# kept and appended to, so the log says what was replaced).
+RUN_OUTPUTS = ("checkpoints", "summary.json", "metrics.jsonl", "evaluation.json", "samples.png",
+               "reconstructions.png", "learning_curves.png", "latent_means.png", "wandb", ".hydra")
+
+
+class RunFolderError(RhovaeError):
+    """Starting in a folder that already holds a run, without saying whether to continue or replace it."""
+
+
+def run_records(run_dir: Path) -> list[Path]:
+    """The files that make ``run_dir`` a run (empty when it holds none)."""
+    return [run_dir / rel for rel in RUN_RECORDS if (run_dir / rel).is_file()]
+
+
+def recorded_status(run_dir: Path) -> str | None:
+    """``status`` from the folder's summary.json (completed, interrupted, failed), or None without one."""
+    path = run_dir / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def check_start(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, with one line, a fresh start in a folder that holds a run, and resuming a run with no checkpoint."""
+    if resume and overwrite:
+        raise RunFolderError("trainer.resume=true and trainer.overwrite=true contradict each other; choose one")
+    records = run_records(run_dir)
+    if not records or overwrite:
+        return
+    status = recorded_status(run_dir)
+    what = ", ".join(str(p.relative_to(run_dir)) for p in records) + (f"; status {status}" if status else "")
+    if not resume:
+        raise RunFolderError(f"{run_dir} already holds a run ({what}); nothing was changed. Continue it with "
+                             f"trainer.resume=true, or replace it with trainer.overwrite=true")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RunFolderError(f"cannot resume {run_dir}: it holds a run ({what}) but no {CHECKPOINT}; nothing was "
+                             f"changed. Replace it with trainer.overwrite=true")
+
+
+def clear_outputs(run_dir: Path) -> list[str]:
+    """Delete what a previous run wrote into ``run_dir`` (``trainer.overwrite=true``); return what was removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def wandb_run_id(run_dir: Path, salt: str = "") -> str:
+    """A W&B run id that is the same every time the run in ``run_dir`` is started or resumed.
+
+    Derived from the folder's absolute path; ``salt`` (the time of an overwrite) gives a replaced run its own id.
+    """
+    digest = hashlib.sha1(f"{Path(run_dir).resolve()}|{salt}".encode()).hexdigest()
+    return digest[:16]
+
+
+def overwrite_salt() -> str:
+    return time.strftime("%Y%m%dT%H%M%S")
