@@ -21,7 +21,7 @@
 # comparison and sample grids side by side.
 #
 # Point it at a sweep folder with the environment variable `RHOVAE_SWEEP` (default: the newest folder under
-# `outputs/multirun`), or read the runs from Weights & Biases instead with `RHOVAE_WANDB_PROJECT`
+# `outputs/multirun`; a relative path is taken from the folder Jupyter was started in), or read the runs from Weights & Biases instead with `RHOVAE_WANDB_PROJECT`
 # (`project` or `entity/project`) and optionally `RHOVAE_WANDB_TAGS` (comma-separated, e.g. the sweep's name).
 # This file is paired with `results.py` by jupytext: edit either, then `jupytext --sync notebooks/results.ipynb`.
 
@@ -42,7 +42,9 @@ REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 WANDB_PROJECT = os.environ.get("RHOVAE_WANDB_PROJECT")
 WANDB_TAGS = [t for t in os.environ.get("RHOVAE_WANDB_TAGS", "").split(",") if t]
 SWEEP_DIR = os.environ.get("RHOVAE_SWEEP")
-if SWEEP_DIR is None and not WANDB_PROJECT:
+if SWEEP_DIR:  # relative to the folder the user started Jupyter in, not to notebooks/
+    SWEEP_DIR = str(results.resolve_user_path(SWEEP_DIR, REPO))
+elif not WANDB_PROJECT:
     sweeps = sorted((REPO / "outputs" / "multirun").glob("*/"), key=lambda p: p.stat().st_mtime)
     SWEEP_DIR = str(sweeps[-1]) if sweeps else None
 pd.set_option("display.width", 160)
@@ -98,7 +100,7 @@ if not histories.empty:
 # ## Test NLL per method (-ELBO where no NLL was estimated)
 
 # %%
-display(likelihood_comparison(table))
+display(likelihood_comparison(table, results.iw_samples_used(runs)))
 
 # %% [markdown]
 # ## Prior samples side by side (first completed seed of each group)

@@ -17,8 +17,10 @@ read results through this module, so the paper table and the notebook cannot dis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -26,7 +28,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 from scipy import stats
 
-from .config import flatten
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import RUNTIME_KEYS, flatten, in_sections
 from .posteriors import posterior_label
 
 BASELINE = "diag"
@@ -36,13 +39,30 @@ METRICS = {
     "test/nll": ("test NLL", 2),
     "test/kl": ("test KL", 2),
     "test/active_units": ("active units", 1),
+    "train/loss": ("final train loss", 2),  # the objective trained (differs from -ELBO for published_code, warm-up)
+    "test/rho_mean": ("mean rho", 2),  # rho posteriors only
+    "test/log_s_mean": ("mean log s", 2),
     "epoch_s": ("s/epoch", 1),
 }
 PAIRED_METRICS = ("test/nll", "test/elbo")
 CONFIG = "config."  # prefix of the flattened config columns
-# Config keys that do not change what is being measured, so a sweep that varies them is still one method.
-NOT_A_FACTOR = ("seed", "dataset.root", "dataset.download", "trainer.progress", "trainer.device", "trainer.threads",
-                "trainer.resume", "logger.", "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size")
+# Config keys that do not change what is being measured, so a sweep that varies them is still one method: how a
+# run executes, and how evaluation batches its work.
+NOT_A_FACTOR = ("seed", *RUNTIME_KEYS, "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size")
+
+
+def resolve_user_path(path: str | Path, repo: Path) -> Path:
+    """A folder the user named, relative to where they started (``$PWD``, set by the shell that launched Jupyter),
+    else to the working directory, else to the repository (a notebook kernel runs in ``notebooks/``)."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    starts = [Path(os.environ["PWD"])] if os.environ.get("PWD") else []
+    candidates = list(dict.fromkeys(start / path for start in [*starts, Path.cwd(), repo]))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    raise FileNotFoundError(f"{path} not found; looked in {', '.join(str(c.parent) for c in candidates)}")
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
@@ -53,6 +73,24 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     return sorted(found)
 
 
+def run_config(run: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a run records of itself: in summary.json, else in its last checkpoint (a run killed before it
+    wrote a summary), else the unresolved ``.hydra/config.yaml`` (a run that never finished an epoch)."""
+    if "config" in summary:
+        return summary["config"]
+    checkpoint, hydra_config = run / "checkpoints" / "last.pt", run / ".hydra" / "config.yaml"
+    if checkpoint.is_file():
+        with contextlib.suppress(CheckpointError):
+            return load_checkpoint(checkpoint)["config"]
+    return OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False) if hydra_config.is_file() else {}
+
+
+def iw_samples_used(runs: pd.DataFrame) -> list[int]:
+    """The distinct numbers K of importance samples behind the completed runs' test NLL."""
+    done = completed(runs)
+    return sorted({int(k) for k in done["test/iw_samples"].dropna()}) if "test/iw_samples" in done else []
+
+
 def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """One table row from a run's summary and resolved config (either may be incomplete)."""
     row = {"status": summary.get("status", "unfinished"), "error": summary.get("error"),
@@ -60,7 +98,7 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
            "posterior": summary.get("posterior", config.get("posterior", {}).get("name")),
            "method": summary.get("method") or (posterior_label(config["posterior"]) if "posterior" in config else None),
            "seed": summary.get("seed", config.get("seed")), **extra}
-    row.update({k: v for k, v in summary.items() if k not in row})
+    row.update({k: v for k, v in summary.items() if k not in row and k != "config"})
     # lists (hidden sizes) become strings, so that columns can be compared and grouped
     row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(config, CONFIG).items()})
     return row
@@ -71,10 +109,9 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     root = Path(sweep_dir)
     rows = []
     for run in find_runs(root):
-        summary_path, config_path = run / "summary.json", run / ".hydra" / "config.yaml"
+        summary_path = run / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False) if config_path.is_file() else {}
-        rows.append(run_row(summary, config, run=str(run.relative_to(root)) or ".", run_dir=str(run)))
+        rows.append(run_row(summary, run_config(run, summary), run=str(run.relative_to(root)) or ".", run_dir=str(run)))
     if not rows:
         raise FileNotFoundError(f"no runs under {root}: expected folders holding summary.json or .hydra/config.yaml")
     return sort_runs(pd.DataFrame(rows))
@@ -103,7 +140,7 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
     done = completed(runs)
     for column in runs.columns:
         key = column.removeprefix(CONFIG)
-        if key == column or key.startswith(NOT_A_FACTOR) or key.startswith("posterior."):
+        if key == column or in_sections(key, NOT_A_FACTOR) or key.startswith("posterior."):
             continue  # not a config key, not a factor, or a posterior option (part of the method label)
         if done.groupby(keys, dropna=False)[column].nunique(dropna=False).max() > 1:
             keys.append(column)

@@ -54,7 +54,7 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
     if table.empty:  # nothing completed: no figure to draw
         del paths["png"]
     else:
-        save_figure(likelihood_comparison(table), paths["png"])
+        save_figure(likelihood_comparison(table, results.iw_samples_used(runs)), paths["png"])
     return paths
 
 

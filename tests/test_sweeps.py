@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -119,6 +121,10 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     killed = sweep / "4_mnist_rho_s2"  # a job killed before it wrote its summary
     shutil.copytree(sweep / "3_mnist_rho_s1", killed)
     (killed / "summary.json").unlink()
+    for run in (killed, sweep / "0_mnist_diag_s0"):  # .hydra/ is not the run's record: what it says is ignored
+        hydra_config = OmegaConf.load(run / ".hydra" / "config.yaml")
+        hydra_config.posterior.name, hydra_config.dataset.root = "iaf", "${oc.env:RHOVAE_DATA,./data}"
+        OmegaConf.save(hydra_config, run / ".hydra" / "config.yaml")
     proc = summarize(sweep)
     assert proc.returncode == 0, proc.stderr
     for name in ("csv", "md", "tex", "png"):
@@ -126,6 +132,10 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
 
     runs = pd.read_csv(sweep / "results.csv")
     assert len(runs) == 5 and sorted(runs["status"]) == ["completed"] * 4 + ["unfinished"]
+    assert "${" not in (sweep / "results.csv").read_text()  # the values the runs used, not interpolations
+    # configs come from summary.json, or from the checkpoint of a run killed before it wrote one
+    assert sorted(runs["config.posterior.name"]) == ["diag", "diag", "rho", "rho", "rho"]
+    assert runs["config.dataset.root"].nunique() == 1 and "oc.env" not in runs["config.dataset.root"].iloc[0]
     md = (sweep / "results.md").read_text()
     assert "4 of 5 runs completed" in md and "4_mnist_rho_s2" in md and "unfinished" in md
 
@@ -180,19 +190,28 @@ def test_wandb_runs_load_into_the_same_table():
     assert results.summarize(runs)["n"].tolist() == [1]
 
 
-def test_notebook_runs_on_the_tiny_sweep(tiny_sweep, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
+def readme_command(marker: str) -> str:
+    """The README line that holds ``marker`` (inside a code block)."""
+    lines = [line.split("  #")[0].strip() for line in (REPO / "README.md").read_text().splitlines() if marker in line]
+    assert lines, f"README has no command with {marker!r}"
+    return lines[0]
 
-    monkeypatch.setenv("RHOVAE_SWEEP", str(tiny_sweep))
-    notebook = nbformat.read(REPO / "notebooks" / "results.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert "rho" in html and "diag" in html and "test NLL" in html
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # 2 learning curves, NLL plot, samples
+
+def test_readme_notebook_command_renders_the_tiny_sweep_from_the_repository_root(tiny_sweep, tmp_path):
+    """The README's report command, run as written from the repository root with a relative RHOVAE_SWEEP."""
+    command = readme_command("jupyter nbconvert")
+    relative = os.path.relpath(tiny_sweep, REPO)
+    words = shlex.split(command.replace("outputs/multirun/<sweep>", relative))
+    env_assignment, jupyter, *args = words
+    assert env_assignment == f"RHOVAE_SWEEP={relative}" and jupyter == "jupyter"
+    env = {**subprocess_env(), "PWD": str(tmp_path)}  # a shell elsewhere would say so; the repository is found
+    proc = subprocess.run([sys.executable, "-m", "jupyter", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "RHOVAE_SWEEP": relative}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tiny_sweep / "results.html").read_text()
+    assert "rho" in html and "diag" in html and "test NLL" in html and "Traceback" not in html
+    assert html.count("data:image/png") >= 4  # 2 learning curves, NLL plot, samples
+    assert not (REPO / "notebooks" / "results.html").exists()
 
 
 def test_notebook_is_paired_with_its_script_and_stored_without_outputs():
