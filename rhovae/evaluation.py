@@ -94,7 +94,7 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    estimates = []
+    estimates, done = [], 0
     started = time.perf_counter()
     bar = tqdm(total=len(images), desc=f"test NLL (K={n_samples})", unit="img", leave=False, dynamic_ncols=True,
                disable=None if progress else True)
@@ -104,11 +104,12 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
             running = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
             for start in range(0, n_samples, chunk):
                 if stop():
-                    raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {bar.n} of "
+                    raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {done} of "
                                             f"{len(images)} images")
                 log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q)
                 running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
             estimates.append(running - math.log(n_samples))
+            done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))
             if len(estimates) == 1 and progress:
                 expected = (time.perf_counter() - started) * len(images) / len(x)

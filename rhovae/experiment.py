@@ -139,8 +139,12 @@ def resume_or_start(plan: RunPlan, run_dir: Path, model: VAE, optimizer: torch.o
     metrics.unlink(missing_ok=True)  # the checkpoint's history is the truth: drop rows of an unsaved epoch
     for row in state.history:
         append_jsonl(metrics, row)
-    log.info("resuming %s at epoch %d, step %d%s", run_dir, state.epoch + 1, state.step,
-             f" (batch {progress.next_batch} of that epoch)" if progress else "")
+    trainer = plan.config["trainer"]
+    if progress is None and training_finished(state, trainer["epochs"], trainer["patience"]):
+        log.info("resuming %s: training is complete (%d epochs), on to the test evaluation", run_dir, state.epoch)
+    else:
+        log.info("resuming %s at epoch %d, step %d%s", run_dir, state.epoch + 1, state.step,
+                 f" (batch {progress.next_batch} of that epoch)" if progress else "")
     return state, progress
 
 

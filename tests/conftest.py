@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -64,3 +67,26 @@ def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` as a user runs it, in ``cwd``, with W&B quiet and no inherited data root."""
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
+
+
+@contextlib.contextmanager
+def started(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """``python train.py ARGS`` in the background, as ``train`` runs it; killed on the way out if a failed check
+    left it running (an orphaned training process would slow every later test)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
+    """Poll ``ready()`` until it is true; fail if ``proc`` ends first or two minutes pass."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, compose, subprocess_env
+from conftest import TINY_OVERRIDES, compose, started, train, wait_for
 from rhovae import experiment
 from rhovae.checkpoint import load_checkpoint
 from rhovae.errors import ConfigError
@@ -75,30 +72,19 @@ def test_resume_refuses_a_different_model(data_root, tmp_path, uninterrupted):
     same_numbers(longer, uninterrupted)
 
 
-def start_training(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), f"dataset.root={data_root}",
-                             *RESUME_OVERRIDES, f"hydra.run.dir={run_dir}", *extra],
-                            cwd=run_dir.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def wait_for_first_checkpoint(proc: subprocess.Popen, run_dir: Path) -> None:
-    """Until epoch 1's last.pt exists (it is written last, by rename): the run is then in epoch 2."""
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.pt").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "training did not finish an epoch in time"
-        time.sleep(0.005)
+def training_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"dataset.root={data_root}", *RESUME_OVERRIDES, f"hydra.run.dir={run_dir}", *extra]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_subprocess_resumes_to_the_same_summary(data_root, tmp_path, uninterrupted, sig):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    proc = start_training(data_root, run_dir)
-    wait_for_first_checkpoint(proc, run_dir)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    with started(training_args(data_root, run_dir), cwd=tmp_path) as proc:
+        # epoch 1's last.pt is written last, by rename: the run is then in epoch 2
+        wait_for(proc, (run_dir / "checkpoints" / "last.pt").exists, "the first checkpoint")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
     summary_path = run_dir / "summary.json"
     if sig == signal.SIGTERM:
         assert proc.returncode == 143 and "Traceback" not in stderr
@@ -109,7 +95,6 @@ def test_killed_subprocess_resumes_to_the_same_summary(data_root, tmp_path, unin
         assert not summary_path.exists()
     assert 1 <= load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]["epoch"] < 3
 
-    proc = start_training(data_root, run_dir, "trainer.resume=true")
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-2000:]
+    proc = train(training_args(data_root, run_dir, "trainer.resume=true"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     same_numbers(json.loads(summary_path.read_text()), uninterrupted)

@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, folder_digest, subprocess_env, train
+from conftest import REPO, TINY_OVERRIDES, folder_digest, started, subprocess_env, train, wait_for
 from rhovae.checkpoint import load_checkpoint
 from rhovae.tracking import read_jsonl
 
@@ -140,25 +139,12 @@ def test_resume_without_checkpoint_starts_afresh_and_oversized_batches_are_refus
 # ---- stopping: Ctrl-C during training, a stop during the final evaluation -------------------------------------
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(proc: subprocess.Popen, ready, what: str) -> None:
-    deadline = time.monotonic() + 120
-    while not ready():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def test_ctrl_c_saves_the_position_and_resume_needs_no_overrides(finished, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start([f"dataset.root={data_root}", *ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    wait_for(proc, (run_dir / "checkpoints" / "last.pt").exists, "the first checkpoint")
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    with started([f"dataset.root={data_root}", *ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path) as proc:
+        wait_for(proc, (run_dir / "checkpoints" / "last.pt").exists, "the first checkpoint")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert stderr.strip().splitlines()[-1].endswith(f"continue with: python train.py trainer.resume=true "
                                                     f"hydra.run.dir={run_dir}")
@@ -208,12 +194,12 @@ def test_stop_during_the_final_evaluation_is_recorded_and_resume_goes_straight_t
     run_dir = tmp_path / "run"
     args = [f"dataset.root={data_root}", *TINY_OVERRIDES, "logger=none", "trainer.epochs=1",
             "eval.iw_samples=2000000", "eval.iw_chunk=1000", f"hydra.run.dir={run_dir}"]
-    proc = start(args, cwd=tmp_path)
     log = run_dir / "train.log"
-    wait_for(proc, lambda: log.exists() and "test evaluation of the best checkpoint" in log.read_text(),
-             "the final evaluation")
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    with started(args, cwd=tmp_path) as proc:
+        wait_for(proc, lambda: log.exists() and "test evaluation of the best checkpoint" in log.read_text(),
+                 "the final evaluation")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "Traceback" not in stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
