@@ -51,9 +51,10 @@ def compose(overrides: list[str], hydra: bool = False):
         return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
 
 
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(wandb_silent: bool = True) -> dict[str, str]:
+    """The environment of a user's shell: no inherited W&B settings or data root (``WANDB_SILENT`` by default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "RHOVAE_DATA"}
-    env.update(WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    env.update(PYTHONUNBUFFERED="1", **({"WANDB_SILENT": "true"} if wandb_silent else {}))
     return env
 
 
@@ -63,10 +64,11 @@ def folder_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` as a user runs it, in ``cwd``, with W&B quiet and no inherited data root."""
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+def train(args: list[str], cwd: Path, wandb_silent: bool = True) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` as a user runs it, in ``cwd``, with no inherited data root (and W&B told to be
+    quiet unless ``wandb_silent`` is false: the project must then keep it quiet itself)."""
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
+                          env=subprocess_env(wandb_silent), capture_output=True, text=True, timeout=600)
 
 
 @contextlib.contextmanager

@@ -36,10 +36,13 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def finished(data_root, tmp_path_factory) -> Path:
-    """A completed run, logged to W&B offline."""
+    """A completed run, logged to W&B offline; W&B's own console output stays silent without WANDB_SILENT."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    proc = train([f"dataset.root={data_root}", *ARGS, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    proc = train([f"dataset.root={data_root}", *ARGS, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
+                 wandb_silent=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wandb" not in (proc.stdout + proc.stderr).lower()
+    assert proc.stdout.strip().splitlines()[-1].split(" - ")[1].startswith("test ELBO")  # the project's line is last
     return run_dir
 
 
