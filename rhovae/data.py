@@ -26,8 +26,12 @@ import torch
 from torchvision import datasets
 
 from .errors import ConfigError, DatasetError
+from .registry import Registry
 
-DATASETS = {"mnist": datasets.MNIST, "fmnist": datasets.FashionMNIST}
+# torchvision dataset classes in MNIST's raw layout, by their config name (``dataset=mnist``).
+DATASETS = Registry("dataset.name")
+DATASETS.add("mnist", datasets.MNIST)
+DATASETS.add("fmnist", datasets.FashionMNIST)
 BINARIZE_MODES = ("dynamic", "static", "none")
 
 

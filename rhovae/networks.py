@@ -13,13 +13,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .registry import build
+from .registry import Registry
 
-ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+# Encoder/decoder pairs register here (``@NETWORKS.register("name")``); their keyword options are config keys.
+NETWORKS = Registry("decoder")
+ACTIVATIONS = Registry("activation")
+for _name, _module in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh,
+                       "softplus": nn.Softplus}.items():
+    ACTIVATIONS.add(_name, _module)
 
 
 def _activation(name: str) -> nn.Module:
-    return build("activation", ACTIVATIONS, name)
+    return ACTIVATIONS.build(name)
 
 
 def _mlp(sizes: Sequence[int], activation: str, last_activation: bool) -> nn.Sequential:
@@ -46,6 +51,7 @@ class FlatBatch(nn.Module):
         return y.reshape(*lead, *self.out_shape)
 
 
+@NETWORKS.register("mlp")
 def mlp_pair(image_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[int] = (512, 512),
              activation: str = "relu") -> tuple[nn.Module, nn.Module]:
     """MLP encoder 784-h1-..-hk (features hk) and mirrored MLP decoder d-hk-..-h1-784."""
@@ -57,6 +63,7 @@ def mlp_pair(image_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[in
     return encoder, decoder
 
 
+@NETWORKS.register("conv")
 def conv_pair(image_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (32, 64),
               hidden: int = 256, activation: str = "relu") -> tuple[nn.Module, nn.Module]:
     """Strided 4x4 convolutions halving 28 -> 14 -> 7, a dense layer of ``hidden`` features; the decoder mirrors it."""
@@ -90,9 +97,6 @@ def conv_pair(image_shape: Sequence[int], latent_dim: int, *, channels: Sequence
     return encoder, decoder
 
 
-NETWORKS = {"mlp": mlp_pair, "conv": conv_pair}
-
-
 def build_networks(name: str, image_shape: Sequence[int], latent_dim: int, **options) -> tuple[nn.Module, nn.Module]:
     """The (encoder, decoder) pair called ``name`` (a key of ``NETWORKS``)."""
-    return build("decoder", NETWORKS, name, image_shape, latent_dim, **options)
+    return NETWORKS.build(name, image_shape, latent_dim, **options)

@@ -1,24 +1,68 @@
-"""Name -> constructor lookup with one-line errors, shared by the posterior and network registries."""
+"""One way to name and build components: posteriors, encoder/decoder pairs and datasets each have a ``Registry``.
+
+A component registers itself where it is defined::
+
+    @POSTERIORS.register("diag")
+    class DiagonalPosterior(Posterior): ...
+
+and is then a choice of its config group (``posterior=diag``), built with one-line errors that name the accepted
+names or options. Its options and their defaults are the keyword arguments of its constructor: ``defaults(name)``
+reads them, so method labels and config checks never keep a second copy.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ConfigError
 
 
-def build(kind: str, registry: Mapping[str, Callable[..., Any]], name: str, *args, **options) -> Any:
-    """Call ``registry[name](*args, **options)``, naming the accepted names or options when they are wrong."""
-    if name not in registry:
-        raise ConfigError(f"{kind}={name!r} is not known; accepted: {', '.join(sorted(registry))}")
-    factory = registry[name]
-    params = inspect.signature(factory).parameters
-    accepted = [p for p in params.values() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
-    unknown = sorted(set(options) - {p.name for p in accepted})
-    if unknown:
-        raise ConfigError(
-            f"{kind}={name!r} has no option {', '.join(unknown)}; "
-            f"accepted: {', '.join(p.name for p in accepted) or 'none'}"
-        )
-    return factory(*args, **options)
+class Registry(Mapping[str, Callable[..., Any]]):
+    """Name -> constructor for one kind of component (``kind`` is its config key, e.g. ``posterior``)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: make ``name`` build with the decorated class or function."""
+        def add(factory: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(name, factory)
+            return factory
+        return add
+
+    def add(self, name: str, factory: Callable[..., Any]) -> None:
+        if name in self._entries and self._entries[name] is not factory:
+            raise ValueError(f"{self.kind} {name!r} is registered twice: {self._entries[name]} and {factory}")
+        self._entries[name] = factory
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _factory(self, name: str) -> Callable[..., Any]:
+        if name not in self._entries:
+            raise ConfigError(f"{self.kind}={name!r} is not known; accepted: {', '.join(sorted(self._entries))}")
+        return self._entries[name]
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """The options of ``name`` (keyword arguments with a default, or keyword-only) and their defaults."""
+        params = inspect.signature(self._factory(name)).parameters.values()
+        return {p.name: (None if p.default is p.empty else p.default) for p in params
+                if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        """``registry[name](*args, **options)``, naming the accepted names or options when they are wrong."""
+        factory = self._factory(name)
+        accepted = self.defaults(name)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(f"{self.kind}={name!r} has no option {', '.join(unknown)}; "
+                              f"accepted: {', '.join(accepted) or 'none'}")
+        return factory(*args, **options)

@@ -1,52 +1,40 @@
-"""Approximate posteriors q(z|x), interchangeable behind the ``Posterior`` contract (see ``base.py``)."""
+"""Approximate posteriors q(z|x), interchangeable behind the ``Posterior`` contract (see ``base.py``).
+
+Every module of this package is imported here, and each registers its posteriors in ``POSTERIORS``: adding a
+posterior is one new module (plus its YAML file in ``configs/posterior/``), with no edit here.
+"""
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import pkgutil
 from typing import Any, Mapping
 
-from ..errors import ConfigError
-from ..registry import build
 from .ar1_normal import AR1Normal, ar1_scan, log1m_tanh_sq
-from .base import Posterior
-from .flows import FlowDistribution, IAFPosterior, PlanarPosterior, planar_step
+from .base import POSTERIORS, Posterior
+from .flows import FlowDistribution, FlowPosterior, IAFPosterior, PlanarPosterior, planar_step
 from .gaussian import DiagonalPosterior, FullCovPosterior, RhoPosterior
-from .published_rho import PublishedCodeRhoPosterior, RandomWalkNormal
+from .published_rho import RHO_VARIANTS, PublishedCodeRhoPosterior, RandomWalkNormal, rho_posterior
 
-RHO_VARIANTS = {"paper": RhoPosterior, "published_code": PublishedCodeRhoPosterior}
-
-
-def rho_posterior(in_features: int, latent_dim: int, *, min_std: float = 1e-4, variant: str = "paper") -> Posterior:
-    """``rho``: the distribution the paper describes (``paper``), or its published code's (``published_code``)."""
-    if variant not in RHO_VARIANTS:
-        raise ConfigError(f"posterior.variant={variant!r} is not known; accepted: {', '.join(RHO_VARIANTS)}")
-    return RHO_VARIANTS[variant](in_features, latent_dim, min_std=min_std)
-
-
-POSTERIORS = {
-    "diag": DiagonalPosterior,
-    "rho": rho_posterior,
-    "fullcov": FullCovPosterior,
-    "planar": PlanarPosterior,
-    "iaf": IAFPosterior,
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build_posterior(name: str, in_features: int, latent_dim: int, **options) -> Posterior:
     """The posterior called ``name`` (a key of ``POSTERIORS``) on features of size ``in_features``."""
-    return build("posterior", POSTERIORS, name, in_features, latent_dim, **options)
+    return POSTERIORS.build(name, in_features, latent_dim, **options)
 
 
 def posterior_label(options: Mapping[str, Any]) -> str:
     """A posterior config's name plus every option that differs from its default, e.g. ``rho`` or
     ``rho[variant=published_code]``: what tells two methods apart in W&B groups and result tables."""
     name = options["name"]
-    params = inspect.signature(POSTERIORS[name]).parameters
+    defaults = POSTERIORS.defaults(name)
     changed = []
     for key, value in sorted(options.items()):
         if key == "name":
             continue
-        default = params[key].default if key in params else inspect.Parameter.empty
+        default = defaults.get(key, KeyError)
         if value != (list(default) if isinstance(default, tuple) else default):
             changed.append(f"{key}={value}".replace(" ", ""))
     return f"{name}[{','.join(changed)}]" if changed else name
@@ -56,10 +44,12 @@ __all__ = [
     "AR1Normal",
     "DiagonalPosterior",
     "FlowDistribution",
+    "FlowPosterior",
     "FullCovPosterior",
     "IAFPosterior",
     "PlanarPosterior",
     "PublishedCodeRhoPosterior",
+    "RHO_VARIANTS",
     "RandomWalkNormal",
     "POSTERIORS",
     "Posterior",
@@ -69,4 +59,5 @@ __all__ = [
     "posterior_label",
     "log1m_tanh_sq",
     "planar_step",
+    "rho_posterior",
 ]

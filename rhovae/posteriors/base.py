@@ -1,7 +1,8 @@
 """The contract every approximate posterior q(z|x) fulfils, so that the VAE never needs to know which one it has.
 
 A posterior is an ``nn.Module`` whose ``forward`` turns encoder features ``h`` of shape ``[B, F]`` into a
-distribution over ``z`` with event shape ``[d]``. The VAE then only calls the two methods below:
+distribution over ``z`` with event shape ``[d]``; its constructor takes ``(in_features, latent_dim)`` and keyword
+options with defaults, which are its config keys, and it is registered with ``@POSTERIORS.register("name")``. The VAE then only calls the two methods below:
 
 * ``rsample_with_log_prob(q, sample_shape)``: reparametrized samples ``[*sample_shape, B, d]`` together with
   log q(z|x) of exactly those samples (flows know it from their forward pass; Gaussians evaluate it).
@@ -23,13 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, kl_divergence
 
+from ..registry import Registry
+
+# Every posterior registers itself here (``@POSTERIORS.register("name")``) in its own module of this package;
+# ``rhovae.posteriors`` imports all of them, so a new module is picked up with no other edit.
+POSTERIORS = Registry("posterior")
+
 
 class Posterior(nn.Module):
     """Base class: maps encoder features to q(z|x)."""
 
     def __init__(self, in_features: int, latent_dim: int):
         super().__init__()
-        self.in_features = in_features
         self.latent_dim = latent_dim
 
     def forward(self, h: torch.Tensor) -> Distribution:  # pragma: no cover - abstract

@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 
 from .ar1_normal import log1m_tanh_sq
-from .base import Posterior
+from .base import POSTERIORS, Posterior
 from .gaussian import DiagonalPosterior
 
 # A flow step maps samples to (transformed samples, log|det J| per sample).
@@ -104,6 +104,7 @@ class FlowPosterior(Posterior):
         return estimate.reshape(-1, *q.batch_shape).mean(0)
 
 
+@POSTERIORS.register("planar")
 class PlanarPosterior(FlowPosterior):
     """Diagonal Gaussian base + ``flow_length`` planar maps with per-image (u, w, b) from one linear head."""
 
@@ -126,7 +127,8 @@ class PlanarPosterior(FlowPosterior):
         return FlowDistribution(self.base(h), steps)
 
 
-def _pyro_step(transform) -> Step:
+def pyro_step(transform) -> Step:
+    """A conditioned pyro transform as a flow step: samples and their log|det J|."""
     def step(z: torch.Tensor):
         y = transform(z)
         return y, transform.log_abs_det_jacobian(z, y)
@@ -134,6 +136,7 @@ def _pyro_step(transform) -> Step:
     return step
 
 
+@POSTERIORS.register("iaf")
 class IAFPosterior(FlowPosterior):
     """Diagonal Gaussian base + ``flow_length`` stable IAF steps (pyro), MADE conditioned on a context head."""
 
@@ -156,4 +159,4 @@ class IAFPosterior(FlowPosterior):
 
     def forward(self, h: torch.Tensor) -> FlowDistribution:
         context = self.context(h)
-        return FlowDistribution(self.base(h), [_pyro_step(t.condition(context)) for t in self.steps])
+        return FlowDistribution(self.base(h), [pyro_step(t.condition(context)) for t in self.steps])

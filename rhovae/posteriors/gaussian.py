@@ -8,9 +8,10 @@ from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .ar1_normal import AR1Normal
-from .base import Posterior, log_density_of_standard_draws, positive_std
+from .base import POSTERIORS, Posterior, log_density_of_standard_draws, positive_std
 
 
+@POSTERIORS.register("diag")
 class DiagonalPosterior(Posterior):
     """q(z|x) = N(mu, diag(sigma^2)): two linear heads, sigma = softplus(.) + min_std."""
 
@@ -51,6 +52,7 @@ class RhoPosterior(Posterior):
         return {"rho": q.rho, "log_s": q.log_scale}
 
 
+@POSTERIORS.register("fullcov")
 class FullCovPosterior(Posterior):
     """q(z|x) = N(mu, L L^T): L lower-triangular with diagonal softplus(head) + min_std and a free
     strictly-lower part from a head of size d(d-1)/2, initialised to zero (training starts mean-field)."""

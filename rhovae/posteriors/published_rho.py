@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, MultivariateNormal
 
+from ..errors import ConfigError
 from .ar1_normal import log1m_tanh_sq
-from .base import positive_std
+from .base import POSTERIORS, Posterior, positive_std
 from .gaussian import RhoPosterior, mvn_kl_to_diagonal, mvn_rsample_with_log_prob
 
 
@@ -58,3 +59,14 @@ class PublishedCodeRhoPosterior(RhoPosterior):
 
     def statistics(self, q: RandomWalkNormal) -> dict[str, torch.Tensor]:
         return {"rho": q.rho, "log_s": q.log_scale}
+
+
+RHO_VARIANTS = {"paper": RhoPosterior, "published_code": PublishedCodeRhoPosterior}
+
+
+@POSTERIORS.register("rho")
+def rho_posterior(in_features: int, latent_dim: int, *, min_std: float = 1e-4, variant: str = "paper") -> Posterior:
+    """``rho``: the distribution the paper describes (``paper``), or its published code's (``published_code``)."""
+    if variant not in RHO_VARIANTS:
+        raise ConfigError(f"posterior.variant={variant!r} is not known; accepted: {', '.join(RHO_VARIANTS)}")
+    return RHO_VARIANTS[variant](in_features, latent_dim, min_std=min_std)
