@@ -1,30 +1,19 @@
-"""Shared fixtures: tiny IDX datasets in a temporary folder, and Hydra composition of the real configs."""
+"""Shared fixtures: tiny IDX datasets in a temporary folder, a seeded generator and a clean environment per test.
+
+Helpers (composing configs, running ``train.py``, component lists) live in ``tests/helpers``. A test that starts a
+subprocess must be marked ``slow`` (``pytest -m "not slow"`` is the quick loop); ``_subprocesses_only_when_slow``
+fails one that is not, so the quick tier stays quick as tests are added.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
 
 from rhovae.idx import write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-
-# Tiny, fast settings every smoke run shares: 40 validation images out of 240, 3 batches of 32 per epoch.
-TINY_OVERRIDES = [
-    "dataset.val_size=40", "trainer.batch_size=32", "trainer.max_batches=3", "eval.batch_size=64",
-    "latent_dim=4", "decoder.hidden=[32,32]", "trainer.progress=false", "eval.iw_samples=20", "eval.iw_chunk=8",
-    "eval.mean_samples=4",
-]
 
 
 @pytest.fixture(scope="session")
@@ -43,52 +32,12 @@ def _seed_and_env(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
 
 
-def compose(overrides: list[str], hydra: bool = False):
-    """Compose ``configs/config.yaml`` with ``overrides`` through Hydra's compose API; ``hydra`` keeps ``cfg.hydra``."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+@pytest.fixture(autouse=True)
+def _subprocesses_only_when_slow(request, monkeypatch):
+    if request.node.get_closest_marker("slow"):
+        return
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.name} starts a subprocess: mark it @pytest.mark.slow")
 
-
-def subprocess_env(wandb_silent: bool = True) -> dict[str, str]:
-    """The environment of a user's shell: no inherited W&B settings or data root (``WANDB_SILENT`` by default)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "RHOVAE_DATA"}
-    env.update(PYTHONUNBUFFERED="1", **({"WANDB_SILENT": "true"} if wandb_silent else {}))
-    return env
-
-
-def folder_digest(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (relative path) with the SHA-256 of its bytes: equal digests = byte-identical."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def train(args: list[str], cwd: Path, wandb_silent: bool = True) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` as a user runs it, in ``cwd``, with no inherited data root (and W&B told to be
-    quiet unless ``wandb_silent`` is false: the project must then keep it quiet itself)."""
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
-                          env=subprocess_env(wandb_silent), capture_output=True, text=True, timeout=600)
-
-
-@contextlib.contextmanager
-def started(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
-    """``python train.py ARGS`` in the background, as ``train`` runs it; killed on the way out if a failed check
-    left it running (an orphaned training process would slow every later test)."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
-    """Poll ``ready()`` until it is true; fail if ``proc`` ends first or two minutes pass."""
-    deadline = time.monotonic() + 120
-    while not ready():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

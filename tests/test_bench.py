@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, subprocess_env
+import pytest
 
-POSTERIORS = ("diag", "rho", "fullcov", "planar", "iaf")
+from helpers import POSTERIOR_NAMES as POSTERIORS, REPO, subprocess_env
+
+pytestmark = pytest.mark.slow  # every test here runs train.py or a script in a subprocess
 
 
 def test_bench_quick_writes_its_json(tmp_path):

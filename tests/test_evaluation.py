@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from conftest import REPO, TINY_OVERRIDES, compose, subprocess_env
+from helpers import FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose, subprocess_env
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo, importance_weighted_log_likelihood, posterior_diagnostics
 from rhovae.experiment import build_vae, load_data, run_experiment
-from rhovae.posteriors import POSTERIORS, build_posterior
+from rhovae.posteriors import build_posterior
 from rhovae.vae import VAE, bernoulli_log_likelihood
 
 P, D = 6, 2  # pixels and latent dimensions of a model small enough to integrate on a grid
@@ -58,7 +58,7 @@ def exact_log_px(model: VAE, x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_lik + log_prior[:, None], dim=0) + 2 * math.log(step)
 
 
-@pytest.mark.parametrize("posterior", sorted(POSTERIORS))
+@pytest.mark.parametrize("posterior", POSTERIOR_NAMES)
 def test_iwae_converges_to_exact_log_likelihood_while_elbo_stays_below(posterior):
     model = tiny_vae(posterior)
     images = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 1]],
@@ -118,6 +118,7 @@ def test_iwae_is_non_decreasing_in_k_on_a_trained_model(trained_run):
     assert abs(means[1].item() - elbo) < 2.0  # K = 1 is the ELBO itself, up to Monte Carlo noise
 
 
+@pytest.mark.slow
 def test_evaluate_script_reproduces_the_runs_test_numbers(trained_run, tmp_path):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["test/iw_samples"] == 20 and 0 < summary["test/nll"] <= -summary["test/elbo"] + 1.0
@@ -152,7 +153,7 @@ def test_active_units_count_dimensions_whose_posterior_mean_varies():
     torch.testing.assert_close(means, post(images.float() / 255).mean.detach())
 
 
-@pytest.mark.parametrize("name", ["planar", "iaf"])
+@pytest.mark.parametrize("name", FLOW_NAMES)
 def test_monte_carlo_noise_of_flow_means_does_not_count_as_activity(name):
     torch.manual_seed(0)
     post = build_posterior(name, 3, 4)

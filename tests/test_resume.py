@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_OVERRIDES, compose, started, train, wait_for
+from helpers import TINY_OVERRIDES, compose, started, train, wait_for
 from rhovae import experiment
 from rhovae.checkpoint import load_checkpoint
 from rhovae.errors import ConfigError
@@ -76,6 +76,7 @@ def training_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [f"dataset.root={data_root}", *RESUME_OVERRIDES, f"hydra.run.dir={run_dir}", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_subprocess_resumes_to_the_same_summary(data_root, tmp_path, uninterrupted, sig):
     run_dir = tmp_path / "run"

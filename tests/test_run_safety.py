@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, folder_digest, started, subprocess_env, train, wait_for
+from helpers import REPO, TINY_OVERRIDES, folder_digest, started, subprocess_env, train, wait_for
 from rhovae.checkpoint import load_checkpoint
 from rhovae.tracking import read_jsonl
 
@@ -24,6 +24,8 @@ from rhovae.tracking import read_jsonl
 ARGS = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_batches", "trainer.batch_size"))]
 ARGS += ["posterior=rho", "trainer.batch_size=8", "trainer.epochs=2", "trainer.device=cpu"]
 COMPARED = ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/kl", "test/nll", "n_params")
+
+pytestmark = pytest.mark.slow  # every test here runs train.py or a script in a subprocess
 
 
 def last_line(proc) -> str:

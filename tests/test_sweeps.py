@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY_OVERRIDES, compose, subprocess_env, train
+from helpers import REPO, TINY_OVERRIDES, compose, subprocess_env, train
 from rhovae import results
 from rhovae.config import validate_config
 from rhovae.experiment import build_vae
@@ -90,6 +90,7 @@ def test_joblib_launcher_config_runs_one_thread_per_job():
     validate_config(cfg)
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_every_job_in_its_own_folder(tiny_sweep):
     folders = sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir())
     assert folders == ["0_mnist_diag_s0", "1_mnist_rho_s0", "2_mnist_diag_s1", "3_mnist_rho_s1"]
@@ -99,6 +100,7 @@ def test_joblib_sweep_runs_every_job_in_its_own_folder(tiny_sweep):
     assert {s["sweep"] for s in found} == {"tiny"}  # the W&B tag every run of the sweep shares
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_other_finishes(data_root, tmp_path):
     """A real 2-job joblib multirun: lr = 1e30 goes NaN, lr = 1e-3 completes; the table lists the failure."""
     out = tmp_path / "sweep"
@@ -115,6 +117,7 @@ def test_a_failing_job_is_recorded_and_the_other_finishes(data_root, tmp_path):
     assert "| mnist     | diag     |   1 |" in md  # the failed run is listed, not averaged in
 
 
+@pytest.mark.slow
 def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     sweep = tmp_path / "tiny"
     shutil.copytree(tiny_sweep, sweep)
@@ -197,6 +200,7 @@ def readme_command(marker: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_readme_notebook_command_renders_the_tiny_sweep_from_the_repository_root(tiny_sweep, tmp_path):
     """The README's report command, run as written from the repository root with a relative RHOVAE_SWEEP."""
     command = readme_command("jupyter nbconvert")
@@ -214,6 +218,7 @@ def test_readme_notebook_command_renders_the_tiny_sweep_from_the_repository_root
     assert not (REPO / "notebooks" / "results.html").exists()
 
 
+@pytest.mark.slow  # W&B and jupytext start helper processes
 def test_notebook_is_paired_with_its_script_and_stored_without_outputs():
     import jupytext
 

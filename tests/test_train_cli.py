@@ -10,15 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_OVERRIDES, train
+from helpers import DATASET_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, train
 from rhovae.checkpoint import load_checkpoint
 from rhovae.experiment import build_vae
 from rhovae.vae import count_parameters
 from rhovae.tracking import read_jsonl
 
-POSTERIORS = ["diag", "rho", "fullcov", "planar", "iaf"]
-DATASETS = ["mnist", "fmnist"]
-DECODERS = ["mlp", "conv"]
+POSTERIORS, DATASETS, DECODERS = POSTERIOR_NAMES, DATASET_NAMES, NETWORK_NAMES
 COMBOS = list(itertools.product(POSTERIORS, DATASETS, DECODERS))
 EPOCHS = 2
 SUMMARY_KEYS = {"status", "dataset", "posterior", "decoder", "seed", "latent_dim", "epochs", "best_epoch",
@@ -50,6 +48,7 @@ def job_dir(sweep: Path, posterior: str, dataset: str, decoder: str) -> Path:
     return matches[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("posterior,dataset,decoder", COMBOS)
 def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     run = job_dir(sweep, posterior, dataset, decoder)
@@ -89,6 +88,7 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     assert not (run / "wandb").exists()
 
 
+@pytest.mark.slow
 def test_single_run_with_wandb_offline_writes_the_wandb_folder(data_root, tmp_path):
     run_dir = tmp_path / "run"
     proc = train(["posterior=rho", "dataset=fmnist", f"dataset.root={data_root}", "trainer.epochs=1",
@@ -100,6 +100,7 @@ def test_single_run_with_wandb_offline_writes_the_wandb_folder(data_root, tmp_pa
     assert json.loads((run_dir / "summary.json").read_text())["posterior"] == "rho"
 
 
+@pytest.mark.slow
 def test_missing_dataset_fails_with_one_clear_line(tmp_path):
     missing = tmp_path / "no-data"
     proc = train([f"dataset.root={missing}", "dataset.download=false", "logger=none",
@@ -111,6 +112,7 @@ def test_missing_dataset_fails_with_one_clear_line(tmp_path):
     assert "train-images-idx3-ubyte" in last and "t10k-labels-idx1-ubyte" in last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group,bad", [("posterior", "vamp"), ("dataset", "cifar10"), ("decoder", "resnet")])
 def test_unknown_group_option_lists_the_available_ones(tmp_path, group, bad):
     proc = train([f"{group}={bad}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
@@ -119,6 +121,7 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path, group, bad):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_bad_config_value_fails_before_training(tmp_path):
     proc = train(["latent_dim=0", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -126,6 +129,7 @@ def test_bad_config_value_fails_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow  # W&B and jupytext start helper processes
 def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
     from rhovae.experiment import build_tracker
 
@@ -146,6 +150,7 @@ def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
         tracker.finish()
 
 
+@pytest.mark.slow  # W&B and jupytext start helper processes
 def test_wandb_groups_tell_variants_apart_and_tag_the_sweep(tmp_path, monkeypatch):
     from rhovae.experiment import build_tracker
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY_OVERRIDES, compose
+from helpers import TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
 from rhovae.experiment import run_experiment
 from rhovae.tracking import read_jsonl
