@@ -232,3 +232,27 @@ def test_unknown_posterior_and_option_are_one_line_errors():
         build_posterior("nope", FEATURES, D)
     with pytest.raises(ConfigError, match=r"posterior=.rho. has no option flow_length; accepted: min_std, variant"):
         build_posterior("rho", FEATURES, D, flow_length=3)
+
+
+@pytest.mark.parametrize("name,options", [(n, {}) for n in POSTERIOR_NAMES] + [("rho", {"variant": "published_code"})],
+                         ids=[*POSTERIOR_NAMES, "rho-published_code"])
+def test_local_parameters_reproduce_the_posterior_exactly(name, options):
+    """forward(h) = distribution(local_parameters(h)), and each image's q depends on its own vector alone."""
+    torch.manual_seed(0)
+    post = build_posterior(name, FEATURES, D, **options).double()
+    h = torch.randn(B, FEATURES, dtype=torch.float64)
+    params = post.local_parameters(h)
+    assert params.shape[:-1] == (B,) and params.dim() == 2
+    draws = []
+    for q in (post(h), post.distribution(params)):
+        torch.manual_seed(5)
+        draws.append(post.rsample_with_log_prob(q, (4,)))
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+
+    moved = params.clone()
+    moved[0] += 0.5
+    torch.manual_seed(5)
+    z, log_q = post.rsample_with_log_prob(post.distribution(moved), (4,))
+    assert not torch.allclose(z[:, 0], draws[0][0][:, 0])  # image 0 moved with its own parameters ...
+    torch.testing.assert_close(z[:, 1:], draws[0][0][:, 1:], rtol=0, atol=0)  # ... and the others did not
+    torch.testing.assert_close(log_q[:, 1:], draws[0][1][:, 1:], rtol=0, atol=0)

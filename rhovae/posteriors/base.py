@@ -1,7 +1,8 @@
 """The contract every approximate posterior q(z|x) fulfils, so that the VAE never needs to know which one it has.
 
 A posterior is an ``nn.Module`` whose ``forward`` turns encoder features ``h`` of shape ``[B, F]`` into a
-distribution over ``z`` with event shape ``[d]``; its constructor takes ``(in_features, latent_dim)`` and keyword
+distribution over ``z`` with event shape ``[d]``, in two steps: ``local_parameters(h)`` gives the per-image vector
+``[B, P]`` its heads produce and ``distribution(params)`` builds q from that vector alone; its constructor takes ``(in_features, latent_dim)`` and keyword
 options with defaults, which are its config keys, and it is registered with ``@POSTERIORS.register("name")``. The VAE then only calls the two methods below:
 
 * ``rsample_with_log_prob(q, sample_shape)``: reparametrized samples ``[*sample_shape, B, d]`` together with
@@ -38,7 +39,20 @@ class Posterior(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
 
-    def forward(self, h: torch.Tensor) -> Distribution:  # pragma: no cover - abstract
+    def forward(self, h: torch.Tensor) -> Distribution:
+        """q(z|x) for encoder features ``h``: the distribution of the heads' local parameters."""
+        return self.distribution(self.local_parameters(h))
+
+    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Everything q(z|x) of one image depends on besides shared weights, as one vector per image ``[B, P]``.
+
+        The encoder amortizes these; optimizing them directly for one image finds the best member of the family
+        for that image (``rhovae.gaps``).
+        """
+        raise NotImplementedError
+
+    def distribution(self, params: torch.Tensor) -> Distribution:  # pragma: no cover - abstract
+        """q(z|x) from local parameters ``[B, P]`` alone (shared weights, such as a flow's MADE, may enter)."""
         raise NotImplementedError
 
     def rsample_with_log_prob(self, q: Distribution, sample_shape=torch.Size()):

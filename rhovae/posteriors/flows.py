@@ -92,6 +92,22 @@ class FlowPosterior(Posterior):
     def rsample_with_log_prob(self, q: FlowDistribution, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(sample_shape)
 
+    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """The base's parameters followed by the steps' own (``step_parameters``): ``[B, 2d + P_steps]``."""
+        return torch.cat([self.base.local_parameters(h), self.step_parameters(h)], dim=-1)
+
+    def distribution(self, params: torch.Tensor) -> FlowDistribution:
+        base, steps = params.split([2 * self.latent_dim, params.shape[-1] - 2 * self.latent_dim], dim=-1)
+        return FlowDistribution(self.base.distribution(base), self.steps_from(steps))
+
+    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The per-image parameters of the flow steps, ``[B, P_steps]``."""
+        raise NotImplementedError
+
+    def steps_from(self, params: torch.Tensor) -> list[Step]:  # pragma: no cover - abstract
+        """The flow steps for per-image step parameters ``[B, P_steps]``."""
+        raise NotImplementedError
+
     def mean(self, q: FlowDistribution, n_samples: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
         """Monte Carlo E_q[z|x] from ``n_samples`` draws (a flow's mean has no closed form), and its variance."""
         z = q.rsample((n_samples,))
@@ -116,15 +132,15 @@ class PlanarPosterior(FlowPosterior):
         self.flow_length = flow_length
         self.step_params = nn.Linear(in_features, flow_length * (2 * latent_dim + 1))
 
-    def forward(self, h: torch.Tensor) -> FlowDistribution:
+    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """(u, w, b) of every map: ``[B, K (2d + 1)]``."""
+        return self.step_params(h)
+
+    def steps_from(self, params: torch.Tensor) -> list[Step]:
         d = self.latent_dim
-        params = self.step_params(h).unflatten(-1, (self.flow_length, 2 * d + 1))
-        u, w, b = params.split([d, d, 1], dim=-1)
-        steps = [
-            (lambda z, k=k: planar_step(z, u[..., k, :], w[..., k, :], b[..., k, :]))
-            for k in range(self.flow_length)
-        ]
-        return FlowDistribution(self.base(h), steps)
+        u, w, b = params.unflatten(-1, (self.flow_length, 2 * d + 1)).split([d, d, 1], dim=-1)
+        return [(lambda z, k=k: planar_step(z, u[..., k, :], w[..., k, :], b[..., k, :]))
+                for k in range(self.flow_length)]
 
 
 def pyro_step(transform) -> Step:
@@ -157,6 +173,9 @@ class IAFPosterior(FlowPosterior):
             for k in range(flow_length)
         )
 
-    def forward(self, h: torch.Tensor) -> FlowDistribution:
-        context = self.context(h)
-        return FlowDistribution(self.base(h), [pyro_step(t.condition(context)) for t in self.steps])
+    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """The context vector the MADEs see: ``[B, context_dim]`` (the MADEs' weights are shared)."""
+        return self.context(h)
+
+    def steps_from(self, params: torch.Tensor) -> list[Step]:
+        return [pyro_step(t.condition(params)) for t in self.steps]

@@ -21,9 +21,14 @@ class DiagonalPosterior(Posterior):
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)
 
-    def forward(self, h: torch.Tensor) -> Independent:
-        std = positive_std(self.raw_std(h), self.min_std)
-        return Independent(Normal(self.loc(h), std, validate_args=False), 1, validate_args=False)
+    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """mu and the raw (pre-softplus) standard deviations: ``[B, 2d]``."""
+        return torch.cat([self.loc(h), self.raw_std(h)], dim=-1)
+
+    def distribution(self, params: torch.Tensor) -> Independent:
+        loc, raw_std = params.split(self.latent_dim, dim=-1)
+        std = positive_std(raw_std, self.min_std)
+        return Independent(Normal(loc, std, validate_args=False), 1, validate_args=False)
 
 
 class RhoPosterior(Posterior):
@@ -40,10 +45,19 @@ class RhoPosterior(Posterior):
         self.rho_atanh = nn.Linear(in_features, 1)
         self.raw_std = nn.Linear(in_features, 1)
 
-    def forward(self, h: torch.Tensor) -> AR1Normal:
-        std = positive_std(self.raw_std(h).squeeze(-1), self.min_std)
-        return AR1Normal(self.loc(h), log_scale=2.0 * std.log(), rho_atanh=self.rho_atanh(h).squeeze(-1),
-                         validate_args=False)
+    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """mu, the rho pre-activation and the raw scale: ``[B, d + 2]``."""
+        return torch.cat([self.loc(h), self.rho_atanh(h), self.raw_std(h)], dim=-1)
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu ``[B, d]``, rho pre-activation ``[B]``, log s ``[B]``) from the local parameters."""
+        loc, rho_atanh, raw_std = params.split([self.latent_dim, 1, 1], dim=-1)
+        std = positive_std(raw_std.squeeze(-1), self.min_std)
+        return loc, rho_atanh.squeeze(-1), 2.0 * std.log()
+
+    def distribution(self, params: torch.Tensor) -> AR1Normal:
+        loc, rho_atanh, log_scale = self.split(params)
+        return AR1Normal(loc, log_scale=log_scale, rho_atanh=rho_atanh, validate_args=False)
 
     def rsample_with_log_prob(self, q: AR1Normal, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(torch.Size(sample_shape))
@@ -69,11 +83,17 @@ class FullCovPosterior(Posterior):
         nn.init.zeros_(self.off_diagonal.bias)
         self.register_buffer("_rows_cols", torch.tril_indices(latent_dim, latent_dim, offset=-1), persistent=False)
 
-    def forward(self, h: torch.Tensor) -> MultivariateNormal:
-        scale_tril = torch.diag_embed(positive_std(self.raw_std(h), self.min_std))
+    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """mu, the raw diagonal of L and its strictly-lower part: ``[B, 2d + d(d-1)/2]``."""
+        return torch.cat([self.loc(h), self.raw_std(h), self.off_diagonal(h)], dim=-1)
+
+    def distribution(self, params: torch.Tensor) -> MultivariateNormal:
+        d = self.latent_dim
+        loc, raw_std, off_diagonal = params.split([d, d, d * (d - 1) // 2], dim=-1)
+        scale_tril = torch.diag_embed(positive_std(raw_std, self.min_std))
         rows, cols = self._rows_cols
-        scale_tril[..., rows, cols] = self.off_diagonal(h)
-        return MultivariateNormal(self.loc(h), scale_tril=scale_tril, validate_args=False)
+        scale_tril[..., rows, cols] = off_diagonal
+        return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
     def rsample_with_log_prob(self, q: MultivariateNormal, sample_shape=torch.Size()):
         return mvn_rsample_with_log_prob(q, sample_shape)

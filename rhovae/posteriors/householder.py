@@ -1,7 +1,7 @@
 """``householder``: a diagonal Gaussian pushed through K Householder reflections (Tomczak & Welling 2016).
 
 Each reflection z <- (I - 2 v v^T / |v|^2) z has a per-image vector v from a linear head on the encoder features
-(pyro's ``ConditionalHouseholder``). Reflections are orthogonal, so log|det J| = 0 and the density of a sample is
+(pyro's ``ConditionedHouseholder``). Reflections are orthogonal, so log|det J| = 0 and the density of a sample is
 its base density: K reflections turn the mean-field base into a Gaussian whose covariance axes need not be the
 coordinate axes (d reflections reach any covariance). The KL is the flows' Monte Carlo estimate.
 """
@@ -9,11 +9,11 @@ coordinate axes (d reflections reach any covariance). The KL is the flows' Monte
 from __future__ import annotations
 
 import torch
-from pyro.distributions.transforms import ConditionalHouseholder
+from pyro.distributions.transforms.householder import ConditionedHouseholder
 from torch import nn
 
 from .base import POSTERIORS
-from .flows import FlowDistribution, FlowPosterior, pyro_step
+from .flows import FlowPosterior, Step, pyro_step
 
 
 @POSTERIORS.register("householder")
@@ -24,8 +24,12 @@ class HouseholderPosterior(FlowPosterior):
                  kl_samples: int = 1):
         super().__init__(in_features, latent_dim, min_std, kl_samples)
         self.flow_length = flow_length
-        self.reflections = nn.ModuleList(ConditionalHouseholder(latent_dim, nn.Linear(in_features, latent_dim))
-                                         for _ in range(flow_length))
+        self.vectors = nn.ModuleList(nn.Linear(in_features, latent_dim) for _ in range(flow_length))
 
-    def forward(self, h: torch.Tensor) -> FlowDistribution:
-        return FlowDistribution(self.base(h), [pyro_step(r.condition(h)) for r in self.reflections])
+    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """The K reflection vectors, one after another: ``[B, K d]``."""
+        return torch.cat([head(h) for head in self.vectors], dim=-1) if self.flow_length else h[..., :0]
+
+    def steps_from(self, params: torch.Tensor) -> list[Step]:
+        vectors = params.unflatten(-1, (self.flow_length, self.latent_dim))
+        return [pyro_step(ConditionedHouseholder(vectors[..., k:k + 1, :])) for k in range(self.flow_length)]

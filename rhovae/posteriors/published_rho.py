@@ -20,7 +20,7 @@ from torch.distributions import Distribution, MultivariateNormal
 
 from ..errors import ConfigError
 from .ar1_normal import log1m_tanh_sq
-from .base import POSTERIORS, Posterior, positive_std
+from .base import POSTERIORS, Posterior
 from .gaussian import RhoPosterior, mvn_kl_to_diagonal, mvn_rsample_with_log_prob
 
 
@@ -41,9 +41,9 @@ class RandomWalkNormal(MultivariateNormal):
 class PublishedCodeRhoPosterior(RhoPosterior):
     """The rho heads with the published code's sampler and training KL (see the module docstring)."""
 
-    def forward(self, h: torch.Tensor) -> RandomWalkNormal:
-        std = positive_std(self.raw_std(h).squeeze(-1), self.min_std)
-        return RandomWalkNormal(self.loc(h), 2.0 * std.log(), self.rho_atanh(h).squeeze(-1))
+    def distribution(self, params: torch.Tensor) -> RandomWalkNormal:
+        loc, rho_atanh, log_scale = self.split(params)
+        return RandomWalkNormal(loc, log_scale, rho_atanh)
 
     def rsample_with_log_prob(self, q: RandomWalkNormal, sample_shape=torch.Size()):
         return mvn_rsample_with_log_prob(q, sample_shape)
