@@ -82,6 +82,18 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, e
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 
+def log_mean_weight(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
+                    before_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """log (1/K) sum_k w_k, w_k = p(x, z_k) / q(z_k), z_k ~ ``q``: the importance-weighted log p(x) of each image of
+    ``x`` ``[B]`` (float64), reduced with a running logsumexp over chunks of at most ``chunk`` samples."""
+    running = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
+    for start in range(0, n_samples, chunk):
+        before_chunk()
+        log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q)
+        running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
+    return running - math.log(n_samples)
+
+
 def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
                                        batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
                                        stop: Callable[[], bool] = _never) -> torch.Tensor:
@@ -100,15 +112,12 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
                disable=None if progress else True)
     with bar, evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
-            q = model.posterior_of(x)
-            running = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
-            for start in range(0, n_samples, chunk):
+            def check() -> None:
                 if stop():
                     raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {done} of "
                                             f"{len(images)} images")
-                log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q)
-                running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
-            estimates.append(running - math.log(n_samples))
+
+            estimates.append(log_mean_weight(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check))
             done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))
             if len(estimates) == 1 and progress:

@@ -1,0 +1,125 @@
+"""Where a posterior loses nats: the inference-gap decomposition (Cremer, Li & Duvenaud 2018).
+
+For one image x, with q_enc the encoder's posterior and q* the best member of the same family for x,
+
+    log p(x) - ELBO(q_enc)  =  [log p(x) - ELBO(q*)]  +  [ELBO(q*) - ELBO(q_enc)]
+                                approximation gap          amortization gap
+
+The approximation gap is what the family cannot represent; the amortization gap is what the encoder fails to
+find. q* is found through the posterior's local parameters (``Posterior.local_parameters``): starting from the
+encoder's vector, ``steps`` Adam steps on each image's ELBO move that vector alone, with the decoder and every
+shared weight (a flow's MADE) frozen. All images of a batch are optimized together; the loss is the sum of
+their ELBOs, so each image's gradient is its own.
+
+Estimators, all in nats per image:
+
+* ``elbo_amortized``: the mean of ``elbo_samples`` log weights log p(x, z) - log q(z) under q_enc.
+* ``elbo_local``: the same estimate for the optimized vector, and per image the better of start and end (both
+  scored by that estimate), so a step size too large for an image cannot make its gap negative. Its Monte Carlo
+  standard error is reported per image (``elbo_local_se``) so noise can be told from a gap.
+* ``log_px``: importance-weighted log p(x) with ``iw_samples`` draws from the locally optimized q, a better
+  proposal than q_enc. It is a lower bound in expectation that tightens with K.
+
+The two gaps are differences of these: ``approximation_gap = log_px - elbo_local``,
+``amortization_gap = elbo_local - elbo_amortized``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from .data import eval_batches
+from .evaluation import EvaluationStopped, log_mean_weight, seeded_rng
+from .vae import VAE, bernoulli_log_likelihood
+
+
+@dataclass
+class GapSettings:
+    n_images: int = 1000  # the first test images (the fixed test binarization)
+    elbo_samples: int = 100  # samples behind each ELBO estimate (amortized, and start and end of the optimization)
+    steps: int = 500  # Adam steps on each image's local parameters
+    lr: float = 1e-2
+    opt_samples: int = 8  # samples per Adam step
+    iw_samples: int = 5000  # K for log p(x), drawn from the locally optimized q
+    iw_chunk: int = 500
+    batch_size: int = 100  # images optimized together
+    seed: int = 0
+
+
+def elbo_estimate(model: VAE, x: torch.Tensor, params: torch.Tensor, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard error over ``n_samples`` of log p(x, z) - log q(z), z ~ q(params): ``[B]`` each."""
+    q = model.posterior.distribution(params)
+    log_w = model.log_importance_weights(x, n_samples, q).double()
+    return log_w.mean(0), log_w.std(0) / math.sqrt(n_samples)
+
+
+def optimize_local_parameters(model: VAE, x: torch.Tensor, start: torch.Tensor, settings: GapSettings) -> torch.Tensor:
+    """``start`` moved by Adam to maximise each image's ELBO (reconstruction minus the posterior's own KL)."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    params = start.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([params], lr=settings.lr)
+    prior = model.prior()
+    try:
+        with torch.enable_grad():
+            for _ in range(settings.steps):
+                q = model.posterior.distribution(params)
+                z, log_q = model.posterior.rsample_with_log_prob(q, (settings.opt_samples,))
+                recon = bernoulli_log_likelihood(model.decoder(z), x).mean(0)
+                kl = model.posterior.kl(q, z, log_q, prior)
+                optimizer.zero_grad(set_to_none=True)
+                (kl - recon).sum().backward()
+                optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return params.detach()
+
+
+def inference_gaps(model: VAE, images: torch.Tensor, settings: GapSettings, *, progress: bool = False,
+                   stop: Callable[[], bool] = lambda: False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The decomposition on ``images`` (uint8 ``[N, n_pixels]``): summary numbers and per-image arrays ``[N]``."""
+    started = time.perf_counter()
+    per_image: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "elbo_amortized", "elbo_amortized_se", "elbo_local", "elbo_local_se", "log_px", "improved")}
+    bar = tqdm(total=len(images), desc="inference gaps", unit="img", leave=False, dynamic_ncols=True,
+               disable=None if progress else True)
+    was_training = model.training
+    model.eval()
+    # no_grad, not inference_mode: the local optimization switches gradients back on inside
+    with bar, torch.no_grad(), seeded_rng(settings.seed, images.device):
+        for x in eval_batches(images, settings.batch_size):
+            if stop():
+                raise EvaluationStopped("stopped during the inference-gap analysis")
+            start = model.posterior.local_parameters(model.encoder(x))
+            amortized, amortized_se = elbo_estimate(model, x, start, settings.elbo_samples)
+            end = optimize_local_parameters(model, x, start, settings)
+            local_end, local_end_se = elbo_estimate(model, x, end, settings.elbo_samples)
+            improved = local_end > amortized
+            best = torch.where(improved.unsqueeze(-1), end, start)
+            q = model.posterior.distribution(best)
+            log_px = log_mean_weight(model, x, q, settings.iw_samples, settings.iw_chunk)
+            for key, value in (("elbo_amortized", amortized), ("elbo_amortized_se", amortized_se),
+                               ("elbo_local", torch.maximum(local_end, amortized)),
+                               ("elbo_local_se", torch.where(improved, local_end_se, amortized_se)),
+                               ("log_px", log_px), ("improved", improved)):
+                per_image[key].append(value.detach().cpu())
+            bar.update(len(x))
+    model.train(was_training)
+    arrays = {k: torch.cat(v) for k, v in per_image.items()}
+    arrays["approximation_gap"] = arrays["log_px"] - arrays["elbo_local"]
+    arrays["amortization_gap"] = arrays["elbo_local"] - arrays["elbo_amortized"]
+    summary = {"n_images": len(images), **{f"{k}": arrays[k].double().mean().item() for k in (
+        "elbo_amortized", "elbo_local", "log_px", "approximation_gap", "amortization_gap")},
+        **{f"{k}_sd": arrays[k].double().std().item() for k in ("approximation_gap", "amortization_gap")},
+        "improved_fraction": arrays["improved"].double().mean().item(),
+        "elbo_local_se_mean": arrays["elbo_local_se"].double().mean().item(),
+        "settings": asdict(settings), "time_s": time.perf_counter() - started}
+    return summary, arrays
