@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import Iterator
 
@@ -23,12 +22,21 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
-    """Callable flag: true once a stop signal arrived; ``signal`` names it (None until then)."""
+    """Callable flag: true once a stop signal arrived; ``signal`` names it (None until then).
+
+    The signal handler only sets the flag; the first poll that sees it logs the warning, from ordinary code: a
+    handler that logs or prints can interrupt a write to the same stream and fail with a reentrant-call error.
+    """
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
+        self._announced = False
 
     def __call__(self) -> bool:
+        if self.signal is not None and not self._announced:
+            self._announced = True
+            log.warning("received %s: stopping after the current step and saving a checkpoint "
+                        "(send it again to exit at once)", self.signal.name)
         return self.signal is not None
 
     @property
@@ -46,13 +54,11 @@ def stop_on_signals(signals=STOP_SIGNALS) -> Iterator[StopRequest]:
     request = StopRequest()
 
     def handler(signum, _frame):
-        name = signal.Signals(signum).name
-        if request():
-            print(f"received {name} again: exiting now; the last checkpoint is kept", file=sys.stderr, flush=True)
+        if request.signal is not None:  # raw write and exit: nothing here may touch Python's buffered streams
+            os.write(2, f"received {signal.Signals(signum).name} again: exiting now; the last checkpoint is kept\n"
+                        .encode())
             os._exit(128 + signum)
         request.signal = signal.Signals(signum)
-        log.warning("received %s: stopping after the current step and saving a checkpoint "
-                    "(send it again to exit at once)", name)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
