@@ -36,7 +36,7 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from rhovae import results
-from rhovae.plots import learning_curve_bands, likelihood_comparison
+from rhovae.plots import gap_bars, learning_curve_bands, likelihood_comparison
 
 REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 WANDB_PROJECT = os.environ.get("RHOVAE_WANDB_PROJECT")
@@ -101,6 +101,17 @@ if not histories.empty:
 
 # %%
 display(likelihood_comparison(table, results.iw_samples_used(runs)))
+
+# %% [markdown]
+# ## Where the nats go: approximation and amortization gaps
+# Runs with a `gaps.json` (`python scripts/gaps.py <run>`, or `eval.gaps=true` in the sweep): log p(x) - ELBO split
+# into what the family cannot represent and what the encoder fails to find (Cremer et al. 2018).
+
+# %%
+if "gaps/approximation_gap mean" in table and table["gaps/approximation_gap mean"].notna().any():
+    display(gap_bars(table[table["gaps/approximation_gap mean"].notna()]))
+else:
+    print("no run of this sweep has a gaps.json")
 
 # %% [markdown]
 # ## Prior samples side by side (first completed seed of each group)

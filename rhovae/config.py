@@ -28,7 +28,7 @@ RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "traine
                 "dataset.root", "dataset.download", "logger")
 # What else may differ when a run is resumed: how long it trains, and how its final scores are estimated.
 RESUMABLE_KEYS = (*RUNTIME_KEYS, "trainer.epochs", "trainer.patience", "eval.iw_samples", "eval.iw_chunk",
-                  "eval.iw_batch_size", "eval.mean_samples", "eval.active_threshold")
+                  "eval.iw_batch_size", "eval.mean_samples", "eval.active_threshold", "eval.gaps", "gaps")
 
 
 def in_sections(key: str, sections: Iterable[str]) -> bool:
@@ -141,6 +141,12 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "eval.iw_batch_size", 1)
     _int_at_least(cfg, "eval.mean_samples", 1)
     _check(cfg, "eval.active_threshold", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "eval.gaps", lambda v: isinstance(v, bool), "true, false")
+    for key in ("n_images", "elbo_samples", "opt_samples", "iw_samples", "iw_chunk", "batch_size"):
+        _int_at_least(cfg, f"gaps.{key}", 1)
+    _int_at_least(cfg, "gaps.steps", 0)
+    _int_at_least(cfg, "gaps.seed", 0)
+    _check(cfg, "gaps.lr", lambda v: _is_number(v) and v > 0, "a number > 0")
     _one_of(cfg, "logger.name", LOGGERS)
     _int_at_least(cfg, "logger.image_every", 0)
     if cfg.logger.name == "wandb":

@@ -49,6 +49,7 @@ class EvalSettings:
     iw_batch_size: int = 20
     mean_samples: int = 100
     active_threshold: float = 0.01
+    gaps: bool = False  # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
 
 
 @contextlib.contextmanager

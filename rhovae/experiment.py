@@ -12,19 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import load_checkpoint
-from .config import RESUMABLE_KEYS, flatten, in_sections, unflatten, validate_config
+from .config import RESUMABLE_KEYS, flatten, in_sections, reject_unknown_keys, unflatten, validate_config
 from .data import ImageData, load_image_data, to_unit_float
 from .errors import ConfigError
 from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set, seeded_rng
+from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
 from .plots import latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
 from .posteriors import build_posterior, posterior_label
@@ -64,6 +65,49 @@ def load_data(config: Mapping[str, Any], device: torch.device) -> ImageData:
 
 def eval_settings(config: Mapping[str, Any]) -> EvalSettings:
     return EvalSettings(**config["eval"])
+
+
+def gap_settings(config: Mapping[str, Any]) -> GapSettings:
+    return GapSettings(**config["gaps"])
+
+
+# Sections added to the project after a run was trained take their current defaults when the run is re-loaded.
+LATER_DEFAULTS = {"eval": asdict(EvalSettings()), "gaps": asdict(GapSettings())}
+
+
+def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best"):
+    """A finished run's config (its checkpoint's, with ``overrides`` on top), device, data and trained model.
+
+    Overrides name keys of the run's config (``eval.iw_samples=500``); an unknown key is refused with the closest
+    known one. Returns ``(config, data, model, checkpoint_dict)``.
+    """
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    saved = OmegaConf.merge(OmegaConf.create(LATER_DEFAULTS), OmegaConf.create(ckpt["config"]))
+    given = OmegaConf.from_dotlist(list(overrides))
+    reject_unknown_keys(flatten(OmegaConf.to_container(given)), flatten(OmegaConf.to_container(saved)),
+                        where="of the run's configuration")
+    cfg = OmegaConf.merge(saved, given)
+    device = validate_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data = load_data(config, device)
+    model = build_vae(config, data.image_shape).to(device)
+    model.load_state_dict(ckpt["model"])
+    return config, data, model, ckpt
+
+
+def write_gaps(model: VAE, data: ImageData, settings: GapSettings, run_dir: Path, *, progress: bool = False,
+               stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """The inference-gap analysis of the first ``settings.n_images`` test images: ``gaps.json`` and ``gaps.npz``."""
+    images = data.test[: settings.n_images]
+    log.info("inference gaps on %d test images: %d Adam steps each, log p(x) with K=%d", len(images),
+             settings.steps, settings.iw_samples)
+    summary, arrays = inference_gaps(model, images, settings, progress=progress, stop=stop)
+    write_json_atomic(run_dir / "gaps.json", summary)
+    np.savez(run_dir / "gaps.npz", **{k: v.numpy() for k, v in arrays.items()})
+    log.info("approximation gap %.2f, amortization gap %.2f nats (log p(x) %.2f, ELBO %.2f -> %.2f locally)",
+             summary["approximation_gap"], summary["amortization_gap"], summary["log_px"],
+             summary["elbo_amortized"], summary["elbo_local"])
+    return summary
 
 
 def resumed_config(saved: Mapping[str, Any], current: Mapping[str, Any], given: Iterable[str] | None,
@@ -273,6 +317,10 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
                      f", then importance-weighted NLL with K={evaluation.iw_samples}" if evaluation.iw_samples else "")
             try:
                 test, latent_means = evaluate_test_set(model, data, evaluation, progress=settings.progress, stop=stop)
+                if evaluation.gaps:
+                    gaps = write_gaps(model, data, gap_settings(config), run_dir, progress=settings.progress,
+                                      stop=stop)
+                    test.update({f"gaps/{k}": v for k, v in gaps.items() if not isinstance(v, dict)})
             except EvaluationStopped as err:
                 raise interrupted(stop, f"{err}; training is complete and saved, so resuming goes straight to the "
                                         f"test evaluation: {resume_command(run_dir)}") from err

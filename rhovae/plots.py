@@ -126,6 +126,26 @@ def likelihood_comparison(table, iw_samples: Sequence[int] = ()) -> Figure:
     return fig
 
 
+def gap_bars(table) -> Figure:
+    """Approximation and amortization gaps (mean over seeds) stacked per method, one panel per dataset."""
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig = Figure(figsize=(4.5 * len(datasets), 3.8), layout="constrained")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+        rows = table[table["dataset"] == dataset]
+        x = range(len(rows))
+        approx, amort = rows["gaps/approximation_gap mean"], rows["gaps/amortization_gap mean"]
+        ax.bar(x, approx, label="approximation gap", yerr=rows["gaps/approximation_gap sd"].fillna(0), capsize=3)
+        ax.bar(x, amort, bottom=approx, label="amortization gap", yerr=rows["gaps/amortization_gap sd"].fillna(0),
+               capsize=3)
+        ax.set_xticks(list(x), [str(m) for m in rows["method"]], rotation=30, ha="right")
+        ax.set_title(dataset)
+        ax.set_ylabel("log p(x) - ELBO (nats)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle("where the nats go: mean over seeds, error bars ± 1 sd over seeds", fontsize=9)
+    return fig
+
+
 def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "method") -> Figure:
     """Mean +- sd over seeds of a per-epoch ``metric`` for each ``group`` value, one panel per dataset."""
     datasets = list(dict.fromkeys(histories["dataset"]))

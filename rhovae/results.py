@@ -42,13 +42,16 @@ METRICS = {
     "train/loss": ("final train loss", 2),  # the objective trained (differs from -ELBO for published_code, warm-up)
     "test/rho_mean": ("mean rho", 2),  # rho posteriors only
     "test/log_s_mean": ("mean log s", 2),
+    "gaps/approximation_gap": ("approximation gap", 2),  # runs with a gaps.json (scripts/gaps.py, eval.gaps=true)
+    "gaps/amortization_gap": ("amortization gap", 2),
     "epoch_s": ("s/epoch", 1),
 }
 PAIRED_METRICS = ("test/nll", "test/elbo")
 CONFIG = "config."  # prefix of the flattened config columns
 # Config keys that do not change what is being measured, so a sweep that varies them is still one method: how a
 # run executes, and how evaluation batches its work.
-NOT_A_FACTOR = ("seed", *RUNTIME_KEYS, "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size")
+NOT_A_FACTOR = ("seed", *RUNTIME_KEYS, "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size", "eval.gaps",
+                "gaps")
 
 
 def resolve_user_path(path: str | Path, repo: Path) -> Path:
@@ -109,8 +112,11 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     root = Path(sweep_dir)
     rows = []
     for run in find_runs(root):
-        summary_path = run / "summary.json"
+        summary_path, gaps_path = run / "summary.json", run / "gaps.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        if gaps_path.is_file():  # written later by scripts/gaps.py, beside a summary it never rewrites
+            gaps = json.loads(gaps_path.read_text())
+            summary = {**{f"gaps/{k}": v for k, v in gaps.items() if not isinstance(v, dict)}, **summary}
         rows.append(run_row(summary, run_config(run, summary), run=str(run.relative_to(root)) or ".", run_dir=str(run)))
     if not rows:
         raise FileNotFoundError(f"no runs under {root}: expected folders holding summary.json or .hydra/config.yaml")

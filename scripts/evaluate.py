@@ -14,33 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
-from rhovae.checkpoint import load_checkpoint
-from rhovae.config import flatten, reject_unknown_keys, validate_config
 from rhovae.errors import RhovaeError
-from rhovae.evaluation import EvalSettings, evaluate_test_set
-from rhovae.experiment import build_vae, eval_settings, load_data
+from rhovae.evaluation import evaluate_test_set
+from rhovae.experiment import eval_settings, load_trained_run
 from rhovae.tracking import write_json_atomic
 
 
 def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", update_summary: bool = False) -> dict:
-    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    # eval keys added after a run was trained take their current defaults
-    eval_defaults = OmegaConf.create({"eval": asdict(EvalSettings())})
-    saved = OmegaConf.merge(eval_defaults, OmegaConf.create(ckpt["config"]))
-    given = OmegaConf.from_dotlist(overrides)
-    reject_unknown_keys(flatten(OmegaConf.to_container(given)), flatten(OmegaConf.to_container(saved)),
-                        where="of the run's configuration")
-    cfg = OmegaConf.merge(saved, given)
-    device = validate_config(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    data = load_data(config, device)
-    model = build_vae(config, data.image_shape).to(device)
-    model.load_state_dict(ckpt["model"])
+    config, data, model, ckpt = load_trained_run(run_dir, overrides, checkpoint)
     metrics, _ = evaluate_test_set(model, data, eval_settings(config))
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"],
               "overrides": overrides, **metrics}

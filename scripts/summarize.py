@@ -7,10 +7,11 @@ Writes into the sweep folder:
 
     results.csv   one row per run (status, summary numbers, full config)
     results.md    one row per dataset x method: n seeds, mean +- sd of test ELBO, NLL, KL, active units,
-                  seconds per epoch; then each method minus the baseline (paired over seeds, 95% t interval);
+                  the inference gaps (when computed), seconds per epoch; then each method minus the baseline (paired over seeds, 95% t interval);
                   then the runs left out (failed, interrupted, unfinished)
     results.tex   the same two tables for a paper (booktabs)
     results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
+    gaps.png      when runs have a gaps.json: approximation and amortization gaps stacked per method
 
 Groups are (dataset, method) plus any other config key the sweep varied; ``method`` is the posterior's name
 with its non-default options (``rho[variant=published_code]``). Runs that did not complete are listed,
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 from rhovae import results
-from rhovae.plots import likelihood_comparison, save_figure
+from rhovae.plots import gap_bars, likelihood_comparison, save_figure
 
 
 def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[str, Path]:
@@ -55,6 +56,9 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
         del paths["png"]
     else:
         save_figure(likelihood_comparison(table, results.iw_samples_used(runs)), paths["png"])
+    if "gaps/approximation_gap mean" in table and table["gaps/approximation_gap mean"].notna().any():
+        paths["gaps"] = sweep_dir / "gaps.png"
+        save_figure(gap_bars(table[table["gaps/approximation_gap mean"].notna()]), paths["gaps"])
     return paths
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from helpers import POSTERIOR_NAMES
+from helpers import POSTERIOR_NAMES, REPO, TINY_OVERRIDES, folder_digest, subprocess_env, train
 from helpers.models import D, P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.gaps import GapSettings, inference_gaps
 from rhovae.posteriors import build_posterior
@@ -52,3 +57,42 @@ def test_gaps_order_and_log_px_match_grid_integration_in_two_dimensions(posterio
     assert torch.all(arrays["elbo_local"] <= exact + 4 * arrays["elbo_local_se"])  # a lower bound on log p(x)
     assert torch.all(arrays["amortization_gap"] >= 0) and arrays["improved"].any()
     assert torch.all(arrays["approximation_gap"] > -0.02 - 4 * arrays["elbo_local_se"])
+
+
+@pytest.mark.slow
+def test_gaps_script_and_eval_gaps_write_the_analysis_and_summarize_shows_it(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    gap_overrides = ["gaps.n_images=8", "gaps.steps=20", "gaps.elbo_samples=20", "gaps.iw_samples=50",
+                     "gaps.batch_size=4"]
+    proc = train(["-m", "posterior=diag,iaf", f"dataset.root={data_root}", *TINY_OVERRIDES, "logger=none",
+                  "trainer.epochs=1", "eval.gaps=true", *gap_overrides, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for run in sorted(sweep.glob("*_mnist_*")):
+        summary = json.loads((run / "summary.json").read_text())
+        gaps = json.loads((run / "gaps.json").read_text())
+        assert gaps["n_images"] == 8 and gaps["settings"]["steps"] == 20
+        assert summary["gaps/approximation_gap"] == gaps["approximation_gap"]
+        arrays = np.load(run / "gaps.npz")
+        assert arrays["log_px"].shape == (8,)
+        assert np.allclose(arrays["approximation_gap"] + arrays["amortization_gap"],
+                           arrays["log_px"] - arrays["elbo_amortized"])
+
+    # afterwards, on a finished run: refused over an existing analysis, replaced when asked
+    run = next(sweep.glob("0_*"))
+    before = folder_digest(run)
+    script = [sys.executable, str(REPO / "scripts" / "gaps.py"), str(run), "gaps.n_images=4", *gap_overrides[1:]]
+    refused = subprocess.run(script, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"error: {run / 'gaps.json'} exists; nothing was changed. Pass --overwrite to replace it")
+    assert folder_digest(run) == before
+    done = subprocess.run([*script, "--overwrite"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "gaps.json").read_text())["n_images"] == 4
+    changed = {k for k in folder_digest(run) if folder_digest(run)[k] != before.get(k)}
+    assert changed == {"gaps.json", "gaps.npz"}  # the summary and everything else stay as they were
+
+    summarized = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep)],
+                                env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert summarized.returncode == 0, summarized.stderr
+    md = (sweep / "results.md").read_text()
+    assert "approximation gap" in md and "amortization gap" in md and (sweep / "gaps.png").stat().st_size > 1000

@@ -1,0 +1,49 @@
+"""Split a finished run's log p(x) - ELBO into approximation and amortization gaps (Cremer, Li & Duvenaud 2018).
+
+    python scripts/gaps.py RUN_DIR                            # the run's gaps.* settings (1000 test images)
+    python scripts/gaps.py RUN_DIR gaps.n_images=500          # any key of the run's config can be overridden
+    python scripts/gaps.py RUN_DIR --overwrite                # replace an earlier gaps.json / gaps.npz
+
+Loads the best checkpoint, optimizes each test image's local posterior parameters (``rhovae/gaps.py`` says how
+every number is estimated) and writes RUN_DIR/gaps.json (means, spreads, settings, time) and RUN_DIR/gaps.npz
+(the per-image arrays). Nothing else in the run folder changes; ``scripts/summarize.py`` picks gaps.json up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rhovae.errors import RhovaeError
+from rhovae.experiment import gap_settings, load_trained_run, write_gaps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run folder written by train.py")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. gaps.n_images=500)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing gaps.json and gaps.npz")
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides must look like key=value, got {bad[0]!r}")
+    existing = [p for p in (args.run_dir / "gaps.json", args.run_dir / "gaps.npz") if p.exists()]
+    if existing and not args.overwrite:
+        print(f"error: {existing[0]} exists; nothing was changed. Pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    try:
+        config, data, model, _ = load_trained_run(args.run_dir, args.overrides)
+        summary = write_gaps(model, data, gap_settings(config), args.run_dir, progress=config["trainer"]["progress"])
+    except RhovaeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for key, value in summary.items():
+        if not isinstance(value, dict):
+            print(f"{key:<20}  {value:.3f}" if isinstance(value, float) else f"{key:<20}  {value}")
+    print(f"written: {args.run_dir / 'gaps.json'}, {args.run_dir / 'gaps.npz'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
