@@ -130,6 +130,8 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "trainer.max_batches", 1, optional=True)
     _int_at_least(cfg, "trainer.threads", 1, optional=True)
     _check(cfg, "trainer.kl_warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "objective.beta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "objective.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _int_at_least(cfg, "trainer.patience", 1, optional=True)
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
     _check(cfg, "trainer.resume", lambda v: isinstance(v, bool), "true, false")

@@ -72,7 +72,8 @@ def gap_settings(config: Mapping[str, Any]) -> GapSettings:
 
 
 # Sections added to the project after a run was trained take their current defaults when the run is re-loaded.
-LATER_DEFAULTS = {"eval": asdict(EvalSettings()), "gaps": asdict(GapSettings())}
+LATER_DEFAULTS = {"eval": asdict(EvalSettings()), "gaps": asdict(GapSettings()),
+                  "objective": {"beta": 1.0, "free_bits": 0.0}}
 
 
 def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best"):
@@ -287,6 +288,7 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
         epochs=trainer_cfg["epochs"], batch_size=trainer_cfg["batch_size"], lr=trainer_cfg["lr"],
         max_batches=trainer_cfg["max_batches"], kl_warmup_epochs=trainer_cfg["kl_warmup_epochs"],
         patience=trainer_cfg["patience"], progress=trainer_cfg["progress"], image_every=config["logger"]["image_every"],
+        beta=config["objective"]["beta"], free_bits=config["objective"]["free_bits"],
     )
     evaluation = eval_settings(config)
     n_params = count_parameters(model)

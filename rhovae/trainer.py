@@ -58,6 +58,8 @@ class TrainSettings:
     lr: float
     max_batches: int | None = None
     kl_warmup_epochs: float = 0.0
+    beta: float = 1.0
+    free_bits: float = 0.0
     patience: int | None = None
     progress: bool = True
     image_every: int = 0
@@ -101,11 +103,12 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def kl_weight(step: int, steps_per_epoch: int, warmup_epochs: float) -> float:
-    """beta rising linearly from 0 to 1 over ``warmup_epochs`` epochs (1 throughout when that is 0)."""
+def kl_weight(step: int, steps_per_epoch: int, warmup_epochs: float, beta: float = 1.0) -> float:
+    """The KL weight: rising linearly from 0 to ``beta`` over ``warmup_epochs`` epochs (``beta`` throughout when
+    that is 0)."""
     if warmup_epochs <= 0:
-        return 1.0
-    return min(1.0, step / (warmup_epochs * steps_per_epoch))
+        return beta
+    return beta * min(1.0, step / (warmup_epochs * steps_per_epoch))
 
 
 def _check_finite(loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, epoch: int, step: int) -> None:
@@ -140,8 +143,8 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
     bar = tqdm(batches, total=n_batches, initial=progress.next_batch, desc=f"epoch {epoch}", leave=False,
                dynamic_ncols=True, disable=None if settings.progress else True)
     for i, x in enumerate(bar, start=progress.next_batch):
-        beta = kl_weight(state.step, n_batches, settings.kl_warmup_epochs)
-        loss, terms = model.loss(x, beta)
+        beta = kl_weight(state.step, n_batches, settings.kl_warmup_epochs, settings.beta)
+        loss, terms = model.loss(x, beta, settings.free_bits)
         _check_finite(loss, terms.recon, terms.kl, epoch, state.step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -40,6 +40,7 @@ class ElboTerms:
     recon: torch.Tensor
     kl: torch.Tensor
     objective_kl: torch.Tensor | None = None
+    kl_groups: torch.Tensor | None = None  # [B, G]: the KL split into the posterior's free-bits groups
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -61,13 +62,16 @@ class VAE(nn.Module):
     def posterior_of(self, x: torch.Tensor) -> Distribution:
         return self.posterior(self.encoder(x))
 
-    def elbo_terms(self, x: torch.Tensor) -> ElboTerms:
-        """Single-sample reconstruction term and the posterior's KL, per image."""
+    def elbo_terms(self, x: torch.Tensor, kl_groups: bool = False) -> ElboTerms:
+        """Single-sample reconstruction term and the posterior's KL, per image (with ``kl_groups``, also the KL
+        split into the posterior's free-bits groups)."""
         q = self.posterior_of(x)
         z, log_q = self.posterior.rsample_with_log_prob(q)
         recon = bernoulli_log_likelihood(self.decoder(z), x)
-        kl = self.posterior.kl(q, z, log_q, self.prior())
-        return ElboTerms(recon=recon, kl=kl, objective_kl=self.posterior.objective_kl(q, kl))
+        prior = self.prior()
+        kl = self.posterior.kl(q, z, log_q, prior)
+        groups = self.posterior.kl_groups(q, z, log_q, prior, kl) if kl_groups else None
+        return ElboTerms(recon=recon, kl=kl, objective_kl=self.posterior.objective_kl(q, kl), kl_groups=groups)
 
     def log_importance_weights(self, x: torch.Tensor, n_samples: int, q: Distribution | None = None) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for ``n_samples`` draws z_k ~ q(z|x): shape ``[n_samples, B]``.
@@ -78,10 +82,18 @@ class VAE(nn.Module):
         z, log_q = self.posterior.rsample_with_log_prob(q, (n_samples,))
         return bernoulli_log_likelihood(self.decoder(z), x) + self.prior().log_prob(z) - log_q
 
-    def loss(self, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, ElboTerms]:
-        """The training objective -(recon - beta * kl), averaged over the batch, and the detached terms."""
-        terms = self.elbo_terms(x)
-        loss = -(terms.recon - beta * terms.objective_kl).mean()
+    def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> tuple[torch.Tensor, ElboTerms]:
+        """The training objective and the detached terms (whose ``kl`` is always the true one).
+
+        -(recon - beta * kl) averaged over the batch (beta-VAE for beta != 1). With ``free_bits`` = lambda > 0,
+        the free-bits objective of Kingma et al. (2016): -mean(recon) + beta * sum_g max(lambda, mean_batch KL_g)
+        over the posterior's KL groups, so a group whose batch-mean KL is below lambda gets no KL gradient.
+        """
+        terms = self.elbo_terms(x, kl_groups=free_bits > 0)
+        if free_bits > 0:
+            loss = -terms.recon.mean() + beta * terms.kl_groups.mean(0).clamp(min=free_bits).sum()
+        else:
+            loss = -(terms.recon - beta * terms.objective_kl).mean()
         return loss, ElboTerms(recon=terms.recon.detach(), kl=terms.kl.detach())
 
     @torch.no_grad()

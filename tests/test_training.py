@@ -58,8 +58,8 @@ def test_non_finite_loss_in_epoch_two_names_it_and_keeps_epoch_one(data_root, tm
     original = VAE.elbo_terms
     training_calls = {"n": 0}
 
-    def poisoned(self, x):
-        terms = original(self, x)
+    def poisoned(self, x, **options):
+        terms = original(self, x, **options)
         if self.training:
             training_calls["n"] += 1
             if training_calls["n"] == 5:  # 3 batches per epoch: epoch 2, step 5

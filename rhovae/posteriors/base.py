@@ -62,6 +62,12 @@ class Posterior(nn.Module):
     def kl(self, q: Distribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution) -> torch.Tensor:
         return kl_divergence(q, prior)
 
+    def kl_groups(self, q: Distribution, z: torch.Tensor, log_q: torch.Tensor, prior: Distribution,
+                  kl: torch.Tensor) -> torch.Tensor:
+        """The KL split into the groups free bits act on, ``[B, G]``: by default one group, the whole latent vector
+        (a KL that does not factorize over dimensions); posteriors whose KL does factorize split it further."""
+        return self.objective_kl(q, kl).unsqueeze(-1)
+
     def objective_kl(self, q: Distribution, kl: torch.Tensor) -> torch.Tensor:
         """The KL term the training loss uses: the true ``kl``. Only a reproduction of published code differs."""
         return kl

@@ -21,6 +21,10 @@ class DiagonalPosterior(Posterior):
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)
 
+    def kl_groups(self, q: Independent, z, log_q, prior: Distribution, kl: torch.Tensor) -> torch.Tensor:
+        """One free-bits group per latent dimension: KL(N(mu_j, sigma_j^2) || p(z_j)), ``[B, d]``."""
+        return kl_divergence(q.base_dist, Normal(prior.mean, prior.stddev))
+
     def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
         """mu and the raw (pre-softplus) standard deviations: ``[B, 2d]``."""
         return torch.cat([self.loc(h), self.raw_std(h)], dim=-1)
