@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .data import ImageData, eval_batches
+from .information import information
 from .vae import VAE
 
 log = logging.getLogger(__name__)
@@ -83,22 +84,51 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, e
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 
-def log_mean_weight(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
-                    before_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """log (1/K) sum_k w_k, w_k = p(x, z_k) / q(z_k), z_k ~ ``q``: the importance-weighted log p(x) of each image of
-    ``x`` ``[B]`` (float64), reduced with a running logsumexp over chunks of at most ``chunk`` samples."""
-    running = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
+def log_weight_moments(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
+                       before_chunk: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log (1/K) sum_k w_k and log (1/K) sum_k w_k^2 for w_k = p(x, z_k) / q(z_k), z_k ~ ``q``, per image of ``x``
+    ``[B]`` (float64), reduced with running logsumexps over chunks of at most ``chunk`` samples.
+
+    The first is the importance-weighted log p(x); with the second, the effective sample size
+    (sum w)^2 / sum w^2 and the delta-method variance of the first, (mean w^2 / (mean w)^2 - 1) / K.
+    """
+    first = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
+    second = first.clone()
     for start in range(0, n_samples, chunk):
         before_chunk()
-        log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q)
-        running = torch.logaddexp(running, torch.logsumexp(log_w.double(), dim=0))
-    return running - math.log(n_samples)
+        log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q).double()
+        first = torch.logaddexp(first, torch.logsumexp(log_w, dim=0))
+        second = torch.logaddexp(second, torch.logsumexp(2 * log_w, dim=0))
+    return first - math.log(n_samples), second - math.log(n_samples)
+
+
+def log_mean_weight(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
+                    before_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """The importance-weighted log p(x) of each image of ``x`` from ``n_samples`` draws of ``q``: ``[B]``."""
+    return log_weight_moments(model, x, q, n_samples, chunk, before_chunk)[0]
+
+
+@dataclass
+class ImportanceEstimates:
+    """Per image ``[N]``: log p(x), the effective sample size over K, and the Monte Carlo variance of log p(x)."""
+
+    log_px: torch.Tensor
+    ess_fraction: torch.Tensor
+    mc_variance: torch.Tensor
 
 
 def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
                                        batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
                                        stop: Callable[[], bool] = _never) -> torch.Tensor:
-    """Per-image estimates of log p(x) from ``n_samples`` importance samples, shape ``[N]``.
+    """Per-image estimates of log p(x) from ``n_samples`` importance samples, shape ``[N]``."""
+    return importance_weighted_estimates(model, images, n_samples=n_samples, chunk=chunk, batch_size=batch_size,
+                                         eval_seed=eval_seed, progress=progress, stop=stop).log_px
+
+
+def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
+                                  batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
+                                  stop: Callable[[], bool] = _never) -> ImportanceEstimates:
+    """Per-image log p(x) from ``n_samples`` importance samples, with its effective sample size and MC variance.
 
     Each image is encoded once; its K log-weights are reduced with a running logsumexp over chunks of
     at most ``chunk`` samples, so memory grows with ``chunk * batch_size``, not with K. With ``progress`` a
@@ -107,7 +137,7 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    estimates, done = [], 0
+    moments, done = [], 0
     started = time.perf_counter()
     bar = tqdm(total=len(images), desc=f"test NLL (K={n_samples})", unit="img", leave=False, dynamic_ncols=True,
                disable=None if progress else True)
@@ -118,28 +148,35 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
                     raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {done} of "
                                             f"{len(images)} images")
 
-            estimates.append(log_mean_weight(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check))
+            moments.append(log_weight_moments(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check))
             done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))
-            if len(estimates) == 1 and progress:
+            if len(moments) == 1 and progress:
                 expected = (time.perf_counter() - started) * len(images) / len(x)
                 log.info("importance-weighted NLL of %d images with K=%d: about %.1f min at the first batch's rate",
                          len(images), n_samples, expected / 60)
-    return torch.cat(estimates)
+    log_mean, log_mean_sq = (torch.cat(m) for m in zip(*moments))
+    relative_second_moment = (log_mean_sq - 2 * log_mean).exp()  # mean(w^2) / mean(w)^2 >= 1
+    return ImportanceEstimates(log_px=log_mean, ess_fraction=1.0 / relative_second_moment,
+                               mc_variance=(relative_second_moment - 1.0) / n_samples)
 
 
 def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
                           mean_samples: int = 100, threshold: float = 0.01) -> tuple[dict[str, float], torch.Tensor]:
-    """Active units and posterior statistics over ``images``; also returns E_q[z|x] per image ``[N, d]``."""
-    means, noise, stats = [], [], defaultdict(list)
+    """Active units, posterior statistics and the information diagnostics (``rhovae.information``) over ``images``;
+    also returns E_q[z|x] per image ``[N, d]``. One pass of the encoder: the information diagnostics work on the
+    local parameters it collects."""
+    means, noise, stats, params = [], [], defaultdict(list), []
     with evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
-            q = model.posterior_of(x)
+            params.append(model.posterior.local_parameters(model.encoder(x)))
+            q = model.posterior.distribution(params[-1])
             mean, mean_variance = model.posterior.mean(q, mean_samples)
             means.append(mean)
             noise.append(mean_variance)
             for name, value in model.posterior.statistics(q).items():
                 stats[name].append(value)
+        info = information(model, torch.cat(params), chunk=batch_size)
     means = torch.cat(means)
     # Cov_x of Monte Carlo means = Cov_x(E_q[z|x]) + E_x[Var of the estimate]: remove the second term
     activity = means.var(dim=0) - torch.cat(noise).mean(dim=0)
@@ -147,6 +184,7 @@ def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int =
     for name, values in stats.items():
         values = torch.cat(values).double()
         result[f"{name}_mean"], result[f"{name}_std"] = values.mean().item(), values.std().item()
+    result.update({k: v for k, v in info.items() if k != "kl"})  # the test KL is reported by evaluate_elbo
     return result, means
 
 
@@ -171,9 +209,12 @@ def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings, *, pr
     check("the active units")
     if settings.iw_samples > 0:
         start = time.perf_counter()
-        log_px = importance_weighted_log_likelihood(model, data.test, n_samples=settings.iw_samples,
-                                                    chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,
-                                                    eval_seed=settings.seed, progress=progress, stop=stop)
+        estimates = importance_weighted_estimates(model, data.test, n_samples=settings.iw_samples,
+                                                  chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,
+                                                  eval_seed=settings.seed, progress=progress, stop=stop)
+        log_px = estimates.log_px
+        metrics.update({"test/ess_fraction": estimates.ess_fraction.mean().item(),
+                        "test/nll_mc_se": estimates.mc_variance.sum().sqrt().item() / len(log_px)})
         metrics.update({"test/nll": -log_px.mean().item(), "test/iw_samples": settings.iw_samples,
                         "test/iw_eval_s": time.perf_counter() - start})
     return metrics, means

@@ -27,7 +27,8 @@ from .errors import ConfigError
 from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set, seeded_rng
 from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
-from .plots import latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
+from .plots import (kl_per_dimension, latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure,
+                    save_grid)
 from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
@@ -230,7 +231,7 @@ def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.
 
 
 def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState, latent_means: torch.Tensor,
-                   eval_seed: int, title: str = "") -> list[Path]:
+                   eval_seed: int, title: str = "", kl_per_dim: list[float] | None = None) -> list[Path]:
     """Save every end-of-run picture as PNG in ``run_dir``; return their paths."""
     paths = []
     for name, grid in image_grids(model, data, eval_seed).items():
@@ -238,6 +239,9 @@ def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState
         paths.append(run_dir / f"{name}.png")
     save_figure(learning_curves(state.history, title), run_dir / "learning_curves.png")
     paths.append(run_dir / "learning_curves.png")
+    if kl_per_dim:
+        save_figure(kl_per_dimension(kl_per_dim, title), run_dir / "kl_per_dim.png")
+        paths.append(run_dir / "kl_per_dim.png")
     if latent_means.shape[-1] == 2:
         save_figure(latent_scatter(latent_means, data.test_labels), run_dir / "latent_means.png")
         paths.append(run_dir / "latent_means.png")
@@ -335,7 +339,8 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
         raise
 
     title = f"{dataset}, {summary['method']}, seed {config['seed']}"
-    pictures = write_pictures(model, data, run_dir, state, latent_means, evaluation.seed, title)
+    pictures = write_pictures(model, data, run_dir, state, latent_means, evaluation.seed, title,
+                              test.get("test/kl_per_dim"))
     epoch_times = [row["epoch_s"] for row in state.history]
     summary.update({
         "status": "completed", "epochs": state.epoch, "best_epoch": state.best_epoch,

@@ -71,6 +71,20 @@ def learning_curves(history: Sequence[Mapping[str, Any]], title: str = "") -> Fi
     return fig
 
 
+def kl_per_dimension(kl: Sequence[float], title: str = "") -> Figure:
+    """Mean KL of each latent dimension over the test set, largest first: how many dimensions carry information."""
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    values = sorted(kl, reverse=True)
+    ax.bar(range(1, len(values) + 1), values)
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("mean KL (nats)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(f"KL per dimension{': ' + title if title else ''}", fontsize=9)
+    return fig
+
+
 def latent_scatter(means: torch.Tensor, labels: torch.Tensor) -> Figure:
     """Posterior means of a 2-d latent space, coloured by class label."""
     if means.shape[-1] != 2:

@@ -39,6 +39,9 @@ METRICS = {
     "test/nll": ("test NLL", 2),
     "test/kl": ("test KL", 2),
     "test/active_units": ("active units", 1),
+    "test/mutual_information": ("I(x; z)", 2),  # ELBO surgery (rhovae/information.py); not for flows
+    "test/marginal_kl": ("marginal KL", 2),
+    "test/ess_fraction": ("ESS / K", 3),
     "train/loss": ("final train loss", 2),  # the objective trained (differs from -ELBO for published_code, warm-up)
     "test/rho_mean": ("mean rho", 2),  # rho posteriors only
     "test/log_s_mean": ("mean log s", 2),

@@ -25,7 +25,8 @@ RUN_RECORDS = (CHECKPOINT, Path("checkpoints") / "best.pt", Path("summary.json")
 # Everything a run writes into its folder; trainer.overwrite=true removes these and nothing else (train.log is
 # kept and appended to, so the log says what was replaced).
 RUN_OUTPUTS = ("checkpoints", "summary.json", "metrics.jsonl", "evaluation.json", "samples.png",
-               "reconstructions.png", "learning_curves.png", "latent_means.png", "wandb", ".hydra")
+               "reconstructions.png", "learning_curves.png", "latent_means.png", "kl_per_dim.png", "gaps.json",
+               "gaps.npz", "wandb", ".hydra")
 
 
 class RunFolderError(RhovaeError):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from helpers import DATASET_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, train
+from helpers import DATASET_NAMES, FLOW_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, train
 from rhovae.checkpoint import load_checkpoint
 from rhovae.experiment import build_vae
 from rhovae.vae import count_parameters
@@ -84,6 +85,14 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     with Image.open(run / "learning_curves.png") as img:
         assert img.size[0] > 500
     assert not (run / "latent_means.png").exists()  # drawn only for 2-d latents
+    # information diagnostics: ELBO surgery where q has a density everywhere, KL per dimension where it factorizes
+    assert 0 < summary["test/ess_fraction"] <= 1 and summary["test/nll_mc_se"] > 0
+    assert ("test/mutual_information" in summary) == (posterior not in FLOW_NAMES)
+    if "test/mutual_information" in summary:
+        assert 0 <= summary["test/mutual_information"] <= math.log(80) + 1e-6  # 80 test images
+        assert summary["test/mutual_information"] + summary["test/marginal_kl"] == pytest.approx(summary["test/kl"],
+                                                                                                 abs=0.5)
+    assert (run / "kl_per_dim.png").exists() == (posterior == "diag") == ("test/kl_per_dim" in summary)
     assert (run / ".hydra" / "config.yaml").is_file()
     assert not (run / "wandb").exists()
 
