@@ -73,7 +73,7 @@ def gap_settings(config: Mapping[str, Any]) -> GapSettings:
 
 
 # Sections added to the project after a run was trained take their current defaults when the run is re-loaded.
-LATER_DEFAULTS = {"eval": asdict(EvalSettings()), "gaps": asdict(GapSettings()),
+LATER_DEFAULTS = {"eval": asdict(EvalSettings()), "gaps": asdict(GapSettings()), "trainer": {"overwrite": False},
                   "objective": {"beta": 1.0, "free_bits": 0.0}}
 
 

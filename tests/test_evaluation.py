@@ -15,7 +15,7 @@ from helpers import FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose, 
 from helpers.models import P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo, importance_weighted_log_likelihood, posterior_diagnostics
-from rhovae.experiment import build_vae, load_data, run_experiment
+from rhovae.experiment import build_vae, load_data, load_trained_run, run_experiment
 from rhovae.posteriors import build_posterior
 from rhovae.vae import VAE
 
@@ -150,3 +150,19 @@ def test_two_dimensional_latents_get_a_latent_map_and_rho_runs_report_rho(data_r
         assert (tmp_path / name).stat().st_size > 1000, name
     assert -1 < summary["test/rho_mean"] < 1 and summary["test/rho_std"] >= 0
     assert 0 <= summary["test/active_units"] <= 2
+
+
+def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained_run, tmp_path):
+    """A checkpoint whose config predates trainer.overwrite, objective.*, eval.gaps and gaps.* still re-loads."""
+    old_run = tmp_path / "old"
+    (old_run / "checkpoints").mkdir(parents=True)
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    for section, key in (("trainer", "overwrite"), ("eval", "gaps")):
+        del ckpt["config"][section][key]
+    for section in ("objective", "gaps"):
+        del ckpt["config"][section]
+    torch.save(ckpt, old_run / "checkpoints" / "best.pt")
+    config, _, model, _ = load_trained_run(old_run, ["eval.iw_samples=5"])
+    assert config["trainer"]["overwrite"] is False and config["objective"] == {"beta": 1.0, "free_bits": 0.0}
+    assert config["eval"]["gaps"] is False and config["gaps"]["n_images"] == 1000
+    assert config["eval"]["iw_samples"] == 5

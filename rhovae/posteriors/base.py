@@ -40,19 +40,37 @@ class Posterior(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, h: torch.Tensor) -> Distribution:
-        """q(z|x) for encoder features ``h``: the distribution of the heads' local parameters."""
-        return self.distribution(self.local_parameters(h))
+        """q(z|x) for encoder features ``h``: the distribution of the heads' outputs."""
+        return self.build(self.heads(h))
 
-    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Everything q(z|x) of one image depends on besides shared weights, as one vector per image ``[B, P]``.
+    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything q(z|x) of one image depends on besides shared weights, as one vector per image ``[B, P]``:
+        the heads' outputs side by side.
 
         The encoder amortizes these; optimizing them directly for one image finds the best member of the family
         for that image (``rhovae.gaps``).
         """
+        return torch.cat(self.heads(h), dim=-1)
+
+    def distribution(self, params: torch.Tensor) -> Distribution:
+        """q(z|x) from local parameters ``[B, P]`` alone (shared weights, such as a flow's MADE, may enter)."""
+        return self.build(split_parameters(params, self.parameter_sizes()))
+
+    def heads(self, h: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        """The per-image pieces of the local parameters, each ``[B, size]`` (sizes: ``parameter_sizes``).
+
+        The shipped posteriors evaluate their heads in the order their ``forward`` did before this seam existed:
+        backward adds the heads' gradients into ``h`` in reverse order of evaluation, and with three or more heads
+        a different order rounds differently. Keeping it keeps every run's numbers bit for bit the same.
+        """
         raise NotImplementedError
 
-    def distribution(self, params: torch.Tensor) -> Distribution:  # pragma: no cover - abstract
-        """q(z|x) from local parameters ``[B, P]`` alone (shared weights, such as a flow's MADE, may enter)."""
+    def parameter_sizes(self) -> list[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def build(self, pieces: list[torch.Tensor]) -> Distribution:  # pragma: no cover - abstract
+        """q(z|x) from the pieces ``heads`` returns. ``forward`` passes the heads' outputs themselves, not slices of
+        their concatenation, so training computes exactly what it computed before local parameters existed."""
         raise NotImplementedError
 
     def rsample_with_log_prob(self, q: Distribution, sample_shape=torch.Size()):
@@ -82,6 +100,15 @@ class Posterior(nn.Module):
     def statistics(self, q: Distribution) -> dict[str, torch.Tensor]:
         """Per-image quantities of shape ``[B]`` that describe this posterior family (none by default)."""
         return {}
+
+
+def split_parameters(params: torch.Tensor, sizes: list[int] | int) -> list[torch.Tensor]:
+    """Local parameters ``[B, P]`` cut along the last dimension into contiguous pieces.
+
+    Contiguous, so that reductions over a piece run in the same order as over the head output it came from: a
+    posterior built through its local parameters gives bit for bit the numbers it gave before that seam existed.
+    """
+    return [piece.contiguous() for piece in params.split(sizes, dim=-1)]
 
 
 def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:

@@ -92,13 +92,21 @@ class FlowPosterior(Posterior):
     def rsample_with_log_prob(self, q: FlowDistribution, sample_shape=torch.Size()):
         return q.rsample_with_log_prob(sample_shape)
 
-    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
-        """The base's parameters followed by the steps' own (``step_parameters``): ``[B, 2d + P_steps]``."""
-        return torch.cat([self.base.local_parameters(h), self.step_parameters(h)], dim=-1)
+    def heads(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The base's pieces, then the steps' own parameters (``step_parameters``)."""
+        steps = self.step_parameters(h)  # evaluated first: see Posterior.heads
+        return [*self.base.heads(h), steps]
 
-    def distribution(self, params: torch.Tensor) -> FlowDistribution:
-        base, steps = params.split([2 * self.latent_dim, params.shape[-1] - 2 * self.latent_dim], dim=-1)
-        return FlowDistribution(self.base.distribution(base), self.steps_from(steps))
+    def parameter_sizes(self) -> list[int]:
+        return [*self.base.parameter_sizes(), self.step_size]
+
+    def build(self, pieces: list[torch.Tensor]) -> FlowDistribution:
+        return FlowDistribution(self.base.build(pieces[:-1]), self.steps_from(pieces[-1]))
+
+    @property
+    def step_size(self) -> int:  # pragma: no cover - abstract
+        """How many per-image parameters the steps take (``P_steps``)."""
+        raise NotImplementedError
 
     def step_parameters(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The per-image parameters of the flow steps, ``[B, P_steps]``."""
@@ -131,6 +139,10 @@ class PlanarPosterior(FlowPosterior):
             raise ValueError(f"flow_length must be >= 0, got {flow_length}")
         self.flow_length = flow_length
         self.step_params = nn.Linear(in_features, flow_length * (2 * latent_dim + 1))
+
+    @property
+    def step_size(self) -> int:
+        return self.step_params.out_features
 
     def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
         """(u, w, b) of every map: ``[B, K (2d + 1)]``."""
@@ -172,6 +184,10 @@ class IAFPosterior(FlowPosterior):
             )
             for k in range(flow_length)
         )
+
+    @property
+    def step_size(self) -> int:
+        return self.context.out_features
 
     def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
         """The context vector the MADEs see: ``[B, context_dim]`` (the MADEs' weights are shared)."""

@@ -25,12 +25,16 @@ class DiagonalPosterior(Posterior):
         """One free-bits group per latent dimension: KL(N(mu_j, sigma_j^2) || p(z_j)), ``[B, d]``."""
         return kl_divergence(q.base_dist, Normal(prior.mean, prior.stddev))
 
-    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
-        """mu and the raw (pre-softplus) standard deviations: ``[B, 2d]``."""
-        return torch.cat([self.loc(h), self.raw_std(h)], dim=-1)
+    def heads(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """mu and the raw (pre-softplus) standard deviations."""
+        raw_std = self.raw_std(h)  # evaluation order: see Posterior.heads
+        return [self.loc(h), raw_std]
 
-    def distribution(self, params: torch.Tensor) -> Independent:
-        loc, raw_std = params.split(self.latent_dim, dim=-1)
+    def parameter_sizes(self) -> list[int]:
+        return [self.latent_dim, self.latent_dim]
+
+    def build(self, pieces: list[torch.Tensor]) -> Independent:
+        loc, raw_std = pieces
         std = positive_std(raw_std, self.min_std)
         return Independent(Normal(loc, std, validate_args=False), 1, validate_args=False)
 
@@ -49,18 +53,22 @@ class RhoPosterior(Posterior):
         self.rho_atanh = nn.Linear(in_features, 1)
         self.raw_std = nn.Linear(in_features, 1)
 
-    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
-        """mu, the rho pre-activation and the raw scale: ``[B, d + 2]``."""
-        return torch.cat([self.loc(h), self.rho_atanh(h), self.raw_std(h)], dim=-1)
+    def heads(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """mu, the rho pre-activation and the raw scale."""
+        raw_std, loc = self.raw_std(h), self.loc(h)  # evaluation order: see Posterior.heads
+        return [loc, self.rho_atanh(h), raw_std]
 
-    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mu ``[B, d]``, rho pre-activation ``[B]``, log s ``[B]``) from the local parameters."""
-        loc, rho_atanh, raw_std = params.split([self.latent_dim, 1, 1], dim=-1)
+    def parameter_sizes(self) -> list[int]:
+        return [self.latent_dim, 1, 1]
+
+    def decode(self, pieces: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu ``[B, d]``, rho pre-activation ``[B]``, log s ``[B]``) from the pieces."""
+        loc, rho_atanh, raw_std = pieces
         std = positive_std(raw_std.squeeze(-1), self.min_std)
         return loc, rho_atanh.squeeze(-1), 2.0 * std.log()
 
-    def distribution(self, params: torch.Tensor) -> AR1Normal:
-        loc, rho_atanh, log_scale = self.split(params)
+    def build(self, pieces: list[torch.Tensor]) -> AR1Normal:
+        loc, rho_atanh, log_scale = self.decode(pieces)
         return AR1Normal(loc, log_scale=log_scale, rho_atanh=rho_atanh, validate_args=False)
 
     def rsample_with_log_prob(self, q: AR1Normal, sample_shape=torch.Size()):
@@ -87,13 +95,17 @@ class FullCovPosterior(Posterior):
         nn.init.zeros_(self.off_diagonal.bias)
         self.register_buffer("_rows_cols", torch.tril_indices(latent_dim, latent_dim, offset=-1), persistent=False)
 
-    def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
-        """mu, the raw diagonal of L and its strictly-lower part: ``[B, 2d + d(d-1)/2]``."""
-        return torch.cat([self.loc(h), self.raw_std(h), self.off_diagonal(h)], dim=-1)
+    def heads(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """mu, the raw diagonal of L and its strictly-lower part."""
+        raw_std, off_diagonal = self.raw_std(h), self.off_diagonal(h)  # evaluation order: see Posterior.heads
+        return [self.loc(h), raw_std, off_diagonal]
 
-    def distribution(self, params: torch.Tensor) -> MultivariateNormal:
+    def parameter_sizes(self) -> list[int]:
         d = self.latent_dim
-        loc, raw_std, off_diagonal = params.split([d, d, d * (d - 1) // 2], dim=-1)
+        return [d, d, d * (d - 1) // 2]
+
+    def build(self, pieces: list[torch.Tensor]) -> MultivariateNormal:
+        loc, raw_std, off_diagonal = pieces
         scale_tril = torch.diag_embed(positive_std(raw_std, self.min_std))
         rows, cols = self._rows_cols
         scale_tril[..., rows, cols] = off_diagonal

@@ -26,6 +26,10 @@ class HouseholderPosterior(FlowPosterior):
         self.flow_length = flow_length
         self.vectors = nn.ModuleList(nn.Linear(in_features, latent_dim) for _ in range(flow_length))
 
+    @property
+    def step_size(self) -> int:
+        return self.flow_length * self.latent_dim
+
     def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
         """The K reflection vectors, one after another: ``[B, K d]``."""
         return torch.cat([head(h) for head in self.vectors], dim=-1) if self.flow_length else h[..., :0]

@@ -41,8 +41,8 @@ class RandomWalkNormal(MultivariateNormal):
 class PublishedCodeRhoPosterior(RhoPosterior):
     """The rho heads with the published code's sampler and training KL (see the module docstring)."""
 
-    def distribution(self, params: torch.Tensor) -> RandomWalkNormal:
-        loc, rho_atanh, log_scale = self.split(params)
+    def build(self, pieces: list[torch.Tensor]) -> RandomWalkNormal:
+        loc, rho_atanh, log_scale = self.decode(pieces)
         return RandomWalkNormal(loc, log_scale, rho_atanh)
 
     def rsample_with_log_prob(self, q: RandomWalkNormal, sample_shape=torch.Size()):
