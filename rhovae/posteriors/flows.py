@@ -104,13 +104,18 @@ class FlowPosterior(Posterior):
         return FlowDistribution(self.base.build(pieces[:-1]), self.steps_from(pieces[-1]))
 
     @property
-    def step_size(self) -> int:  # pragma: no cover - abstract
-        """How many per-image parameters the steps take (``P_steps``)."""
+    def step_head(self) -> nn.Linear:  # pragma: no cover - abstract
+        """The linear head on the encoder features that gives the steps their per-image parameters."""
         raise NotImplementedError
 
-    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @property
+    def step_size(self) -> int:
+        """How many per-image parameters the steps take (``P_steps``)."""
+        return self.step_head.out_features
+
+    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
         """The per-image parameters of the flow steps, ``[B, P_steps]``."""
-        raise NotImplementedError
+        return self.step_head(h)
 
     def steps_from(self, params: torch.Tensor) -> list[Step]:  # pragma: no cover - abstract
         """The flow steps for per-image step parameters ``[B, P_steps]``."""
@@ -141,12 +146,9 @@ class PlanarPosterior(FlowPosterior):
         self.step_params = nn.Linear(in_features, flow_length * (2 * latent_dim + 1))
 
     @property
-    def step_size(self) -> int:
-        return self.step_params.out_features
-
-    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
+    def step_head(self) -> nn.Linear:
         """(u, w, b) of every map: ``[B, K (2d + 1)]``."""
-        return self.step_params(h)
+        return self.step_params
 
     def steps_from(self, params: torch.Tensor) -> list[Step]:
         d = self.latent_dim
@@ -186,12 +188,9 @@ class IAFPosterior(FlowPosterior):
         )
 
     @property
-    def step_size(self) -> int:
-        return self.context.out_features
-
-    def step_parameters(self, h: torch.Tensor) -> torch.Tensor:
+    def step_head(self) -> nn.Linear:
         """The context vector the MADEs see: ``[B, context_dim]`` (the MADEs' weights are shared)."""
-        return self.context(h)
+        return self.context
 
     def steps_from(self, params: torch.Tensor) -> list[Step]:
         return [pyro_step(t.condition(params)) for t in self.steps]
