@@ -3,10 +3,13 @@
 * ``evaluate_elbo``: the ELBO with one posterior sample per image, and its reconstruction and KL terms.
 * ``importance_weighted_log_likelihood``: log p(x) ~ logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)]
   over K samples z_k ~ q(z|x) (Burda et al.), processed in chunks of samples so memory stays bounded.
-  Its negative is the test NLL that likelihood papers report; it is >= the ELBO in expectation.
+  Its negative is the test NLL that likelihood papers report; it is >= the ELBO in expectation. The same weights
+  give each image's effective sample size and the Monte Carlo variance of its estimate
+  (``importance_weighted_estimates``).
 * ``posterior_diagnostics``: active units (latent dimensions whose Cov_x(E_q[z|x]) exceeds a threshold;
   for Monte Carlo means the estimator's own variance is subtracted, so sampling noise does not count as
-  activity) and the mean and spread of each posterior's own statistics (rho and log s for ``rho``).
+  activity), the mean and spread of each posterior's own statistics (rho and log s for ``rho``), and the
+  information diagnostics of ``rhovae.information`` (I(x; z), marginal KL, KL per dimension).
 
 Every evaluation draws its samples from its own seeded random stream (``EvalSettings.seed``), so the
 numbers do not depend on how far training advanced the global generator, a re-scored run reproduces them,
@@ -141,13 +144,13 @@ def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples
     started = time.perf_counter()
     bar = tqdm(total=len(images), desc=f"test NLL (K={n_samples})", unit="img", leave=False, dynamic_ncols=True,
                disable=None if progress else True)
+
+    def check() -> None:
+        if stop():
+            raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {done} of {len(images)} images")
+
     with bar, evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
-            def check() -> None:
-                if stop():
-                    raise EvaluationStopped(f"stopped during the importance-weighted NLL, after {done} of "
-                                            f"{len(images)} images")
-
             moments.append(log_weight_moments(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check))
             done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
@@ -81,7 +81,7 @@ def _file_handlers() -> list[logging.FileHandler]:
 
 
 @contextlib.contextmanager
-def file_logs_held() -> Iterator[callable]:
+def file_logs_held() -> Iterator[Callable[[], None]]:
     """Detach the root logger's file handlers (``train.log``) until the returned ``release()`` is called.
 
     On leaving, the handlers are detached and closed for good: Hydra logs the next job's launch, and a failed job,

@@ -5,7 +5,8 @@ read results through this module, so the paper table and the notebook cannot dis
 
 * ``load_runs(sweep_dir)``: every run folder below ``sweep_dir`` (a folder holding ``.hydra/config.yaml``
   or ``summary.json``), with its status, its summary numbers and its flattened config (columns
-  ``config.<key>``). A run that never wrote ``summary.json`` (killed, crashed) is kept as ``unfinished``.
+  ``config.<key>``), its config read from its own record (summary.json, else its checkpoint), and the gaps of a
+  ``gaps.json`` beside it. A run that never wrote ``summary.json`` (killed, crashed) is kept as ``unfinished``.
 * ``group_keys(runs)``: what tells methods apart: dataset, the posterior's ``method`` label, and every other
   config key that the sweep varied (decoder, latent_dim, ...), but never the seed.
 * ``summarize(runs)``: mean and sd over seeds of the completed runs, one row per group.

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
 
 from .errors import RhovaeError
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # Files that make a folder a run: finished epochs (a checkpoint) or a record of how the run ended.
