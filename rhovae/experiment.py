@@ -288,12 +288,7 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
                           f"accepted: 1 to {len(data.train)}")
     model = build_vae(config, data.image_shape).to(device)
     optimizer = make_optimizer(model, trainer_cfg["lr"])
-    settings = TrainSettings(
-        epochs=trainer_cfg["epochs"], batch_size=trainer_cfg["batch_size"], lr=trainer_cfg["lr"],
-        max_batches=trainer_cfg["max_batches"], kl_warmup_epochs=trainer_cfg["kl_warmup_epochs"],
-        patience=trainer_cfg["patience"], progress=trainer_cfg["progress"], image_every=config["logger"]["image_every"],
-        beta=config["objective"]["beta"], free_bits=config["objective"]["free_bits"],
-    )
+    settings = TrainSettings.from_config(config)
     evaluation = eval_settings(config)
     n_params = count_parameters(model)
     log.info("%s | %s posterior | %s networks | d=%d | %d parameters | %s | train %d, val %d, test %d images",

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -53,9 +53,10 @@ def interrupted(stop: Callable[[], bool], message: str) -> TrainingInterrupted:
 
 @dataclass
 class TrainSettings:
+    """What ``fit`` reads: from ``trainer.*``, ``objective.*`` and ``logger.image_every`` (``from_config``)."""
+
     epochs: int
     batch_size: int
-    lr: float
     max_batches: int | None = None
     kl_warmup_epochs: float = 0.0
     beta: float = 1.0
@@ -63,6 +64,13 @@ class TrainSettings:
     patience: int | None = None
     progress: bool = True
     image_every: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "TrainSettings":
+        """The settings of a resolved run config (a plain dict)."""
+        trainer = config["trainer"]
+        keys = ("epochs", "batch_size", "max_batches", "kl_warmup_epochs", "patience", "progress")
+        return cls(**{k: trainer[k] for k in keys}, **config["objective"], image_every=config["logger"]["image_every"])
 
 
 @dataclass
