@@ -116,7 +116,7 @@ def inference_gaps(model: VAE, images: torch.Tensor, settings: GapSettings, *, p
     arrays = {k: torch.cat(v) for k, v in per_image.items()}
     arrays["approximation_gap"] = arrays["log_px"] - arrays["elbo_local"]
     arrays["amortization_gap"] = arrays["elbo_local"] - arrays["elbo_amortized"]
-    summary = {"n_images": len(images), **{f"{k}": arrays[k].double().mean().item() for k in (
+    summary = {"n_images": len(images), **{k: arrays[k].double().mean().item() for k in (
         "elbo_amortized", "elbo_local", "log_px", "approximation_gap", "amortization_gap")},
         **{f"{k}_sd": arrays[k].double().std().item() for k in ("approximation_gap", "amortization_gap")},
         "improved_fraction": arrays["improved"].double().mean().item(),
