@@ -29,6 +29,19 @@ def test_bernoulli_log_likelihood_matches_torch_distribution():
     assert bernoulli_log_likelihood(logits_s, x).shape == (5, 4)
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0, 300.0])
+def test_bernoulli_log_likelihood_is_exact_for_saturated_logits_and_soft_targets(scale):
+    """The written-out softplus must not overflow or lose the large terms, and x may be a grey level."""
+    torch.manual_seed(1)
+    logits = scale * torch.randn(3, 4, 784, dtype=torch.float64)
+    for x in (torch.bernoulli(torch.rand(4, 784, dtype=torch.float64)), torch.rand(4, 784, dtype=torch.float64)):
+        expected = (x * logits - torch.nn.functional.softplus(logits)).sum(-1)
+        torch.testing.assert_close(bernoulli_log_likelihood(logits, x), expected, rtol=1e-10, atol=1e-6)
+    logits = logits.requires_grad_()
+    (gradient,) = torch.autograd.grad(bernoulli_log_likelihood(logits, x).sum(), logits)
+    torch.testing.assert_close(gradient, (x - torch.sigmoid(logits)).detach(), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("decoder", ["mlp", "conv"])
 @pytest.mark.parametrize("posterior", ["diag", "rho"])
 def test_elbo_terms_are_per_image_and_consistent(decoder, posterior):
