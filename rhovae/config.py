@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data import BINARIZE_MODES, DATASETS
 from .errors import ConfigError
-from .networks import NETWORKS, build_networks
-from .posteriors import POSTERIORS, build_posterior
+from .networks import NETWORKS
+from .posteriors import POSTERIORS
 from .tracking import WANDB_MODES
 
 LOGGERS = ("wandb", "none")
@@ -153,14 +153,5 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "logger.image_every", 0)
     if cfg.logger.name == "wandb":
         _one_of(cfg, "logger.mode", WANDB_MODES)
-    _check_buildable(cfg)
     return resolve_device(OmegaConf.select(cfg, "trainer.device"))
 
-
-def _check_buildable(cfg: DictConfig) -> None:
-    """Build the networks and posterior once on the CPU, so unknown options or choices fail now, not later."""
-    def options(section: str) -> dict[str, Any]:
-        return {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items() if k != "name"}
-
-    encoder, _ = build_networks(cfg.decoder.name, (1, 28, 28), cfg.latent_dim, **options("decoder"))
-    build_posterior(cfg.posterior.name, encoder.out_features, cfg.latent_dim, **options("posterior"))

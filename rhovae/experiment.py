@@ -22,26 +22,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import load_checkpoint
 from .config import RESUMABLE_KEYS, flatten, in_sections, reject_unknown_keys, unflatten, validate_config
-from .data import ImageData, load_image_data, to_unit_float
+from .data import ImageData, load_image_data
 from .errors import ConfigError
-from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set, seeded_rng
+from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set
 from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
-from .plots import (kl_per_dimension, latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure,
-                    save_grid)
+from .pictures import write_pictures
 from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
                          wandb_run_id)
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
-from .trainer import (EpochProgress, NonFiniteLossError, TrainingInterrupted, TrainSettings, TrainState, fit,
-                      interrupted, make_optimizer, restore_training, resume_command, training_finished)
+from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainSettings, TrainState, fit,
+                      interrupted, make_optimizer, resume_command, training_finished)
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
-
-N_GRID_IMAGES = 64
-
 
 def _options(section: Mapping[str, Any]) -> dict[str, Any]:
     """A config group's entries other than its ``name``, as constructor keyword arguments."""
@@ -135,7 +131,8 @@ def resumed_config(saved: Mapping[str, Any], current: Mapping[str, Any], given: 
 
 @dataclass
 class RunPlan:
-    """What a run will do, decided before anything is written: its config, device, and where it starts from."""
+    """What a run will do, decided before anything is written: its config, device, data and model (built once,
+    for the data's image shape), and the checkpoint it continues from, if any."""
 
     config: dict[str, Any]
     device: torch.device
@@ -143,6 +140,8 @@ class RunPlan:
     status: str | None = None  # how the checkpoint's run ended, from its summary.json
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)
+    data: ImageData | None = None
+    model: VAE | None = None
 
     @property
     def complete(self) -> bool:
@@ -156,42 +155,69 @@ class RunPlan:
 
 
 def plan_run(cfg: DictConfig, run_dir: Path, given: Iterable[str] | None = None) -> RunPlan:
-    """Check the config and the run folder and decide how to start; write nothing. Raises ``RhovaeError``."""
+    """Check the config and the run folder, load the data and build the model; write nothing into ``run_dir``.
+
+    Raises ``RhovaeError`` on anything that would refuse the run. A complete run (``RunPlan.complete``) is
+    planned without data or model: there is nothing to do with them.
+    """
     device = validate_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = config["trainer"]
     check_start(run_dir, resume=trainer["resume"], overwrite=trainer["overwrite"])
     if trainer["overwrite"] and run_records(run_dir):
-        return RunPlan(config, device, overwrite=True)
-    if not trainer["resume"]:
-        return RunPlan(config, device)
-    if not (run_dir / CHECKPOINT).is_file():
-        return RunPlan(config, device, notes=[f"no checkpoint in {run_dir}, starting afresh"])
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-    config = resumed_config(checkpoint["config"], config, given, run_dir)
-    device = validate_config(OmegaConf.create(config))
-    return RunPlan(config, device, checkpoint=checkpoint, status=recorded_status(run_dir))
+        plan = RunPlan(config, device, overwrite=True)
+    elif not trainer["resume"]:
+        plan = RunPlan(config, device)
+    elif not (run_dir / CHECKPOINT).is_file():
+        plan = RunPlan(config, device, notes=[f"no checkpoint in {run_dir}, starting afresh"])
+    else:
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+        config = resumed_config(checkpoint["config"], config, given, run_dir)
+        device = validate_config(OmegaConf.create(config))
+        plan = RunPlan(config, device, checkpoint=checkpoint, status=recorded_status(run_dir))
+    if not plan.complete:
+        plan.data, plan.model = prepare(plan.config, plan.device)
+    return plan
 
 
-def resume_or_start(plan: RunPlan, run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer,
-                    data_rng: torch.Generator) -> tuple[TrainState, EpochProgress | None]:
-    """Restore the plan's checkpoint, or start a fresh run (whose metrics log starts empty)."""
+def prepare(config: Mapping[str, Any], device: torch.device) -> tuple[ImageData, VAE]:
+    """Threads and seeds as the config says, then its data and its freshly initialised model, on ``device``."""
+    if config["trainer"]["threads"] is not None:
+        torch.set_num_threads(config["trainer"]["threads"])
+    seed_everything(config["seed"])
+    data = load_data(config, device)
+    batch_size = config["trainer"]["batch_size"]
+    if batch_size > len(data.train):
+        raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(data.train)} "
+                          f"images of {config['dataset']['name']} after dataset.val_size="
+                          f"{config['dataset']['val_size']}); accepted: 1 to {len(data.train)}")
+    return data, build_vae(config, data.image_shape).to(device)
+
+
+def start_training(plan: RunPlan, run_dir: Path) -> TrainingRun:
+    """The plan's model and data with a fresh optimizer, restored from the plan's checkpoint or started afresh
+    (with an empty metrics log)."""
+    config = plan.config
+    run = TrainingRun(plan.model, make_optimizer(plan.model, config["trainer"]["lr"]), plan.data,
+                      torch.Generator(device=plan.device).manual_seed(config["seed"]), run_dir, config)
     metrics = run_dir / "metrics.jsonl"
     if plan.checkpoint is None:
         metrics.unlink(missing_ok=True)  # a log left by an attempt that never finished an epoch
-        return TrainState(run_id=wandb_run_id(run_dir, overwrite_salt() if plan.overwrite else "")), None
-    state, progress = restore_training(plan.checkpoint, model, optimizer, data_rng)
+        run.state.run_id = wandb_run_id(run_dir, overwrite_salt() if plan.overwrite else "")
+        return run
+    run.restore(plan.checkpoint)
+    state = run.state
     state.run_id = state.run_id or wandb_run_id(run_dir)  # checkpoints written before run ids existed
     metrics.unlink(missing_ok=True)  # the checkpoint's history is the truth: drop rows of an unsaved epoch
     for row in state.history:
         append_jsonl(metrics, row)
-    trainer = plan.config["trainer"]
-    if progress is None and training_finished(state, trainer["epochs"], trainer["patience"]):
+    trainer = config["trainer"]
+    if run.progress is None and training_finished(state, trainer["epochs"], trainer["patience"]):
         log.info("resuming %s: training is complete (%d epochs), on to the test evaluation", run_dir, state.epoch)
     else:
         log.info("resuming %s at epoch %d, step %d%s", run_dir, state.epoch + 1, state.step,
-                 f" (batch {progress.next_batch} of that epoch)" if progress else "")
-    return state, progress
+                 f" (batch {run.progress.next_batch} of that epoch)" if run.progress else "")
+    return run
 
 
 def seed_everything(seed: int) -> None:
@@ -216,38 +242,6 @@ def build_tracker(config: Mapping[str, Any], run_dir: Path, sweep: str | None = 
                        verbose=logger_cfg.get("verbose", False))
 
 
-def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.Tensor]:
-    """Prior samples and test reconstructions (inputs beside outputs), drawn from a seeded stream."""
-    was_training = model.training
-    model.eval()
-    with seeded_rng(eval_seed, data.test.device):
-        inputs = to_unit_float(data.test[: N_GRID_IMAGES // 2])
-        grids = {
-            "samples": sample_grid(model.sample_images(N_GRID_IMAGES), data.image_shape),
-            "reconstructions": reconstruction_grid(inputs, model.reconstruct(inputs), data.image_shape),
-        }
-    model.train(was_training)
-    return grids
-
-
-def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState, latent_means: torch.Tensor,
-                   eval_seed: int, title: str = "", kl_per_dim: list[float] | None = None) -> list[Path]:
-    """Save every end-of-run picture as PNG in ``run_dir``; return their paths."""
-    paths = []
-    for name, grid in image_grids(model, data, eval_seed).items():
-        save_grid(grid, run_dir / f"{name}.png")
-        paths.append(run_dir / f"{name}.png")
-    save_figure(learning_curves(state.history, title), run_dir / "learning_curves.png")
-    paths.append(run_dir / "learning_curves.png")
-    if kl_per_dim:
-        save_figure(kl_per_dimension(kl_per_dim, title), run_dir / "kl_per_dim.png")
-        paths.append(run_dir / "kl_per_dim.png")
-    if latent_means.shape[-1] == 2:
-        save_figure(latent_scatter(latent_means, data.test_labels), run_dir / "latent_means.png")
-        paths.append(run_dir / "latent_means.png")
-    return paths
-
-
 def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = None, given: Iterable[str] | None = None,
                    on_start: Callable[[RunPlan], None] | None = None) -> dict[str, Any]:
     """Train, test and summarise one run described by ``cfg``; return the summary written to summary.json.
@@ -268,7 +262,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, sweep: str | None = Non
 def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
               on_start: Callable[[RunPlan], None] | None = None) -> dict[str, Any]:
     """Carry out an accepted ``RunPlan``: train (or continue), test, write pictures and summary.json."""
-    config, device = plan.config, plan.device
+    config, device, data, model = plan.config, plan.device, plan.data, plan.model
     run_dir.mkdir(parents=True, exist_ok=True)
     if plan.overwrite:
         log.warning("trainer.overwrite=true: removed the previous run's %s from %s",
@@ -277,17 +271,7 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
         on_start(plan)
     for note in plan.notes:
         log.info("%s", note)
-    trainer_cfg, dataset, posterior = config["trainer"], config["dataset"]["name"], config["posterior"]["name"]
-    if trainer_cfg["threads"] is not None:
-        torch.set_num_threads(trainer_cfg["threads"])
-    seed_everything(config["seed"])
-    data = load_data(config, device)
-    if trainer_cfg["batch_size"] > len(data.train):
-        raise ConfigError(f"trainer.batch_size={trainer_cfg['batch_size']} is larger than the training set "
-                          f"({len(data.train)} images of {dataset} after dataset.val_size={config['dataset']['val_size']}); "
-                          f"accepted: 1 to {len(data.train)}")
-    model = build_vae(config, data.image_shape).to(device)
-    optimizer = make_optimizer(model, trainer_cfg["lr"])
+    dataset, posterior = config["dataset"]["name"], config["posterior"]["name"]
     settings = TrainSettings.from_config(config)
     evaluation = eval_settings(config)
     n_params = count_parameters(model)
@@ -300,18 +284,12 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
         "seed": config["seed"], "latent_dim": config["latent_dim"], "binarize": config["dataset"]["binarize"],
         "n_params": n_params, "device": str(device),
     }
-    data_rng = torch.Generator(device=device).manual_seed(config["seed"])
-    state, progress = resume_or_start(plan, run_dir, model, optimizer, data_rng)
+    run = start_training(plan, run_dir)
+    state = run.state
     tracker = build_tracker(config, run_dir, sweep, run_id=state.run_id)
-
-    def log_images(m: VAE, epoch: int) -> None:
-        tracker.log_images(image_grids(m, data, evaluation.seed), step=epoch)
-
     try:
         with stop_on_signals() as stop:
-            state = fit(model, optimizer, data, settings, run_dir, data_rng=data_rng, config=config,
-                        evaluation=evaluation, tracker=tracker, state=state, progress=progress, stop=stop,
-                        on_images=log_images)
+            state = fit(run, settings, evaluation, tracker=tracker, stop=stop)
             model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
             log.info("test evaluation of the best checkpoint (epoch %d): ELBO and active units on %d images%s",
                      state.best_epoch, len(data.test),

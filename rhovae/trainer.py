@@ -25,6 +25,7 @@ from .checkpoint import save_atomic
 from .data import ImageData, n_train_batches, train_batches
 from .errors import RhovaeError
 from .evaluation import EvalSettings, evaluate_elbo
+from .pictures import image_grids
 from .tracking import NullLogger, append_jsonl
 from .vae import VAE
 
@@ -190,21 +191,37 @@ def restore_rng(rng: dict[str, Any], data_rng: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def checkpoint_payload(model: VAE, optimizer: torch.optim.Optimizer, state: TrainState, data_rng: torch.Generator,
-                       config: dict[str, Any], progress: EpochProgress | None = None) -> dict[str, Any]:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
-            "rng": capture_rng(data_rng), "config": config,
-            "epoch_progress": None if progress is None else asdict(progress)}
+@dataclass
+class TrainingRun:
+    """One run's training: what ``fit`` trains, and what every checkpoint holds so the run carries on bit for bit.
 
+    ``config`` is the run's resolved config, saved in every checkpoint so the run can be rebuilt from it alone.
+    ``state`` and ``progress`` start a fresh run empty; ``restore`` puts a checkpoint's back.
+    """
 
-def restore_training(checkpoint: dict[str, Any], model: VAE, optimizer: torch.optim.Optimizer,
-                     data_rng: torch.Generator) -> tuple[TrainState, EpochProgress | None]:
-    """Put model, optimizer and random states back as saved; return the progress to continue from."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    restore_rng(checkpoint["rng"], data_rng)
-    progress = checkpoint.get("epoch_progress")
-    return TrainState(**checkpoint["state"]), None if progress is None else EpochProgress(**progress)
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    data: ImageData
+    data_rng: torch.Generator
+    run_dir: Path
+    config: dict[str, Any]
+    state: TrainState = field(default_factory=TrainState)
+    progress: EpochProgress | None = None  # an epoch stopped part-way, finished first
+
+    def checkpoint(self, progress: EpochProgress | None = None) -> dict[str, Any]:
+        """Model, optimizer, state, every random state and the config; ``progress`` for a stop mid-epoch."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state), "rng": capture_rng(self.data_rng), "config": self.config,
+                "epoch_progress": None if progress is None else asdict(progress)}
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Put model, optimizer, random states, state and progress back as ``checkpoint`` saved them."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng(checkpoint["rng"], self.data_rng)
+        self.state = TrainState(**checkpoint["state"])
+        progress = checkpoint.get("epoch_progress")
+        self.progress = None if progress is None else EpochProgress(**progress)
 
 
 def training_finished(state: TrainState, epochs: int, patience: int | None) -> bool:
@@ -217,51 +234,48 @@ def resume_command(run_dir: Path) -> str:
     return f"python train.py trainer.resume=true hydra.run.dir={run_dir}"
 
 
-def fit(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings: TrainSettings, run_dir: Path,
-        *, data_rng: torch.Generator, config: dict[str, Any], evaluation: EvalSettings | None = None, tracker=None,
-        state: TrainState | None = None, progress: EpochProgress | None = None,
-        stop: Callable[[], bool] = lambda: False,
-        on_images: Callable[[VAE, int], None] | None = None) -> TrainState:
-    """Train until ``settings.epochs`` (or early stopping); return the final ``TrainState``.
+def fit(run: TrainingRun, settings: TrainSettings, evaluation: EvalSettings, *, tracker=None,
+        stop: Callable[[], bool] = lambda: False) -> TrainState:
+    """Train ``run`` until ``settings.epochs`` (or early stopping); return its final ``TrainState``.
 
-    Pass ``state`` and ``progress`` from ``restore_training`` to continue a run. When ``stop()`` turns
+    A restored ``run`` (``TrainingRun.restore``) carries on where its checkpoint stopped. Every
+    ``settings.image_every`` epochs the tracker gets sample and reconstruction grids. When ``stop()`` turns
     true, the exact position is checkpointed to ``last.pt`` and ``TrainingInterrupted`` is raised.
     """
     tracker = tracker or NullLogger()
-    evaluation = evaluation or EvalSettings()
-    state = state or TrainState()
-    ckpt_dir = run_dir / "checkpoints"
+    model, data, state = run.model, run.data, run.state
+    ckpt_dir = run.run_dir / "checkpoints"
     while not training_finished(state, settings.epochs, settings.patience):
-        result = train_one_epoch(model, optimizer, data, settings, state, data_rng, progress, stop)
-        progress = None
+        result = train_one_epoch(model, run.optimizer, data, settings, state, run.data_rng, run.progress, stop)
+        run.progress = None
         if isinstance(result, EpochProgress):
-            save_atomic(checkpoint_payload(model, optimizer, state, data_rng, config, result), ckpt_dir / "last.pt")
+            save_atomic(run.checkpoint(result), ckpt_dir / "last.pt")
             raise interrupted(stop, f"stop requested: saved epoch {state.epoch + 1} at step {state.step} to "
-                                    f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run_dir)}")
+                                    f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
         start_eval = time.perf_counter()
         val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed)
         state.epoch += 1
         row = {"epoch": state.epoch, **result, **{f"val/{k}": v for k, v in val.items()},
-               "lr": optimizer.param_groups[0]["lr"], "eval_s": time.perf_counter() - start_eval}
+               "lr": run.optimizer.param_groups[0]["lr"], "eval_s": time.perf_counter() - start_eval}
         state.train_time_s += row["epoch_s"] + row["eval_s"]
         improved = val["elbo"] > state.best_val_elbo
         if improved:
             state.best_epoch, state.best_val_elbo = state.epoch, val["elbo"]
         state.history.append(row)
-        append_jsonl(run_dir / "metrics.jsonl", row)
+        append_jsonl(run.run_dir / "metrics.jsonl", row)
         tracker.log(row, step=state.epoch)
-        payload = checkpoint_payload(model, optimizer, state, data_rng, config)
+        payload = run.checkpoint()
         if improved:
             save_atomic(payload, ckpt_dir / "best.pt")
         save_atomic(payload, ckpt_dir / "last.pt")
         log.info("epoch %d/%d  train elbo %.2f  val elbo %.2f (recon %.2f, kl %.2f)  %.1fs%s", state.epoch,
                  settings.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], row["epoch_s"],
                  "  *best*" if improved else "")
-        if on_images and settings.image_every and state.epoch % settings.image_every == 0:
-            on_images(model, state.epoch)
+        if settings.image_every and state.epoch % settings.image_every == 0:
+            tracker.log_images(image_grids(model, data, evaluation.seed), step=state.epoch)
         if stop() and state.epoch < settings.epochs:
             raise interrupted(stop, f"stop requested: epoch {state.epoch} is complete and saved to "
-                                    f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run_dir)}")
+                                    f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
         if settings.patience and state.epochs_since_best >= settings.patience:
             log.info("early stopping: no val ELBO improvement for %d epochs (best %.2f at epoch %d)",
                      settings.patience, state.best_val_elbo, state.best_epoch)

@@ -8,10 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import DATASET_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, compose, config_options
+from helpers import DATASET_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, compose, config_options
 from rhovae.config import validate_config
 from rhovae.errors import ConfigError
-from rhovae.experiment import build_vae
+from rhovae.experiment import build_vae, plan_run, run_experiment
+from rhovae.networks import NETWORKS
 from rhovae.posteriors import posterior_label
 
 GROUPS = {group: config_options(group) for group in ("dataset", "posterior", "decoder", "logger")}
@@ -99,9 +100,6 @@ BAD = [
     ("posterior=iaf posterior.flow_length=-2", "posterior.flow_length=-2.*integer >= 0"),
     ("posterior=iaf posterior.kl_samples=0", "posterior.kl_samples=0.*integer >= 1"),
     ("posterior.min_std=0", "posterior.min_std=0.*number > 0"),
-    ("posterior=rho posterior.variant=typo", "posterior.variant='typo'.*paper, published_code"),
-    ("decoder.activation=swish", "activation='swish' is not known"),
-    ("+posterior.flows=3", "posterior='diag' has no option flows; accepted: min_std"),
 ]
 
 
@@ -111,6 +109,37 @@ def test_bad_values_fail_with_key_value_and_accepted(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         validate_config(cfg)
     assert "accepted" in str(err.value) and "\n" not in str(err.value)
+
+
+# Wrong options of a component are found when it is built, which ``plan_run`` does once, before the run writes.
+BUILD_ERRORS = [
+    ("decoder.activation=swish", "activation='swish' is not known"),
+    ("+posterior.flows=3", "posterior='diag' has no option flows; accepted: min_std"),
+    ("posterior=rho posterior.variant=typo", "posterior.variant='typo'.*paper, published_code"),
+]
+
+
+@pytest.mark.parametrize("override,message", BUILD_ERRORS, ids=[b[0] for b in BUILD_ERRORS])
+def test_bad_component_options_are_refused_before_the_run_folder_exists(override, message, data_root, tmp_path):
+    cfg = compose([*override.split(), f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES])
+    with pytest.raises(ConfigError, match=message) as err:
+        plan_run(cfg, tmp_path / "run")
+    assert "accepted" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_builds_its_model_once_for_the_shape_of_its_data(data_root, tmp_path, monkeypatch):
+    built = []
+    build = NETWORKS.build
+    monkeypatch.setattr(NETWORKS, "build", lambda name, shape, *a, **kw: built.append(tuple(shape)) or build(
+        name, shape, *a, **kw))
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES])
+    plan = plan_run(cfg, tmp_path / "planned")
+    assert built == [plan.data.image_shape] and plan.model.latent_dim == cfg.latent_dim
+    assert not (tmp_path / "planned").exists()  # planning writes nothing
+    built.clear()
+    run_experiment(cfg, tmp_path / "run")
+    assert built == [plan.data.image_shape] and (tmp_path / "run" / "summary.json").is_file()
 
 
 def test_published_code_variant_composes_and_builds():
