@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -24,6 +24,7 @@ from .checkpoint import load_checkpoint
 from .config import RESUMABLE_KEYS, flatten, in_sections, reject_unknown_keys, unflatten, validate_config
 from .data import ImageData, load_image_data
 from .errors import ConfigError
+from .schema import section_defaults
 from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set
 from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
@@ -68,11 +69,6 @@ def gap_settings(config: Mapping[str, Any]) -> GapSettings:
     return GapSettings(**config["gaps"])
 
 
-# Sections added to the project after a run was trained take their current defaults when the run is re-loaded.
-LATER_DEFAULTS = {"eval": asdict(EvalSettings()), "gaps": asdict(GapSettings()), "trainer": {"overwrite": False},
-                  "objective": {"beta": 1.0, "free_bits": 0.0}}
-
-
 def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best"):
     """A finished run's config (its checkpoint's, with ``overrides`` on top), device, data and trained model.
 
@@ -80,7 +76,8 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     known one. Returns ``(config, data, model, checkpoint_dict)``.
     """
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    saved = OmegaConf.merge(OmegaConf.create(LATER_DEFAULTS), OmegaConf.create(ckpt["config"]))
+    # keys added to the project after the run was trained take their defaults
+    saved = OmegaConf.merge(OmegaConf.create(section_defaults()), OmegaConf.create(ckpt["config"]))
     given = OmegaConf.from_dotlist(list(overrides))
     reject_unknown_keys(flatten(OmegaConf.to_container(given)), flatten(OmegaConf.to_container(saved)),
                         where="of the run's configuration")

@@ -1,5 +1,9 @@
 """What ``train.py`` needs from Hydra beyond composing the config: Hydra glue, kept out of the rest of the package.
 
+* ``register_configs``, run when this module is imported (by ``train.py``, the tests, and every job process of a
+  sweep): the typed configuration of ``rhovae.schema`` in Hydra's ConfigStore, as the schema ``rhovae_schema``
+  that ``configs/config.yaml`` starts from, and one option per registered posterior (group ``posterior``),
+  network pair (``decoder``), dataset (``dataset``) and logger (``logger``).
 * ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
   takes everything else from its checkpoint.
 * ``check_known_keys``: a key added with ``+`` (or ``++``) that the configuration does not have is refused with
@@ -18,13 +22,35 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from hydra import compose
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .config import flatten, reject_unknown_keys
+from .data import DATASETS
+from .networks import NETWORKS
+from .posteriors import POSTERIORS
+from .schema import LOGGER_CONFIGS, DatasetConfig, RunConfig, component_config
 
 _MISSING = object()
+
+
+def register_configs() -> None:
+    """Store the typed configuration and every registered component as a config group option."""
+    store = ConfigStore.instance()
+    store.store(name="rhovae_schema", node=RunConfig)
+    for name in POSTERIORS:
+        store.store(group="posterior", name=name, node=component_config(POSTERIORS, name))
+    for name in NETWORKS:
+        store.store(group="decoder", name=name, node=component_config(NETWORKS, name))
+    for name in DATASETS:
+        store.store(group="dataset", name=name, node=DatasetConfig(name=name))
+    for name, node in LOGGER_CONFIGS.items():
+        store.store(group="logger", name=name, node=node)
+
+
+register_configs()
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from helpers import DATASET_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, compose, config_options
@@ -13,7 +14,7 @@ from rhovae.config import validate_config
 from rhovae.errors import ConfigError
 from rhovae.experiment import build_vae, plan_run, run_experiment
 from rhovae.networks import NETWORKS
-from rhovae.posteriors import posterior_label
+from rhovae.posteriors import POSTERIORS, posterior_label
 
 GROUPS = {group: config_options(group) for group in ("dataset", "posterior", "decoder", "logger")}
 
@@ -90,7 +91,6 @@ BAD = [
     ("trainer.patience=0", "trainer.patience=0"),
     ("trainer.kl_warmup_epochs=-1", "trainer.kl_warmup_epochs=-1"),
     ("trainer.device=tpu", "trainer.device='tpu'.*auto, cpu, cuda"),
-    ("trainer.epochs=many", "trainer.epochs='many'"),
     ("dataset.binarize=half", "dataset.binarize='half'.*dynamic, static, none"),
     ("dataset.name=cifar", "dataset.name='cifar'.*mnist, fmnist"),
     ("posterior.name=vamp", "posterior.name='vamp'.*diag"),
@@ -109,6 +109,25 @@ def test_bad_values_fail_with_key_value_and_accepted(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         validate_config(cfg)
     assert "accepted" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.epochs=many", "trainer.epochs"), ("trainer.progress=maybe", "trainer.progress"),
+    ("eval.iw_samples=1.5", "eval.iw_samples"), ("posterior=iaf posterior.flow_length=2.5", "posterior.flow_length"),
+    ("decoder.hidden=[a,b]", "decoder.hidden[0]"), ("posterior=diag posterior.flow_length=4", "posterior.flow_length"),
+])
+def test_the_typed_configs_refuse_wrong_types_and_keys_at_composition(override, key):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(override.split())
+    assert f"full_key: {key}" in str(err.value.__cause__)
+
+
+def test_every_registered_component_is_a_typed_option_with_its_constructor_defaults():
+    for group, registry in (("posterior", POSTERIORS), ("decoder", NETWORKS)):
+        for name in registry:
+            options = OmegaConf.to_container(compose([f"{group}={name}"])[group])
+            assert options == {"name": name, **{k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in registry.defaults(name).items()}}
 
 
 # Wrong options of a component are found when it is built, which ``plan_run`` does once, before the run writes.

@@ -135,10 +135,16 @@ def test_resume_without_checkpoint_starts_afresh_and_oversized_batches_are_refus
     run_dir = tmp_path / "run"
     proc = train([f"dataset.root={data_root}", *TINY_OVERRIDES, "logger=none", "trainer.resume=true",
                   "trainer.batch_size=1000", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert f"no checkpoint in {run_dir}, starting afresh" in proc.stdout
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert last_line(proc) == ("error: trainer.batch_size=1000 is larger than the training set (200 images of mnist "
                                "after dataset.val_size=40); accepted: 1 to 200")
+    assert list(run_dir.iterdir()) == []  # refused while planning: Hydra made the folder, the run wrote nothing
+
+    proc = train([f"dataset.root={data_root}", *TINY_OVERRIDES, "logger=none", "trainer.resume=true",
+                  "trainer.epochs=1", "eval.iw_samples=0", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"no checkpoint in {run_dir}, starting afresh" in proc.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
 # ---- stopping: Ctrl-C during training, a stop during the final evaluation -------------------------------------

@@ -138,6 +138,20 @@ def test_bad_config_value_fails_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("override,complaint", [
+    ("trainer.epochs=many", "Value 'many' of type 'str' could not be converted to Integer"),
+    ("posterior=iaf posterior.flow_length=2.5", "Value '2.5' of type 'float' could not be converted to Integer"),
+    ("posterior.flow_length=4", "Key 'flow_length' not in 'DiagPosteriorConfig'"),
+])
+def test_hydra_refuses_wrong_types_and_keys_of_another_option(tmp_path, override, complaint):
+    """The typed configs (rhovae/schema.py): Hydra's own message names the key, before any folder exists."""
+    proc = train([*override.split(), "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert complaint in proc.stderr and f"full_key: {override.split()[-1].split('=')[0]}" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # W&B and jupytext start helper processes
 def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
     from rhovae.experiment import build_tracker

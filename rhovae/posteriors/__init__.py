@@ -1,7 +1,8 @@
 """Approximate posteriors q(z|x), interchangeable behind the ``Posterior`` contract (see ``base.py``).
 
 Every module of this package is imported here, and each registers its posteriors in ``POSTERIORS``: adding a
-posterior is one new module (plus its YAML file in ``configs/posterior/``), with no edit here.
+posterior is one new module, with no edit here; it is an option of the ``posterior`` config group at once
+(``rhovae.schema.component_config``).
 """
 
 from __future__ import annotations

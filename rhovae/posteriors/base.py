@@ -2,8 +2,10 @@
 
 A posterior is an ``nn.Module`` whose ``forward`` turns encoder features ``h`` of shape ``[B, F]`` into a
 distribution over ``z`` with event shape ``[d]``, in two steps: ``local_parameters(h)`` gives the per-image vector
-``[B, P]`` its heads produce and ``distribution(params)`` builds q from that vector alone; its constructor takes ``(in_features, latent_dim)`` and keyword
-options with defaults, which are its config keys, and it is registered with ``@POSTERIORS.register("name")``. The VAE then only calls the two methods below:
+``[B, P]`` its heads produce and ``distribution(params)`` builds q from that vector alone. Its constructor takes
+``(in_features, latent_dim)`` and typed keyword options with defaults, which are its config keys (the typed option
+of its config group is made from them, ``rhovae.schema``), and it is registered with
+``@POSTERIORS.register("name")``. The VAE then only calls the two methods below:
 
 * ``rsample_with_log_prob(q, sample_shape)``: reparametrized samples ``[*sample_shape, B, d]`` together with
   log q(z|x) of exactly those samples (flows know it from their forward pass; Gaussians evaluate it).
