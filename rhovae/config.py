@@ -17,19 +17,15 @@ from .data import BINARIZE_MODES, DATASETS
 from .errors import ConfigError
 from .networks import NETWORKS
 from .posteriors import POSTERIORS
+from .schema import keys_with
 from .tracking import WANDB_MODES
 
 LOGGERS = ("wandb", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
-# Keys (or whole sections) that say how a run executes, not what it measures: a resumed run may change them,
-# and result tables never treat them as a factor.
-RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "trainer.resume", "trainer.overwrite",
-                "dataset.root", "dataset.download", "logger")
-# What else may differ when a run is resumed: how long it trains, and how its final scores are estimated.
-RESUMABLE_KEYS = (*RUNTIME_KEYS, "trainer.epochs", "trainer.patience", "eval.iw_samples", "eval.iw_chunk",
-                  "eval.iw_batch_size", "eval.mean_samples", "eval.active_threshold", "eval.gaps", "gaps")
-
+# Keys (or whole sections) a resumed run may change: how it executes, how long it trains, and how its final scores
+# are estimated (marked where each key is defined: rhovae/key_roles.py).
+RESUMABLE_KEYS = keys_with("may_change_on_resume", True)
 
 def in_sections(key: str, sections: Iterable[str]) -> bool:
     """Whether the dotted ``key`` is one of ``sections`` or lies inside one of them."""

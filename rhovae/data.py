@@ -42,8 +42,7 @@ class ImageData:
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
-    val_labels: torch.Tensor
-    test_labels: torch.Tensor
+    test_labels: torch.Tensor  # colours the latent map of a 2-d model
     image_shape: tuple[int, int, int]
     dynamic: bool
 
@@ -167,7 +166,6 @@ def load_image_data(name: str, root: str | Path, *, binarize: str = "dynamic", v
         train=train.to(device),
         val=fixed_train[n_fit:].to(device),
         test=fixed_test.to(device),
-        val_labels=train_labels[n_fit:].to(device),
         test_labels=test_labels.to(device),
         image_shape=image_shape,
         dynamic=binarize == "dynamic",

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .data import ImageData, eval_batches
 from .information import information
+from .key_roles import ESTIMATION, VALIDATION_BATCHING, WORK_SPLIT
 from .vae import VAE
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,17 @@ def _never() -> bool:
 
 @dataclass
 class EvalSettings:
-    batch_size: int = 1000
+    """The ``eval`` section. Its marks (``rhovae.key_roles``) say which keys a resumed run may change."""
+
+    batch_size: int = field(default=1000, metadata=VALIDATION_BATCHING)
     seed: int = 0
-    iw_samples: int = 5000
-    iw_chunk: int = 200
-    iw_batch_size: int = 20
-    mean_samples: int = 100
-    active_threshold: float = 0.01
-    gaps: bool = False  # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
+    iw_samples: int = field(default=5000, metadata=ESTIMATION)
+    iw_chunk: int = field(default=200, metadata=WORK_SPLIT)
+    iw_batch_size: int = field(default=20, metadata=WORK_SPLIT)
+    mean_samples: int = field(default=100, metadata=ESTIMATION)
+    active_threshold: float = field(default=0.01, metadata=ESTIMATION)
+    # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
+    gaps: bool = field(default=False, metadata=WORK_SPLIT)
 
 
 @contextlib.contextmanager

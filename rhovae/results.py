@@ -30,7 +30,8 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import RUNTIME_KEYS, flatten, in_sections
+from .config import flatten, in_sections
+from .schema import keys_with
 from .posteriors import posterior_label
 
 BASELINE = "diag"
@@ -52,10 +53,9 @@ METRICS = {
 }
 PAIRED_METRICS = ("test/nll", "test/elbo")
 CONFIG = "config."  # prefix of the flattened config columns
-# Config keys that do not change what is being measured, so a sweep that varies them is still one method: how a
-# run executes, and how evaluation batches its work.
-NOT_A_FACTOR = ("seed", *RUNTIME_KEYS, "eval.batch_size", "eval.iw_chunk", "eval.iw_batch_size", "eval.gaps",
-                "gaps")
+# Config keys that do not change what is being measured, so a sweep that varies them is still one method: the
+# seed (the replicate), how a run executes, and how evaluation batches its work (rhovae/key_roles.py).
+NOT_A_FACTOR = ("seed", *keys_with("is_factor", False))
 
 
 def resolve_user_path(path: str | Path, repo: Path) -> Path:

@@ -24,22 +24,29 @@ from omegaconf import MISSING, OmegaConf
 
 from .evaluation import EvalSettings
 from .gaps import GapSettings
+from . import key_roles
+from .key_roles import ESTIMATION, RUNTIME, WORK_SPLIT
 from .registry import Registry
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 100
+    epochs: int = field(default=100, metadata=ESTIMATION)
     batch_size: int = 128
     lr: float = 1.0e-3
     max_batches: Optional[int] = None  # cap on batches per epoch (smoke runs); None = the whole training set
-    device: str = "auto"  # auto | cpu | cuda
-    threads: Optional[int] = None  # torch CPU threads; None = torch's default (launcher=joblib sets 1 per job)
+    device: str = field(default="auto", metadata=RUNTIME)  # auto | cpu | cuda
+    # torch CPU threads; None = torch's default (launcher=joblib sets 1 per job)
+    threads: Optional[int] = field(default=None, metadata=RUNTIME)
     kl_warmup_epochs: float = 0  # the KL weight rises linearly 0 -> objective.beta over this many epochs
-    patience: Optional[int] = 10  # stop after this many epochs without a better val ELBO; None = never
-    progress: bool = True  # tqdm bar per epoch (hidden automatically when stderr is not a terminal)
-    resume: bool = False  # continue the run in hydra.run.dir from its checkpoints/last.pt, with its saved config
-    overwrite: bool = False  # start afresh in a folder that already holds a run, deleting that run's outputs
+    # stop after this many epochs without a better val ELBO; None = never
+    patience: Optional[int] = field(default=10, metadata=ESTIMATION)
+    # tqdm bar per epoch (hidden automatically when stderr is not a terminal)
+    progress: bool = field(default=True, metadata=RUNTIME)
+    # continue the run in hydra.run.dir from its checkpoints/last.pt, with its saved config
+    resume: bool = field(default=False, metadata=RUNTIME)
+    # start afresh in a folder that already holds a run, deleting that run's outputs
+    overwrite: bool = field(default=False, metadata=RUNTIME)
 
 
 @dataclass
@@ -53,8 +60,9 @@ class ObjectiveConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "${oc.env:RHOVAE_DATA,./data}"  # torchvision layout: <root>/MNIST/raw/*-ubyte
-    download: bool = True  # fetch into root when the files are missing (needs internet)
+    # torchvision layout: <root>/MNIST/raw/*-ubyte
+    root: str = field(default="${oc.env:RHOVAE_DATA,./data}", metadata=RUNTIME)
+    download: bool = field(default=True, metadata=RUNTIME)  # fetch into root when the files are missing (internet)
     binarize: str = "dynamic"  # dynamic | static | none (continuous targets)
     binarize_seed: int = 0  # seeds static binarization and the fixed val/test binarization
     val_size: int = 10_000  # the last val_size training images are the validation set
@@ -93,11 +101,16 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
-    gaps: GapSettings = field(default_factory=GapSettings)
+    gaps: GapSettings = field(default_factory=GapSettings, metadata=WORK_SPLIT)
     dataset: Any = MISSING
     posterior: Any = MISSING
     decoder: Any = MISSING
-    logger: Any = MISSING
+    logger: Any = field(default=MISSING, metadata=RUNTIME)
+
+
+def keys_with(role: str, value: bool) -> tuple[str, ...]:
+    """The keys or whole sections of a run's config whose mark (``rhovae.key_roles``) sets ``role`` to ``value``."""
+    return key_roles.keys_with(role, value, RunConfig, sections={"dataset": DatasetConfig})
 
 
 def _config_type(hint: Any) -> Any:

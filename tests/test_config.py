@@ -172,3 +172,19 @@ def test_published_code_variant_composes_and_builds():
 def test_cuda_without_gpu_is_refused():
     with pytest.raises(ConfigError, match="trainer.device='cuda' but no CUDA GPU"):
         validate_config(compose(["trainer.device=cuda"]))
+
+
+def test_keys_marked_for_resume_and_tables_are_keys_of_the_composed_config():
+    """The marks of rhovae/key_roles.py name real keys, and only the ones meant (a sample of each side)."""
+    from rhovae.config import RESUMABLE_KEYS, flatten, in_sections
+    from rhovae.results import NOT_A_FACTOR
+
+    flat = flatten(OmegaConf.to_container(compose([]), resolve=False))
+    for key in (*RESUMABLE_KEYS, *NOT_A_FACTOR):
+        assert any(in_sections(k, [key]) for k in flat), key
+    assert {"trainer.epochs", "trainer.device", "dataset.root", "logger.project", "gaps.steps"} == {
+        k for k in ("trainer.epochs", "trainer.device", "dataset.root", "logger.project", "gaps.steps", "trainer.lr",
+                    "eval.batch_size", "latent_dim", "posterior.min_std") if in_sections(k, RESUMABLE_KEYS)}
+    assert {"seed", "trainer.threads", "eval.iw_chunk", "eval.batch_size", "gaps.iw_samples"} == {
+        k for k in ("seed", "trainer.threads", "eval.iw_chunk", "eval.batch_size", "gaps.iw_samples", "eval.iw_samples",
+                    "trainer.epochs", "objective.beta", "decoder.hidden") if in_sections(k, NOT_A_FACTOR)}
