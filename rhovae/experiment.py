@@ -24,7 +24,6 @@ from .checkpoint import load_checkpoint
 from .config import RESUMABLE_KEYS, flatten, in_sections, reject_unknown_keys, unflatten, validate_config
 from .data import ImageData, load_image_data
 from .errors import ConfigError
-from .schema import section_defaults
 from .evaluation import EvalSettings, EvaluationStopped, evaluate_test_set
 from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
@@ -33,12 +32,14 @@ from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
                          wandb_run_id)
+from .schema import section_defaults
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainSettings, TrainState, fit,
                       interrupted, make_optimizer, resume_command, training_finished)
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
+
 
 def _options(section: Mapping[str, Any]) -> dict[str, Any]:
     """A config group's entries other than its ``name``, as constructor keyword arguments."""
