@@ -2,8 +2,8 @@
 
 * ``register_configs``, run when this module is imported (by ``train.py``, the tests, and every job process of a
   sweep): the typed configuration of ``rhovae.schema`` in Hydra's ConfigStore, as the schema ``rhovae_schema``
-  that ``configs/config.yaml`` starts from, and one option per registered posterior (group ``posterior``),
-  network pair (``decoder``), dataset (``dataset``) and logger (``logger``).
+  that ``configs/config.yaml`` starts from, and one option per registered posterior and named setting of one
+  (group ``posterior``), network pair (``decoder``), dataset (``dataset``) and logger (``logger``).
 * ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
   takes everything else from its checkpoint.
 * ``check_known_keys``: a key added with ``+`` (or ``++``) that the configuration does not have is refused with
@@ -40,10 +40,11 @@ def register_configs() -> None:
     """Store the typed configuration and every registered component as a config group option."""
     store = ConfigStore.instance()
     store.store(name="rhovae_schema", node=RunConfig)
-    for name in POSTERIORS:
-        store.store(group="posterior", name=name, node=component_config(POSTERIORS, name))
-    for name in NETWORKS:
-        store.store(group="decoder", name=name, node=component_config(NETWORKS, name))
+    for group, registry in (("posterior", POSTERIORS), ("decoder", NETWORKS)):
+        for name in registry:
+            store.store(group=group, name=name, node=component_config(registry, name))
+        for label, (name, fixed) in registry.settings.items():
+            store.store(group=group, name=label, node=component_config(registry, name)(**fixed))
     for name in DATASETS:
         store.store(group="dataset", name=name, node=DatasetConfig(name=name))
     for name, node in LOGGER_CONFIGS.items():

@@ -8,6 +8,11 @@ A component registers itself where it is defined::
 and is then a choice of its config group (``posterior=diag``), built with one-line errors that name the accepted
 names or options. Its options and their defaults are the keyword arguments of its constructor: ``defaults(name)``
 reads them, so method labels and config checks never keep a second copy.
+
+A named setting is a component with some options fixed, offered as a choice of its own so a sweep can list it
+beside the others, and used as the method label of every run with those options::
+
+    POSTERIORS.add_setting("rho_published_code", "rho", variant="published_code")
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class Registry(Mapping[str, Callable[..., Any]]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
+        self.settings: dict[str, tuple[str, dict[str, Any]]] = {}  # label -> (component, fixed options)
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: make ``name`` build with the decorated class or function."""
@@ -36,6 +42,26 @@ class Registry(Mapping[str, Callable[..., Any]]):
         if name in self._entries and self._entries[name] is not factory:
             raise ValueError(f"{self.kind} {name!r} is registered twice: {self._entries[name]} and {factory}")
         self._entries[name] = factory
+
+    def add_setting(self, label: str, name: str, **options: Any) -> None:
+        """Offer ``name`` with ``options`` fixed as the choice ``label``."""
+        unknown = sorted(set(options) - set(self.defaults(name)))
+        if label in self._entries or unknown:
+            raise ValueError(f"{self.kind} setting {label!r}: the name is taken or {name!r} has no option {unknown}")
+        self.settings[label] = (name, dict(options))
+
+    def label(self, options: Mapping[str, Any]) -> str:
+        """A method label for a component's config (``name`` and options): the named setting, or the name, that
+        fixes the most of ``options``, followed by every option that differs from it, e.g. ``rho``,
+        ``rho_published_code`` or ``planar[flow_length=32]``. One config has one label however it was chosen."""
+        name = options["name"]
+        matching = [(label, fixed) for label, (component, fixed) in self.settings.items()
+                    if component == name and all(_same(options.get(k), v) for k, v in fixed.items())]
+        label, fixed = max(matching, key=lambda m: len(m[1]), default=(name, {}))
+        reference = {**self.defaults(name), **fixed}
+        changed = [f"{k}={v}".replace(" ", "") for k, v in sorted(options.items())
+                   if k != "name" and not _same(v, reference.get(k, KeyError))]
+        return f"{label}[{','.join(changed)}]" if changed else label
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
         return self._entries[name]
@@ -66,3 +92,8 @@ class Registry(Mapping[str, Callable[..., Any]]):
             raise ConfigError(f"{self.kind}={name!r} has no option {', '.join(unknown)}; "
                               f"accepted: {', '.join(accepted) or 'none'}")
         return factory(*args, **options)
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equality of a config value and a default, where a config's list stands for a signature's tuple."""
+    return value == (list(default) if isinstance(default, tuple) else default)

@@ -103,7 +103,8 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
     row = {"status": summary.get("status", "unfinished"), "error": summary.get("error"),
            "dataset": summary.get("dataset", config.get("dataset", {}).get("name")),
            "posterior": summary.get("posterior", config.get("posterior", {}).get("name")),
-           "method": summary.get("method") or (posterior_label(config["posterior"]) if "posterior" in config else None),
+           # labelled now, from the config, so runs summarized by an older version get today's label
+           "method": posterior_label(config["posterior"]) if "posterior" in config else summary.get("method"),
            "seed": summary.get("seed", config.get("seed")), **extra}
     row.update({k: v for k, v in summary.items() if k not in row and k != "config"})
     # lists (hidden sizes) become strings, so that columns can be compared and grouped

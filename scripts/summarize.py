@@ -13,9 +13,9 @@ Writes into the sweep folder:
     results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
     gaps.png      when runs have a gaps.json: approximation and amortization gaps stacked per method
 
-Groups are (dataset, method) plus any other config key the sweep varied; ``method`` is the posterior's name
-with its non-default options (``rho[variant=published_code]``). Runs that did not complete are listed,
-never averaged in.
+Groups are (dataset, method) plus any other config key the sweep varied; ``method`` is the posterior option
+with the options that differ from it (``rho_published_code``, ``planar[flow_length=32]``), labelled from each
+run's config. Runs that did not complete are listed, never averaged in.
 """
 
 from __future__ import annotations

@@ -23,16 +23,25 @@ def test_config_groups_offer_every_registered_component():
     assert GROUPS["dataset"] == DATASET_NAMES
     assert GROUPS["decoder"] == NETWORK_NAMES
     assert GROUPS["logger"] == ["none", "wandb"]
-    assert set(GROUPS["posterior"]) == {*POSTERIOR_NAMES, "rho_published_code"}  # plus a variant of rho
+    assert set(GROUPS["posterior"]) == {*POSTERIOR_NAMES, *POSTERIORS.settings}  # and named settings (a rho variant)
 
 
 @pytest.mark.parametrize("option", GROUPS["posterior"])
-def test_shipped_posterior_configs_use_the_constructor_defaults(option):
-    """The method label is the name alone for every shipped config, so W&B groups and tables read `diag`, `rho`."""
+def test_the_method_label_of_every_option_is_its_name(option):
+    """The group choice is the label, so W&B groups and tables read `diag`, `rho`, `rho_published_code`; options
+    changed on top of it follow in brackets."""
     options = OmegaConf.to_container(compose([f"posterior={option}"]).posterior)
-    expected = "rho[variant=published_code]" if option == "rho_published_code" else option
-    assert posterior_label(options) == expected
-    assert "min_std=0.01" in posterior_label({**options, "min_std": 0.01})
+    assert posterior_label(options) == option
+    assert posterior_label({**options, "min_std": 0.01}) == f"{option}[min_std=0.01]"
+
+
+def test_a_named_setting_is_the_label_however_its_options_were_chosen():
+    chosen = OmegaConf.to_container(compose(["posterior=rho", "posterior.variant=published_code"]).posterior)
+    assert chosen == OmegaConf.to_container(compose(["posterior=rho_published_code"]).posterior)
+    assert posterior_label(chosen) == "rho_published_code"
+    assert posterior_label({**chosen, "variant": "paper"}) == "rho"
+    with pytest.raises(ValueError, match="no option"):
+        POSTERIORS.add_setting("rho_typo", "rho", varaint="published_code")
 
 
 @pytest.mark.parametrize("combo", list(itertools.product(*GROUPS.values())), ids="-".join)

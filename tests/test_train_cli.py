@@ -183,7 +183,7 @@ def test_wandb_groups_tell_variants_apart_and_tag_the_sweep(tmp_path, monkeypatc
               "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": []}}
     tracker = build_tracker(config, tmp_path, sweep="paper_2026-01-01_00-00-00")
     try:
-        assert tracker.run.group == "mnist-rho[variant=published_code]"
+        assert tracker.run.group == "mnist-rho_published_code"
         assert "paper_2026-01-01_00-00-00" in tracker.run.tags
     finally:
         tracker.finish()

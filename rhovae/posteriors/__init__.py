@@ -27,18 +27,9 @@ def build_posterior(name: str, in_features: int, latent_dim: int, **options) -> 
 
 
 def posterior_label(options: Mapping[str, Any]) -> str:
-    """A posterior config's name plus every option that differs from its default, e.g. ``rho`` or
-    ``rho[variant=published_code]``: what tells two methods apart in W&B groups and result tables."""
-    name = options["name"]
-    defaults = POSTERIORS.defaults(name)
-    changed = []
-    for key, value in sorted(options.items()):
-        if key == "name":
-            continue
-        default = defaults.get(key, KeyError)
-        if value != (list(default) if isinstance(default, tuple) else default):
-            changed.append(f"{key}={value}".replace(" ", ""))
-    return f"{name}[{','.join(changed)}]" if changed else name
+    """A posterior config's method label (``Registry.label``): ``rho``, ``rho_published_code``,
+    ``planar[flow_length=32]``; what tells two methods apart in W&B groups and result tables."""
+    return POSTERIORS.label(options)
 
 
 __all__ = [

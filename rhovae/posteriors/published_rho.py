@@ -70,3 +70,7 @@ def rho_posterior(in_features: int, latent_dim: int, *, min_std: float = 1e-4, v
     if variant not in RHO_VARIANTS:
         raise ConfigError(f"posterior.variant={variant!r} is not known; accepted: {', '.join(RHO_VARIANTS)}")
     return RHO_VARIANTS[variant](in_features, latent_dim, min_std=min_std)
+
+
+# selectable beside the others in a sweep (posterior=diag,rho,rho_published_code), and the method label of its runs
+POSTERIORS.add_setting("rho_published_code", "rho", variant="published_code")
