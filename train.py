@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 
 from rhovae.errors import JobFailed, RhovaeError
 from rhovae.experiment import run_experiment
-from rhovae.hydra_run import check_known_keys, file_logs_held, given_keys, log_to_file, write_hydra_record
+from rhovae.hydra_run import (accept_renamed, check_known_keys, file_logs_held, given_keys, log_to_file,
+                              write_hydra_record)
 from rhovae.trainer import TrainingInterrupted
 
 log = logging.getLogger("train")
@@ -58,4 +59,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = accept_renamed(sys.argv[1:])  # decoder=conv still works, as networks=conv, for one release
     main()

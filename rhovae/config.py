@@ -117,7 +117,7 @@ def validate_config(cfg: DictConfig) -> torch.device:
         _int_at_least(cfg, "posterior.flow_length", 0)
     if "kl_samples" in cfg.posterior:
         _int_at_least(cfg, "posterior.kl_samples", 1)
-    _one_of(cfg, "decoder.name", list(NETWORKS))
+    _one_of(cfg, "networks.name", list(NETWORKS))
     _int_at_least(cfg, "latent_dim", 1)
     _check(cfg, "seed", _is_int, "an integer")
     _int_at_least(cfg, "trainer.epochs", 1)

@@ -32,7 +32,7 @@ from .posteriors import build_posterior, posterior_label
 from .interrupt import stop_on_signals
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
                          wandb_run_id)
-from .schema import section_defaults
+from .schema import section_defaults, upgrade
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainSettings, TrainState, fit,
                       interrupted, make_optimizer, resume_command, training_finished)
@@ -49,8 +49,8 @@ def _options(section: Mapping[str, Any]) -> dict[str, Any]:
 def build_vae(config: Mapping[str, Any], image_shape) -> VAE:
     """The VAE a (resolved, plain-dict) run config describes; used for training and for re-loading runs."""
     latent_dim = config["latent_dim"]
-    encoder, decoder = build_networks(config["decoder"]["name"], image_shape, latent_dim,
-                                      **_options(config["decoder"]))
+    encoder, decoder = build_networks(config["networks"]["name"], image_shape, latent_dim,
+                                      **_options(config["networks"]))
     posterior = build_posterior(config["posterior"]["name"], encoder.out_features, latent_dim,
                                 **_options(config["posterior"]))
     return VAE(encoder, posterior, decoder, latent_dim)
@@ -78,7 +78,7 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     """
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     # keys added to the project after the run was trained take their defaults
-    saved = OmegaConf.merge(OmegaConf.create(section_defaults()), OmegaConf.create(ckpt["config"]))
+    saved = OmegaConf.merge(OmegaConf.create(section_defaults()), OmegaConf.create(upgrade(ckpt["config"])))
     given = OmegaConf.from_dotlist(list(overrides))
     reject_unknown_keys(flatten(OmegaConf.to_container(given)), flatten(OmegaConf.to_container(saved)),
                         where="of the run's configuration")
@@ -170,7 +170,7 @@ def plan_run(cfg: DictConfig, run_dir: Path, given: Iterable[str] | None = None)
         plan = RunPlan(config, device, notes=[f"no checkpoint in {run_dir}, starting afresh"])
     else:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-        config = resumed_config(checkpoint["config"], config, given, run_dir)
+        config = resumed_config(upgrade(checkpoint["config"]), config, given, run_dir)
         device = validate_config(OmegaConf.create(config))
         plan = RunPlan(config, device, checkpoint=checkpoint, status=recorded_status(run_dir))
     if not plan.complete:
@@ -232,8 +232,8 @@ def build_tracker(config: Mapping[str, Any], run_dir: Path, sweep: str | None = 
     logger_cfg = config["logger"]
     if logger_cfg["name"] == "none":
         return NullLogger()
-    dataset, posterior, decoder = config["dataset"]["name"], config["posterior"]["name"], config["decoder"]["name"]
-    tags = [dataset, posterior, decoder, *logger_cfg.get("tags", []), *([sweep] if sweep else [])]
+    dataset, posterior, networks = config["dataset"]["name"], config["posterior"]["name"], config["networks"]["name"]
+    tags = [dataset, posterior, networks, *logger_cfg.get("tags", []), *([sweep] if sweep else [])]
     return WandbLogger(run_dir, config, project=logger_cfg["project"], entity=logger_cfg.get("entity"),
                        mode=logger_cfg["mode"], group=f"{dataset}-{posterior_label(config['posterior'])}",
                        name=run_dir.name, tags=tags, run_id=run_id or wandb_run_id(run_dir),
@@ -274,11 +274,11 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
     evaluation = eval_settings(config)
     n_params = count_parameters(model)
     log.info("%s | %s posterior | %s networks | d=%d | %d parameters | %s | train %d, val %d, test %d images",
-             dataset, posterior, config["decoder"]["name"], config["latent_dim"], n_params, device,
+             dataset, posterior, config["networks"]["name"], config["latent_dim"], n_params, device,
              len(data.train), len(data.val), len(data.test))
     summary: dict[str, Any] = {
         "status": "running", "dataset": dataset, "posterior": posterior,
-        "method": posterior_label(config["posterior"]), "sweep": sweep, "decoder": config["decoder"]["name"],
+        "method": posterior_label(config["posterior"]), "sweep": sweep, "networks": config["networks"]["name"],
         "seed": config["seed"], "latent_dim": config["latent_dim"], "binarize": config["dataset"]["binarize"],
         "n_params": n_params, "device": str(device),
     }

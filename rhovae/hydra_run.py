@@ -3,7 +3,9 @@
 * ``register_configs``, run when this module is imported (by ``train.py``, the tests, and every job process of a
   sweep): the typed configuration of ``rhovae.schema`` in Hydra's ConfigStore, as the schema ``rhovae_schema``
   that ``configs/config.yaml`` starts from, and one option per registered posterior and named setting of one
-  (group ``posterior``), network pair (``decoder``), dataset (``dataset``) and logger (``logger``).
+  (group ``posterior``), network pair (``networks``), dataset (``dataset``) and logger (``logger``).
+* ``accept_renamed``: a command line that uses a group's old name (``decoder=conv``) under its new one, with a
+  warning.
 * ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
   takes everything else from its checkpoint.
 * ``check_known_keys``: a key added with ``+`` (or ``++``) that the configuration does not have is refused with
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -31,7 +35,7 @@ from .config import flatten, reject_unknown_keys
 from .data import DATASETS
 from .networks import NETWORKS
 from .posteriors import POSTERIORS
-from .schema import LOGGER_CONFIGS, DatasetConfig, RunConfig, component_config
+from .schema import LOGGER_CONFIGS, RENAMED_SECTIONS, DatasetConfig, RunConfig, component_config
 
 _MISSING = object()
 
@@ -40,7 +44,7 @@ def register_configs() -> None:
     """Store the typed configuration and every registered component as a config group option."""
     store = ConfigStore.instance()
     store.store(name="rhovae_schema", node=RunConfig)
-    for group, registry in (("posterior", POSTERIORS), ("decoder", NETWORKS)):
+    for group, registry in (("posterior", POSTERIORS), ("networks", NETWORKS)):
         for name in registry:
             store.store(group=group, name=name, node=component_config(registry, name))
         for label, (name, fixed) in registry.settings.items():
@@ -52,6 +56,24 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+def accept_renamed(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every override of a renamed group or section under today's name (``decoder=conv`` becomes
+    ``networks=conv``, ``+decoder.hidden=[64]`` becomes ``+networks.hidden=[64]``), each rename warned about
+    once on stderr. Flags (``-m``, ``--cfg``) and everything else pass through unchanged."""
+    renamed = []
+    for arg in argv:
+        match = re.fullmatch(r"([+~]{0,2})(\w+)([.=@].*)?", arg)
+        if match is None or match.group(2) not in RENAMED_SECTIONS or match.group(3) is None:
+            renamed.append(arg)
+            continue
+        prefix, old, rest = match.groups()
+        new = f"{prefix}{RENAMED_SECTIONS[old]}{rest}"
+        print(f"warning: {arg!r} is read as {new!r}: the {old} group is now called {RENAMED_SECTIONS[old]}; "
+              f"{old} is accepted until the next release", file=sys.stderr)
+        renamed.append(new)
+    return renamed
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import nn
 from .registry import Registry
 
 # Encoder/decoder pairs register here (``@NETWORKS.register("name")``); their keyword options are config keys.
-NETWORKS = Registry("decoder")
+NETWORKS = Registry("networks")
 ACTIVATIONS = Registry("activation")
 for _name, _module in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh,
                        "softplus": nn.Softplus}.items():

@@ -8,7 +8,7 @@ read results through this module, so the paper table and the notebook cannot dis
   ``config.<key>``), its config read from its own record (summary.json, else its checkpoint), and the gaps of a
   ``gaps.json`` beside it. A run that never wrote ``summary.json`` (killed, crashed) is kept as ``unfinished``.
 * ``group_keys(runs)``: what tells methods apart: dataset, the posterior's ``method`` label, and every other
-  config key that the sweep varied (decoder, latent_dim, ...), but never the seed.
+  config key that the sweep varied (networks, latent_dim, ...), but never the seed.
 * ``summarize(runs)``: mean and sd over seeds of the completed runs, one row per group.
 * ``paired_differences(runs)``: each method minus ``diag`` on the same dataset and seed, with a 95%
   Student-t confidence interval over seeds.
@@ -31,7 +31,7 @@ from scipy import stats
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import flatten, in_sections
-from .schema import keys_with
+from .schema import keys_with, upgrade
 from .posteriors import posterior_label
 
 BASELINE = "diag"
@@ -99,7 +99,9 @@ def iw_samples_used(runs: pd.DataFrame) -> list[int]:
 
 
 def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """One table row from a run's summary and resolved config (either may be incomplete)."""
+    """One table row from a run's summary and resolved config (either may be incomplete; an older version's config
+    is read in today's keys)."""
+    config = upgrade(dict(config))
     row = {"status": summary.get("status", "unfinished"), "error": summary.get("error"),
            "dataset": summary.get("dataset", config.get("dataset", {}).get("name")),
            "posterior": summary.get("posterior", config.get("posterior", {}).get("name")),

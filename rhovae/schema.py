@@ -76,7 +76,7 @@ class WandbLoggerConfig:
     project: str = "rhovae"
     entity: Optional[str] = None
     mode: str = "${oc.env:WANDB_MODE,offline}"  # offline | online | disabled
-    tags: List[str] = field(default_factory=list)  # added to the automatic tags <dataset>, <posterior>, <decoder>
+    tags: List[str] = field(default_factory=list)  # added to the automatic tags <dataset>, <posterior>, <networks>
     image_every: int = 5  # log sample/reconstruction grids every N epochs; 0 = only at the end
     verbose: bool = False  # true shows W&B's own console output
 
@@ -104,7 +104,7 @@ class RunConfig:
     gaps: GapSettings = field(default_factory=GapSettings, metadata=WORK_SPLIT)
     dataset: Any = MISSING
     posterior: Any = MISSING
-    decoder: Any = MISSING
+    networks: Any = MISSING  # the encoder/decoder pair
     logger: Any = field(default=MISSING, metadata=RUNTIME)
 
 
@@ -142,3 +142,16 @@ def section_defaults() -> dict[str, Any]:
     """The defaults of every key outside the component groups, as a plain nested dict (``${...}`` unresolved)."""
     defaults = OmegaConf.to_container(OmegaConf.structured(RunConfig))
     return {k: v for k, v in defaults.items() if v != MISSING}
+
+
+RENAMED_SECTIONS = {"decoder": "networks"}  # old name -> today's; the old one is accepted until the next release
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version (in a checkpoint, a summary, a W&B run) in today's keys: a section
+    renamed since (``RENAMED_SECTIONS``) moves to its new name. Other keys are left as they are."""
+    upgraded = dict(config)
+    for old, new in RENAMED_SECTIONS.items():
+        if old in upgraded and new not in upgraded:
+            upgraded[new] = upgraded.pop(old)
+    return upgraded

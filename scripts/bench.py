@@ -65,7 +65,7 @@ def median_time(fn: Callable[[], None], device: torch.device, repeats: int, warm
 
 
 def model_for(posterior: str, latent_dim: int, device: torch.device) -> VAE:
-    config = {"latent_dim": latent_dim, "decoder": {"name": "mlp", "hidden": [512, 512]},
+    config = {"latent_dim": latent_dim, "networks": {"name": "mlp", "hidden": [512, 512]},
               "posterior": {"name": posterior}}
     torch.manual_seed(0)
     return build_vae(config, (1, 28, 28)).to(device)

@@ -16,12 +16,12 @@ from rhovae.experiment import build_vae, plan_run, run_experiment
 from rhovae.networks import NETWORKS
 from rhovae.posteriors import POSTERIORS, posterior_label
 
-GROUPS = {group: config_options(group) for group in ("dataset", "posterior", "decoder", "logger")}
+GROUPS = {group: config_options(group) for group in ("dataset", "posterior", "networks", "logger")}
 
 
 def test_config_groups_offer_every_registered_component():
     assert GROUPS["dataset"] == DATASET_NAMES
-    assert GROUPS["decoder"] == NETWORK_NAMES
+    assert GROUPS["networks"] == NETWORK_NAMES
     assert GROUPS["logger"] == ["none", "wandb"]
     assert set(GROUPS["posterior"]) == {*POSTERIOR_NAMES, *POSTERIORS.settings}  # and named settings (a rho variant)
 
@@ -57,7 +57,7 @@ def test_every_combination_composes_validates_and_builds(combo):
 
 def test_defaults_are_mnist_diag_mlp_wandb_offline():
     cfg = compose([])
-    assert (cfg.dataset.name, cfg.posterior.name, cfg.decoder.name, cfg.logger.name) == ("mnist", "diag", "mlp", "wandb")
+    assert (cfg.dataset.name, cfg.posterior.name, cfg.networks.name, cfg.logger.name) == ("mnist", "diag", "mlp", "wandb")
     assert cfg.logger.mode == "offline" and cfg.dataset.binarize == "dynamic" and cfg.dataset.root == "./data"
 
 
@@ -69,7 +69,7 @@ def test_environment_variables_set_data_root_and_wandb_mode(monkeypatch):
 
 
 def test_documented_overrides_apply():
-    cfg = compose(["dataset=fmnist", "posterior=rho", "decoder=conv", "dataset.root=/x", "dataset.binarize=static",
+    cfg = compose(["dataset=fmnist", "posterior=rho", "networks=conv", "dataset.root=/x", "dataset.binarize=static",
                    "latent_dim=8", "seed=3", "trainer.epochs=2", "trainer.batch_size=64", "trainer.lr=3e-4",
                    "trainer.max_batches=5", "trainer.device=cpu", "trainer.kl_warmup_epochs=2",
                    "trainer.patience=4", "logger=wandb", "logger.mode=disabled"])
@@ -103,7 +103,7 @@ BAD = [
     ("dataset.binarize=half", "dataset.binarize='half'.*dynamic, static, none"),
     ("dataset.name=cifar", "dataset.name='cifar'.*mnist, fmnist"),
     ("posterior.name=vamp", "posterior.name='vamp'.*diag"),
-    ("decoder.name=resnet", "decoder.name='resnet'.*mlp"),
+    ("networks.name=resnet", "networks.name='resnet'.*mlp"),
     ("logger.mode=sometimes", "logger.mode='sometimes'.*offline, online, disabled"),
     ("posterior=planar posterior.flow_length=-1", "posterior.flow_length=-1.*integer >= 0"),
     ("posterior=iaf posterior.flow_length=-2", "posterior.flow_length=-2.*integer >= 0"),
@@ -123,7 +123,7 @@ def test_bad_values_fail_with_key_value_and_accepted(override, message):
 @pytest.mark.parametrize("override,key", [
     ("trainer.epochs=many", "trainer.epochs"), ("trainer.progress=maybe", "trainer.progress"),
     ("eval.iw_samples=1.5", "eval.iw_samples"), ("posterior=iaf posterior.flow_length=2.5", "posterior.flow_length"),
-    ("decoder.hidden=[a,b]", "decoder.hidden[0]"), ("posterior=diag posterior.flow_length=4", "posterior.flow_length"),
+    ("networks.hidden=[a,b]", "networks.hidden[0]"), ("posterior=diag posterior.flow_length=4", "posterior.flow_length"),
 ])
 def test_the_typed_configs_refuse_wrong_types_and_keys_at_composition(override, key):
     with pytest.raises(ConfigCompositionException) as err:
@@ -132,7 +132,7 @@ def test_the_typed_configs_refuse_wrong_types_and_keys_at_composition(override, 
 
 
 def test_every_registered_component_is_a_typed_option_with_its_constructor_defaults():
-    for group, registry in (("posterior", POSTERIORS), ("decoder", NETWORKS)):
+    for group, registry in (("posterior", POSTERIORS), ("networks", NETWORKS)):
         for name in registry:
             options = OmegaConf.to_container(compose([f"{group}={name}"])[group])
             assert options == {"name": name, **{k: list(v) if isinstance(v, tuple) else v
@@ -141,7 +141,7 @@ def test_every_registered_component_is_a_typed_option_with_its_constructor_defau
 
 # Wrong options of a component are found when it is built, which ``plan_run`` does once, before the run writes.
 BUILD_ERRORS = [
-    ("decoder.activation=swish", "activation='swish' is not known"),
+    ("networks.activation=swish", "activation='swish' is not known"),
     ("+posterior.flows=3", "posterior='diag' has no option flows; accepted: min_std"),
     ("posterior=rho posterior.variant=typo", "posterior.variant='typo'.*paper, published_code"),
 ]
@@ -196,4 +196,18 @@ def test_keys_marked_for_resume_and_tables_are_keys_of_the_composed_config():
                     "eval.batch_size", "latent_dim", "posterior.min_std") if in_sections(k, RESUMABLE_KEYS)}
     assert {"seed", "trainer.threads", "eval.iw_chunk", "eval.batch_size", "gaps.iw_samples"} == {
         k for k in ("seed", "trainer.threads", "eval.iw_chunk", "eval.batch_size", "gaps.iw_samples", "eval.iw_samples",
-                    "trainer.epochs", "objective.beta", "decoder.hidden") if in_sections(k, NOT_A_FACTOR)}
+                    "trainer.epochs", "objective.beta", "networks.hidden") if in_sections(k, NOT_A_FACTOR)}
+
+
+def test_the_old_decoder_name_is_read_as_networks_on_the_command_line_and_in_saved_configs(capsys):
+    from rhovae.hydra_run import accept_renamed
+    from rhovae.schema import upgrade
+
+    argv = ["-m", "decoder=mlp,conv", "+decoder.dropout=0.1", "~decoder.activation", "posterior=rho",
+            "decoder_like=1", "hydra.run.dir=decoder", "--cfg", "job"]
+    assert accept_renamed(argv) == ["-m", "networks=mlp,conv", "+networks.dropout=0.1", "~networks.activation",
+                                    "posterior=rho", "decoder_like=1", "hydra.run.dir=decoder", "--cfg", "job"]
+    assert capsys.readouterr().err.count("the decoder group is now called networks") == 3
+    old = {"seed": 1, "decoder": {"name": "conv"}, "posterior": {"name": "rho"}}
+    assert upgrade(old) == {"seed": 1, "networks": {"name": "conv"}, "posterior": {"name": "rho"}}
+    assert "decoder" in old and upgrade(upgrade(old)) == upgrade(old)

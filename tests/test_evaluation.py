@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from helpers import FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose, 
 from helpers.models import P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo, importance_weighted_log_likelihood, posterior_diagnostics
-from rhovae.experiment import build_vae, load_data, load_trained_run, run_experiment
+from rhovae.experiment import build_vae, load_data, load_trained_run, plan_run, run_experiment
 from rhovae.posteriors import build_posterior
 from rhovae.vae import VAE
 
@@ -152,8 +153,22 @@ def test_two_dimensional_latents_get_a_latent_map_and_rho_runs_report_rho(data_r
     assert 0 <= summary["test/active_units"] <= 2
 
 
+def test_a_run_whose_checkpoint_names_the_decoder_section_resumes_in_todays_keys(trained_run, data_root, tmp_path):
+    run_dir = tmp_path / "old"
+    shutil.copytree(trained_run, run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    ckpt["config"]["decoder"] = ckpt["config"].pop("networks")
+    torch.save(ckpt, run_dir / "checkpoints" / "last.pt")
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
+                   "trainer.resume=true", "trainer.epochs=4"])
+    plan = plan_run(cfg, run_dir, given={"trainer.resume", "trainer.epochs", "dataset.root", "logger.name"})
+    assert plan.checkpoint is not None and plan.config["networks"] == ckpt["config"]["decoder"]
+    assert "decoder" not in plan.config and plan.config["trainer"]["epochs"] == 4
+
+
 def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained_run, tmp_path):
-    """A checkpoint whose config predates trainer.overwrite, objective.*, eval.gaps and gaps.* still re-loads."""
+    """A checkpoint whose config predates trainer.overwrite, objective.*, eval.gaps and gaps.*, and names the
+    networks section decoder, still re-loads."""
     old_run = tmp_path / "old"
     (old_run / "checkpoints").mkdir(parents=True)
     ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
@@ -161,8 +176,10 @@ def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained
         del ckpt["config"][section][key]
     for section in ("objective", "gaps"):
         del ckpt["config"][section]
+    ckpt["config"]["decoder"] = ckpt["config"].pop("networks")
     torch.save(ckpt, old_run / "checkpoints" / "best.pt")
     config, _, model, _ = load_trained_run(old_run, ["eval.iw_samples=5"])
     assert config["trainer"]["overwrite"] is False and config["objective"] == {"beta": 1.0, "free_bits": 0.0}
     assert config["eval"]["gaps"] is False and config["gaps"]["n_images"] == 1000
     assert config["eval"]["iw_samples"] == 5
+    assert config["networks"]["hidden"] == [32, 32] and "decoder" not in config

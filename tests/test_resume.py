@@ -20,7 +20,7 @@ COMPARED = ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/recon", "test
             "test/active_units", "n_params")
 # 200 training images in batches of 8: 25 steps per epoch, long enough to be caught in the middle of one
 RESUME_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_batches", "trainer.batch_size",
-                                                                  "decoder."))]
+                                                                  "networks."))]
 RESUME_OVERRIDES += ["trainer.batch_size=8", "trainer.epochs=3", "logger=none", "trainer.device=cpu"]
 
 

@@ -51,7 +51,7 @@ def test_paper_experiment_fixes_the_setup_and_sweeps_fifty_runs():
     params = cfg.hydra.sweeper.params
     assert params.seed == "0,1,2,3,4" and params.dataset == "mnist,fmnist"
     assert params.posterior == "diag,rho,fullcov,planar,iaf"
-    assert (cfg.latent_dim, cfg.decoder.name, cfg.eval.iw_samples) == (32, "mlp", 5000)
+    assert (cfg.latent_dim, cfg.networks.name, cfg.eval.iw_samples) == (32, "mlp", 5000)
     assert "paper_" in cfg.hydra.sweep.dir
 
 
@@ -59,7 +59,7 @@ def test_paper_cpu_experiment_is_the_issue_budget_with_gaps():
     cfg = compose(["experiment=paper_cpu"], hydra=True)
     params = cfg.hydra.sweeper.params
     assert (params.seed, params.dataset, params.posterior) == ("0,1,2", "mnist,fmnist", "diag,rho,fullcov,planar,iaf")
-    assert (cfg.latent_dim, cfg.decoder.name, cfg.trainer.epochs, cfg.eval.iw_samples) == (32, "mlp", 20, 1000)
+    assert (cfg.latent_dim, cfg.networks.name, cfg.trainer.epochs, cfg.eval.iw_samples) == (32, "mlp", 20, 1000)
     assert cfg.eval.gaps is True and cfg.gaps.n_images == 500 and "paper_cpu_" in cfg.hydra.sweep.dir
     validate_config(compose(["experiment=paper_cpu"]))
 
@@ -163,6 +163,13 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in md
     tex = (sweep / "results.tex").read_text()
     assert r"\toprule" in tex and r"$\pm$" in tex and "rho" in tex
+
+
+def test_runs_of_an_older_version_are_read_in_todays_keys():
+    row = results.run_row({"status": "completed", "method": "rho[variant=published_code]"},
+                          {"decoder": {"name": "conv"}, "posterior": {"name": "rho", "variant": "published_code"}})
+    assert row["config.networks.name"] == "conv" and "config.decoder.name" not in row
+    assert row["method"] == "rho_published_code"  # labelled from the config, as today
 
 
 def test_group_keys_follow_what_the_sweep_varied():

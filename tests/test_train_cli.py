@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from helpers import DATASET_NAMES, FLOW_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, train
@@ -20,12 +21,12 @@ from rhovae.tracking import read_jsonl
 POSTERIORS, DATASETS, DECODERS = POSTERIOR_NAMES, DATASET_NAMES, NETWORK_NAMES
 COMBOS = list(itertools.product(POSTERIORS, DATASETS, DECODERS))
 EPOCHS = 2
-SUMMARY_KEYS = {"status", "dataset", "posterior", "decoder", "seed", "latent_dim", "epochs", "best_epoch",
+SUMMARY_KEYS = {"status", "dataset", "posterior", "networks", "seed", "latent_dim", "epochs", "best_epoch",
                 "train_time_s", "epoch_s", "n_params", "val/elbo", "test/elbo", "test/recon", "test/kl",
                 "test/nll", "test/iw_samples", "test/active_units"}
 METRIC_KEYS = {"epoch", "train/elbo", "train/recon", "train/kl", "val/elbo", "val/recon", "val/kl", "lr",
                "epoch_s"}
-SHARED = [o for o in TINY_OVERRIDES if not o.startswith("decoder.")]
+SHARED = [o for o in TINY_OVERRIDES if not o.startswith("networks.")]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def sweep(data_root, tmp_path_factory) -> Path:
     """One Hydra multirun over every posterior x dataset x decoder (one process, so imports happen once)."""
     out = tmp_path_factory.mktemp("sweep")
     proc = train(["-m", f"posterior={','.join(POSTERIORS)}", f"dataset={','.join(DATASETS)}",
-                  f"decoder={','.join(DECODERS)}", f"dataset.root={data_root}", "logger=none",
+                  f"networks={','.join(DECODERS)}", f"dataset.root={data_root}", "logger=none",
                   f"trainer.epochs={EPOCHS}", *SHARED, f"hydra.sweep.dir={out}"], cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -43,7 +44,7 @@ def job_dir(sweep: Path, posterior: str, dataset: str, decoder: str) -> Path:
     matches = []
     for summary in sweep.glob("*/summary.json"):
         s = json.loads(summary.read_text())
-        if (s["posterior"], s["dataset"], s["decoder"]) == (posterior, dataset, decoder):
+        if (s["posterior"], s["dataset"], s["networks"]) == (posterior, dataset, decoder):
             matches.append(summary.parent)
     assert len(matches) == 1, (posterior, dataset, decoder, matches)
     return matches[0]
@@ -122,7 +123,7 @@ def test_missing_dataset_fails_with_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group,bad", [("posterior", "vamp"), ("dataset", "cifar10"), ("decoder", "resnet")])
+@pytest.mark.parametrize("group,bad", [("posterior", "vamp"), ("dataset", "cifar10"), ("networks", "resnet")])
 def test_unknown_group_option_lists_the_available_ones(tmp_path, group, bad):
     proc = train([f"{group}={bad}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -136,6 +137,15 @@ def test_bad_config_value_fails_before_training(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "error: latent_dim=0 is not valid; accepted: an integer >= 1"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_the_old_decoder_group_name_is_read_as_networks_with_a_warning(tmp_path):
+    proc = train(["decoder=conv", "decoder.hidden=64", "logger=none", "--cfg", "job"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    composed = OmegaConf.create(proc.stdout)
+    assert composed.networks.name == "conv" and composed.networks.hidden == 64 and "decoder" not in composed
+    assert "'decoder=conv' is read as 'networks=conv'" in proc.stderr and "until the next release" in proc.stderr
 
 
 @pytest.mark.slow
@@ -158,7 +168,7 @@ def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     config = {"dataset": {"name": "fmnist", "root": "/data"}, "posterior": {"name": "rho"},
-              "decoder": {"name": "conv"}, "latent_dim": 8,
+              "networks": {"name": "conv"}, "latent_dim": 8,
               "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": ["extra"]}}
     tracker = build_tracker(config, tmp_path)
     try:
@@ -178,7 +188,7 @@ def test_wandb_groups_tell_variants_apart_and_tag_the_sweep(tmp_path, monkeypatc
     from rhovae.experiment import build_tracker
 
     monkeypatch.chdir(tmp_path)
-    config = {"dataset": {"name": "mnist"}, "decoder": {"name": "mlp"}, "latent_dim": 4,
+    config = {"dataset": {"name": "mnist"}, "networks": {"name": "mlp"}, "latent_dim": 4,
               "posterior": {"name": "rho", "min_std": 1e-4, "variant": "published_code"},
               "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": []}}
     tracker = build_tracker(config, tmp_path, sweep="paper_2026-01-01_00-00-00")

@@ -28,7 +28,7 @@ CONFIGS = REPO / "configs"
 # Tiny, fast settings every smoke run shares: 40 validation images out of 240, 3 batches of 32 per epoch.
 TINY_OVERRIDES = [
     "dataset.val_size=40", "trainer.batch_size=32", "trainer.max_batches=3", "eval.batch_size=64",
-    "latent_dim=4", "decoder.hidden=[32,32]", "trainer.progress=false", "eval.iw_samples=20", "eval.iw_chunk=8",
+    "latent_dim=4", "networks.hidden=[32,32]", "trainer.progress=false", "eval.iw_samples=20", "eval.iw_chunk=8",
     "eval.mean_samples=4",
 ]
 
