@@ -45,9 +45,11 @@ class Registry(Mapping[str, Callable[..., Any]]):
 
     def add_setting(self, label: str, name: str, **options: Any) -> None:
         """Offer ``name`` with ``options`` fixed as the choice ``label``."""
+        if label in self._entries:
+            raise ValueError(f"{self.kind} setting {label!r}: the name is taken by a component")
         unknown = sorted(set(options) - set(self.defaults(name)))
-        if label in self._entries or unknown:
-            raise ValueError(f"{self.kind} setting {label!r}: the name is taken or {name!r} has no option {unknown}")
+        if unknown:
+            raise ValueError(f"{self.kind} setting {label!r}: {name!r} has no option {', '.join(unknown)}")
         self.settings[label] = (name, dict(options))
 
     def label(self, options: Mapping[str, Any]) -> str:
