@@ -13,7 +13,8 @@ import torch
 
 from .data import ImageData, to_unit_float
 from .evaluation import seeded_rng
-from .plots import kl_per_dimension, latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure, save_grid
+from .plots import (kl_per_dimension, latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure,
+                    save_grid)
 from .vae import VAE
 
 if TYPE_CHECKING:

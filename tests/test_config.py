@@ -123,7 +123,8 @@ def test_bad_values_fail_with_key_value_and_accepted(override, message):
 @pytest.mark.parametrize("override,key", [
     ("trainer.epochs=many", "trainer.epochs"), ("trainer.progress=maybe", "trainer.progress"),
     ("eval.iw_samples=1.5", "eval.iw_samples"), ("posterior=iaf posterior.flow_length=2.5", "posterior.flow_length"),
-    ("networks.hidden=[a,b]", "networks.hidden[0]"), ("posterior=diag posterior.flow_length=4", "posterior.flow_length"),
+    ("networks.hidden=[a,b]", "networks.hidden[0]"),
+    ("posterior=diag posterior.flow_length=4", "posterior.flow_length"),
 ])
 def test_the_typed_configs_refuse_wrong_types_and_keys_at_composition(override, key):
     with pytest.raises(ConfigCompositionException) as err:
@@ -149,7 +150,8 @@ BUILD_ERRORS = [
 
 @pytest.mark.parametrize("override,message", BUILD_ERRORS, ids=[b[0] for b in BUILD_ERRORS])
 def test_bad_component_options_are_refused_before_the_run_folder_exists(override, message, data_root, tmp_path):
-    cfg = compose([*override.split(), f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES])
+    cfg = compose([*override.split(), f"dataset.root={data_root}", "logger=none", "trainer.device=cpu",
+                   *TINY_OVERRIDES])
     with pytest.raises(ConfigError, match=message) as err:
         plan_run(cfg, tmp_path / "run")
     assert "accepted" in str(err.value) and "\n" not in str(err.value)
