@@ -50,7 +50,8 @@ def test_every_combination_composes_validates_and_builds(combo):
     cfg = compose(overrides)
     assert validate_config(cfg) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for group, option in zip(GROUPS, combo):
-        assert cfg[group].name == {"rho_published_code": "rho"}.get(option, option)  # a variant of rho
+        settings = POSTERIORS.settings if group == "posterior" else {}
+        assert cfg[group].name == settings.get(option, (option,))[0]  # a named setting composes its component
     model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
     assert model.elbo_terms(torch.zeros(2, 784)).elbo.shape == (2,)
 

@@ -122,6 +122,16 @@ def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
     return F.softplus(raw) + min_std
 
 
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass; in the backward pass the gradient reaching ``x`` is multiplied by ``scale``
+    (0: stop-gradient, 1: ``x`` itself). Lets a head read shared features without steering them at full weight."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
+
+
 def log_density_of_standard_draws(eps: torch.Tensor, log_det_scale: torch.Tensor) -> torch.Tensor:
     """log q(z) for z = loc + L eps with eps ~ N(0, I): log N(eps; 0, I) - log|det L|, summed over the last dim.
 

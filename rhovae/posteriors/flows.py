@@ -12,6 +12,10 @@ sigma. The variable order is reversed between steps.
 A flow knows the exact density of its own samples (base density minus the accumulated log|det J|) but
 cannot score arbitrary points cheaply, so these posteriors estimate KL(q || p) by Monte Carlo,
 mean over ``kl_samples`` draws of log q(z) - log p(z) (1 = reuse the reconstruction's sample).
+
+``step_gradient`` scales the gradient that the head producing the steps' per-image parameters sends back into the
+shared encoder (1: the full gradient, 0: the head reads the features without steering them), the lever that
+repairs ``fullcov`` (its ``off_diagonal_gradient``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 
 from .ar1_normal import log1m_tanh_sq
-from .base import POSTERIORS, Posterior
+from ..errors import ConfigError
+from .base import POSTERIORS, Posterior, scale_gradient
 from .gaussian import DiagonalPosterior
 
 # A flow step maps samples to (transformed samples, log|det J| per sample).
@@ -82,11 +87,16 @@ def planar_step(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tens
 class FlowPosterior(Posterior):
     """Shared part of the flows: the diagonal Gaussian base and the Monte Carlo KL."""
 
-    def __init__(self, in_features: int, latent_dim: int, min_std: float, kl_samples: int):
+    def __init__(self, in_features: int, latent_dim: int, min_std: float, kl_samples: int,
+                 step_gradient: float = 1.0):
         super().__init__(in_features, latent_dim)
         if kl_samples < 1:
             raise ValueError(f"kl_samples must be >= 1, got {kl_samples}")
+        if not 0.0 <= step_gradient <= 1.0:
+            raise ConfigError(f"posterior.step_gradient={step_gradient!r} is not valid; accepted: a number from 0 to 1")
         self.kl_samples = kl_samples
+        # scale on the gradient the step head sends into the shared encoder (see fullcov's off_diagonal_gradient)
+        self.step_gradient = step_gradient
         self.base = DiagonalPosterior(in_features, latent_dim, min_std)
 
     def rsample_with_log_prob(self, q: FlowDistribution, sample_shape=torch.Size()):
@@ -94,7 +104,7 @@ class FlowPosterior(Posterior):
 
     def heads(self, h: torch.Tensor) -> list[torch.Tensor]:
         """The base's pieces, then the steps' own parameters (``step_parameters``)."""
-        steps = self.step_parameters(h)  # evaluated first: see Posterior.heads
+        steps = self.step_parameters(scale_gradient(h, self.step_gradient))  # evaluated first: see Posterior.heads
         return [*self.base.heads(h), steps]
 
     def parameter_sizes(self) -> list[int]:
@@ -138,8 +148,8 @@ class PlanarPosterior(FlowPosterior):
     """Diagonal Gaussian base + ``flow_length`` planar maps with per-image (u, w, b) from one linear head."""
 
     def __init__(self, in_features: int, latent_dim: int, flow_length: int = 10, min_std: float = 1e-4,
-                 kl_samples: int = 1):
-        super().__init__(in_features, latent_dim, min_std, kl_samples)
+                 kl_samples: int = 1, step_gradient: float = 1.0):
+        super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
         if flow_length < 0:
             raise ValueError(f"flow_length must be >= 0, got {flow_length}")
         self.flow_length = flow_length
@@ -171,8 +181,9 @@ class IAFPosterior(FlowPosterior):
     """Diagonal Gaussian base + ``flow_length`` stable IAF steps (pyro), MADE conditioned on a context head."""
 
     def __init__(self, in_features: int, latent_dim: int, flow_length: int = 4, hidden: Sequence[int] = (128, 128),
-                 context_dim: int = 32, forget_bias: float = 2.0, min_std: float = 1e-4, kl_samples: int = 1):
-        super().__init__(in_features, latent_dim, min_std, kl_samples)
+                 context_dim: int = 32, forget_bias: float = 2.0, min_std: float = 1e-4, kl_samples: int = 1,
+                 step_gradient: float = 1.0):
+        super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
         if flow_length < 0:
             raise ValueError(f"flow_length must be >= 0, got {flow_length}")
         self.flow_length = flow_length

@@ -8,7 +8,8 @@ from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .ar1_normal import AR1Normal
-from .base import POSTERIORS, Posterior, log_density_of_standard_draws, positive_std
+from ..errors import ConfigError
+from .base import POSTERIORS, Posterior, log_density_of_standard_draws, positive_std, scale_gradient
 
 
 @POSTERIORS.register("diag")
@@ -78,14 +79,40 @@ class RhoPosterior(Posterior):
         return {"rho": q.rho, "log_s": q.log_scale}
 
 
+FACTORS = ("ldl", "rows", "free")
+
+
 @POSTERIORS.register("fullcov")
 class FullCovPosterior(Posterior):
-    """q(z|x) = N(mu, L L^T): L lower-triangular with diagonal softplus(head) + min_std and a free
-    strictly-lower part from a head of size d(d-1)/2, initialised to zero (training starts mean-field)."""
+    """q(z|x) = N(mu, L L^T) with L lower-triangular, from a mean head, a scale head sigma = softplus(.) + min_std
+    and a head M of size d(d-1)/2 for the strictly-lower part, initialised to zero (training starts mean-field).
 
-    def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4):
+    ``factor`` says how M enters L:
+
+    * ``ldl`` (default): L = (I + M) diag(sigma), i.e. Sigma = U D U^T with U unit-lower and D = diag(sigma^2),
+      the LDL^T form. An off-diagonal entry is relative to the scale of the dimension it mixes in, so M stays O(1)
+      whatever the scales and a dimension that is switched off (sigma_j = 1) is not mixed in more cheaply;
+    * ``rows``: L = diag(sigma) (I + M);
+    * ``free``: L = diag(sigma) + M, the free strictly-lower part in absolute units.
+
+    ``off_diagonal_gradient`` scales the gradient that M's head sends back into the shared encoder (its own weights
+    always get the full gradient). The reparameterization gradient of L_ij is g_i eps_j, nearly pure noise at the
+    start of training, summed over d(d-1)/2 outputs: at 1 it swamps the trunk's gradient and the encoder trains
+    worse (README, fullcov ablation); 0 (default) lets the head read the features without steering them.
+    ``fullcov_free`` (free factor, full gradient) is the parameterization this project shipped first.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4, factor: str = "ldl",
+                 off_diagonal_gradient: float = 0.0):
         super().__init__(in_features, latent_dim)
+        if factor not in FACTORS:
+            raise ConfigError(f"posterior.factor={factor!r} is not known; accepted: {', '.join(FACTORS)}")
+        if not 0.0 <= off_diagonal_gradient <= 1.0:
+            raise ConfigError(f"posterior.off_diagonal_gradient={off_diagonal_gradient!r} is not valid; "
+                              f"accepted: a number from 0 to 1")
         self.min_std = min_std
+        self.factor = factor
+        self.off_diagonal_gradient = off_diagonal_gradient
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)
         self.off_diagonal = nn.Linear(in_features, latent_dim * (latent_dim - 1) // 2)
@@ -96,8 +123,9 @@ class FullCovPosterior(Posterior):
         self.register_buffer("_rows_cols", torch.tril_indices(latent_dim, latent_dim, offset=-1), persistent=False)
 
     def heads(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """mu, the raw diagonal of L and its strictly-lower part."""
-        raw_std, off_diagonal = self.raw_std(h), self.off_diagonal(h)  # evaluation order: see Posterior.heads
+        """mu, the raw diagonal of L and its strictly-lower part M."""
+        raw_std = self.raw_std(h)  # evaluation order: see Posterior.heads
+        off_diagonal = self.off_diagonal(scale_gradient(h, self.off_diagonal_gradient))
         return [self.loc(h), raw_std, off_diagonal]
 
     def parameter_sizes(self) -> list[int]:
@@ -106,9 +134,15 @@ class FullCovPosterior(Posterior):
 
     def build(self, pieces: list[torch.Tensor]) -> MultivariateNormal:
         loc, raw_std, off_diagonal = pieces
-        scale_tril = torch.diag_embed(positive_std(raw_std, self.min_std))
+        std = positive_std(raw_std, self.min_std)
         rows, cols = self._rows_cols
-        scale_tril[..., rows, cols] = off_diagonal
+        lower = off_diagonal.new_zeros(*off_diagonal.shape[:-1], self.latent_dim, self.latent_dim)
+        lower[..., rows, cols] = off_diagonal
+        if self.factor == "ldl":
+            lower = lower * std.unsqueeze(-2)  # column j scaled by sigma_j
+        elif self.factor == "rows":
+            lower = lower * std.unsqueeze(-1)  # row i scaled by sigma_i
+        scale_tril = lower + torch.diag_embed(std)
         return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
     def rsample_with_log_prob(self, q: MultivariateNormal, sample_shape=torch.Size()):
@@ -116,6 +150,10 @@ class FullCovPosterior(Posterior):
 
     def kl(self, q: MultivariateNormal, z, log_q, prior: Distribution) -> torch.Tensor:
         return mvn_kl_to_diagonal(q, prior)
+
+
+# the parameterization first shipped: free strictly-lower part, whose head trains the encoder at full gradient
+POSTERIORS.add_setting("fullcov_free", "fullcov", factor="free", off_diagonal_gradient=1.0)
 
 
 def mvn_rsample_with_log_prob(q: MultivariateNormal, sample_shape=torch.Size()):

@@ -21,8 +21,8 @@ class HouseholderPosterior(FlowPosterior):
     """Diagonal Gaussian base + ``flow_length`` Householder reflections, each vector from its own linear head."""
 
     def __init__(self, in_features: int, latent_dim: int, flow_length: int = 4, min_std: float = 1e-4,
-                 kl_samples: int = 1):
-        super().__init__(in_features, latent_dim, min_std, kl_samples)
+                 kl_samples: int = 1, step_gradient: float = 1.0):
+        super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
         self.flow_length = flow_length
         self.vectors = nn.ModuleList(nn.Linear(in_features, latent_dim) for _ in range(flow_length))
 
