@@ -132,6 +132,8 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
     _check(cfg, "trainer.resume", lambda v: isinstance(v, bool), "true, false")
     _check(cfg, "trainer.overwrite", lambda v: isinstance(v, bool), "true, false")
+    _check(cfg, "trainer.milestones", lambda v: all(_is_int(e) and e >= 1 for e in v),
+           "a list of epochs, each an integer >= 1")
     _int_at_least(cfg, "eval.batch_size", 1)
     _int_at_least(cfg, "eval.seed", 0)
     _int_at_least(cfg, "eval.iw_samples", 0)
@@ -140,6 +142,8 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "eval.mean_samples", 1)
     _check(cfg, "eval.active_threshold", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "eval.gaps", lambda v: isinstance(v, bool), "true, false")
+    _int_at_least(cfg, "eval.milestone_images", 1)
+    _int_at_least(cfg, "eval.milestone_iw_samples", 0)
     for key in ("n_images", "elbo_samples", "opt_samples", "iw_samples", "iw_chunk", "batch_size"):
         _int_at_least(cfg, f"gaps.{key}", 1)
     _int_at_least(cfg, "gaps.steps", 0)

@@ -4,8 +4,8 @@
 * ``importance_weighted_log_likelihood``: log p(x) ~ logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)]
   over K samples z_k ~ q(z|x) (Burda et al.), processed in chunks of samples so memory stays bounded.
   Its negative is the test NLL that likelihood papers report; it is >= the ELBO in expectation. The same weights
-  give each image's effective sample size and the Monte Carlo variance of its estimate
-  (``importance_weighted_estimates``).
+  give each image's effective sample size, the Monte Carlo variance of its estimate, the estimate from the first
+  K / 10 samples (its remaining bias) and the Pareto k-hat of the weights (``importance_weighted_estimates``).
 * ``posterior_diagnostics``: active units (latent dimensions whose Cov_x(E_q[z|x]) exceeds a threshold;
   for Monte Carlo means the estimator's own variance is subtracted, so sampling noise does not count as
   activity), the mean and spread of each posterior's own statistics (rho and log s for ``rho``), and the
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .data import ImageData, eval_batches
 from .information import information
 from .key_roles import ESTIMATION, VALIDATION_BATCHING, WORK_SPLIT
+from .pareto import UNRELIABLE, pareto_k_hat, tail_length
 from .vae import VAE
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class EvalSettings:
     active_threshold: float = field(default=0.01, metadata=ESTIMATION)
     # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
     gaps: bool = field(default=False, metadata=WORK_SPLIT)
+    # trainer.milestones score the first milestone_images test images, the NLL with milestone_iw_samples (0: none)
+    milestone_images: int = field(default=2000, metadata=WORK_SPLIT)
+    milestone_iw_samples: int = field(default=1000, metadata=WORK_SPLIT)
 
 
 @contextlib.contextmanager
@@ -91,37 +95,59 @@ def evaluate_elbo(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, e
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 
-def log_weight_moments(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
-                       before_chunk: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
-    """log (1/K) sum_k w_k and log (1/K) sum_k w_k^2 for w_k = p(x, z_k) / q(z_k), z_k ~ ``q``, per image of ``x``
-    ``[B]`` (float64), reduced with running logsumexps over chunks of at most ``chunk`` samples.
+@dataclass
+class WeightSummary:
+    """What the importance-weighted estimates need of K log-weights w_k = log p(x, z_k) - log q(z_k), per image:
+    log (1/K) sum_k w_k (``log_mean``), log (1/K) sum_k w_k^2 (``log_mean_sq``), the same first moment from only
+    the first ``n_prefix`` draws (``log_mean_prefix``, to show the estimator's bias at K / 10), and the largest
+    ``pareto.tail_length(K) + 1`` log-weights (``top``, for the Pareto k-hat). All float64."""
 
-    The first is the importance-weighted log p(x); with the second, the effective sample size
+    log_mean: torch.Tensor
+    log_mean_sq: torch.Tensor
+    log_mean_prefix: torch.Tensor
+    top: torch.Tensor
+
+
+def log_weight_summary(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
+                       before_chunk: Callable[[], None] = lambda: None, n_prefix: int = 0) -> WeightSummary:
+    """``WeightSummary`` of ``n_samples`` draws z_k ~ ``q`` for each image of ``x``, reduced with running logsumexps
+    (and a running top-M) over chunks of at most ``chunk`` samples, so memory does not grow with K.
+
+    The first moment is the importance-weighted log p(x); with the second, the effective sample size
     (sum w)^2 / sum w^2 and the delta-method variance of the first, (mean w^2 / (mean w)^2 - 1) / K.
     """
+    n_prefix = min(max(n_prefix, 1), n_samples)
     first = torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device)
-    second = first.clone()
+    second, prefix = first.clone(), first.clone()
+    top = torch.empty(len(x), 0, dtype=torch.float64, device=x.device)
+    keep = min(tail_length(n_samples) + 1, n_samples)
     for start in range(0, n_samples, chunk):
         before_chunk()
         log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q).double()
         first = torch.logaddexp(first, torch.logsumexp(log_w, dim=0))
         second = torch.logaddexp(second, torch.logsumexp(2 * log_w, dim=0))
-    return first - math.log(n_samples), second - math.log(n_samples)
+        if start < n_prefix:
+            prefix = torch.logaddexp(prefix, torch.logsumexp(log_w[: n_prefix - start], dim=0))
+        top = torch.cat([top, log_w.T], dim=1).topk(min(keep, top.shape[1] + len(log_w)), dim=1).values
+    return WeightSummary(first - math.log(n_samples), second - math.log(n_samples), prefix - math.log(n_prefix), top)
 
 
 def log_mean_weight(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
                     before_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
     """The importance-weighted log p(x) of each image of ``x`` from ``n_samples`` draws of ``q``: ``[B]``."""
-    return log_weight_moments(model, x, q, n_samples, chunk, before_chunk)[0]
+    return log_weight_summary(model, x, q, n_samples, chunk, before_chunk).log_mean
 
 
 @dataclass
 class ImportanceEstimates:
-    """Per image ``[N]``: log p(x), the effective sample size over K, and the Monte Carlo variance of log p(x)."""
+    """Per image ``[N]``: log p(x) from K samples and from the first K / 10, the effective sample size over K, the
+    delta-method Monte Carlo variance of log p(x), and the Pareto k-hat of the weights (``rhovae.pareto``)."""
 
     log_px: torch.Tensor
     ess_fraction: torch.Tensor
     mc_variance: torch.Tensor
+    log_px_tenth: torch.Tensor
+    k_hat: torch.Tensor
 
 
 def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
@@ -135,17 +161,15 @@ def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_sa
 def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
                                   batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
                                   stop: Callable[[], bool] = _never) -> ImportanceEstimates:
-    """Per-image log p(x) from ``n_samples`` importance samples, with its effective sample size and MC variance.
+    """Per-image log p(x) from ``n_samples`` importance samples, with the diagnostics of ``ImportanceEstimates``.
 
-    Each image is encoded once; its K log-weights are reduced with a running logsumexp over chunks of
-    at most ``chunk`` samples, so memory grows with ``chunk * batch_size``, not with K. With ``progress`` a
-    tqdm bar counts images (hidden when stderr is not a terminal) and the expected duration is logged after
-    the first batch; ``stop()`` is polled before every chunk of samples and raises ``EvaluationStopped``.
+    Each image is encoded once; its K log-weights are reduced over chunks of at most ``chunk`` samples, so memory
+    grows with ``chunk * batch_size``, not with K. With ``progress`` a tqdm bar counts images (hidden when stderr is
+    not a terminal); ``stop()`` is polled before every chunk of samples and raises ``EvaluationStopped``.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    moments, done = [], 0
-    started = time.perf_counter()
+    summaries, done = [], 0
     bar = tqdm(total=len(images), desc=f"test NLL (K={n_samples})", unit="img", leave=False, dynamic_ncols=True,
                disable=None if progress else True)
 
@@ -155,17 +179,33 @@ def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples
 
     with bar, evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
-            moments.append(log_weight_moments(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check))
+            summaries.append(log_weight_summary(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check,
+                                                n_prefix=n_samples // 10))
             done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))
-            if len(moments) == 1 and progress:
-                expected = (time.perf_counter() - started) * len(images) / len(x)
-                log.info("importance-weighted NLL of %d images with K=%d: about %.1f min at the first batch's rate",
-                         len(images), n_samples, expected / 60)
-    log_mean, log_mean_sq = (torch.cat(m) for m in zip(*moments))
+    log_mean, log_mean_sq, log_mean_prefix, top = (torch.cat(parts) for parts in
+                                                   zip(*((s.log_mean, s.log_mean_sq, s.log_mean_prefix, s.top)
+                                                         for s in summaries)))
     relative_second_moment = (log_mean_sq - 2 * log_mean).exp()  # mean(w^2) / mean(w)^2 >= 1
     return ImportanceEstimates(log_px=log_mean, ess_fraction=1.0 / relative_second_moment,
-                               mc_variance=(relative_second_moment - 1.0) / n_samples)
+                               mc_variance=(relative_second_moment - 1.0) / n_samples, log_px_tenth=log_mean_prefix,
+                               k_hat=pareto_k_hat(top, n_samples))
+
+
+def importance_metrics(estimates: ImportanceEstimates, n_samples: int) -> dict[str, float]:
+    """The NLL and what says how far to trust it, as reported (without the ``test/`` prefix):
+
+    ``nll`` (K samples), ``nll_tenth_k`` (the first K / 10 of them: the importance-weighted estimate is biased
+    upwards, by less as K grows, so the difference shows how much bias is left), ``ess_fraction``, ``nll_mc_se``
+    (delta method; meaningless where k-hat > 0.7), ``pareto_k_median`` and ``pareto_k_above_0_7`` (the fraction
+    of images whose estimate cannot be trusted, ``rhovae.pareto``).
+    """
+    log_px = estimates.log_px
+    return {"nll": -log_px.mean().item(), "nll_tenth_k": -estimates.log_px_tenth.mean().item(),
+            "iw_samples": n_samples, "ess_fraction": estimates.ess_fraction.mean().item(),
+            "nll_mc_se": estimates.mc_variance.sum().sqrt().item() / len(log_px),
+            "pareto_k_median": estimates.k_hat.median().item(),
+            "pareto_k_above_0_7": (estimates.k_hat > UNRELIABLE).double().mean().item()}
 
 
 def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
@@ -219,9 +259,6 @@ def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings, *, pr
         estimates = importance_weighted_estimates(model, data.test, n_samples=settings.iw_samples,
                                                   chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,
                                                   eval_seed=settings.seed, progress=progress, stop=stop)
-        log_px = estimates.log_px
-        metrics.update({"test/ess_fraction": estimates.ess_fraction.mean().item(),
-                        "test/nll_mc_se": estimates.mc_variance.sum().sqrt().item() / len(log_px)})
-        metrics.update({"test/nll": -log_px.mean().item(), "test/iw_samples": settings.iw_samples,
-                        "test/iw_eval_s": time.perf_counter() - start})
+        metrics.update({f"test/{k}": v for k, v in importance_metrics(estimates, settings.iw_samples).items()})
+        metrics["test/iw_eval_s"] = time.perf_counter() - start
     return metrics, means

@@ -9,6 +9,7 @@ This is the glue between the configuration (an OmegaConf ``DictConfig``, usually
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -29,7 +30,9 @@ from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
 from .pictures import write_pictures
 from .posteriors import build_posterior, posterior_label
+from .provenance import provenance
 from .interrupt import stop_on_signals
+from .milestones import MILESTONES, evaluate_milestone, keep_saved_milestones
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
                          wandb_run_id)
 from .schema import section_defaults, upgrade
@@ -200,7 +203,8 @@ def start_training(plan: RunPlan, run_dir: Path) -> TrainingRun:
                       torch.Generator(device=plan.device).manual_seed(config["seed"]), run_dir, config)
     metrics = run_dir / "metrics.jsonl"
     if plan.checkpoint is None:
-        metrics.unlink(missing_ok=True)  # a log left by an attempt that never finished an epoch
+        metrics.unlink(missing_ok=True)  # logs left by an attempt that never finished an epoch
+        (run_dir / MILESTONES).unlink(missing_ok=True)
         run.state.run_id = wandb_run_id(run_dir, overwrite_salt() if plan.overwrite else "")
         return run
     run.restore(plan.checkpoint)
@@ -209,6 +213,7 @@ def start_training(plan: RunPlan, run_dir: Path) -> TrainingRun:
     metrics.unlink(missing_ok=True)  # the checkpoint's history is the truth: drop rows of an unsaved epoch
     for row in state.history:
         append_jsonl(metrics, row)
+    keep_saved_milestones(run_dir, state.epoch)
     trainer = config["trainer"]
     if run.progress is None and training_finished(state, trainer["epochs"], trainer["patience"]):
         log.info("resuming %s: training is complete (%d epochs), on to the test evaluation", run_dir, state.epoch)
@@ -280,14 +285,17 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
         "status": "running", "dataset": dataset, "posterior": posterior,
         "method": posterior_label(config["posterior"]), "sweep": sweep, "networks": config["networks"]["name"],
         "seed": config["seed"], "latent_dim": config["latent_dim"], "binarize": config["dataset"]["binarize"],
-        "n_params": n_params, "device": str(device),
+        "n_params": n_params, "device": str(device), "provenance": provenance(device),
     }
-    run = start_training(plan, run_dir)
-    state = run.state
-    tracker = build_tracker(config, run_dir, sweep, run_id=state.run_id)
+    state, tracker = TrainState(), NullLogger()
     try:
+        run = start_training(plan, run_dir)
+        run.provenance = summary["provenance"]
+        state = run.state
+        tracker = build_tracker({**config, "provenance": summary["provenance"]}, run_dir, sweep, run_id=state.run_id)
         with stop_on_signals() as stop:
-            state = fit(run, settings, evaluation, tracker=tracker, stop=stop)
+            state = fit(run, settings, evaluation, tracker=tracker, stop=stop,
+                        on_milestone=functools.partial(evaluate_milestone, settings=evaluation))
             model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)["model"])
             log.info("test evaluation of the best checkpoint (epoch %d): ELBO and active units on %d images%s",
                      state.best_epoch, len(data.test),
@@ -301,9 +309,12 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
             except EvaluationStopped as err:
                 raise interrupted(stop, f"{err}; training is complete and saved, so resuming goes straight to the "
                                         f"test evaluation: {resume_command(run_dir)}") from err
-    except (NonFiniteLossError, TrainingInterrupted) as err:
-        status = "failed" if isinstance(err, NonFiniteLossError) else "interrupted"
-        summary.update(status=status, error=str(err), epochs=state.epoch, config=config)
+    except Exception as err:  # the folder is claimed: every way out leaves summary.json saying how the run ended
+        status = "interrupted" if isinstance(err, TrainingInterrupted) else "failed"
+        error = str(err) if isinstance(err, (NonFiniteLossError, TrainingInterrupted)) else f"{type(err).__name__}: {err}"
+        if status == "failed" and not isinstance(err, NonFiniteLossError):
+            log.exception("the run failed at epoch %d", state.epoch + 1)  # the traceback, into train.log
+        summary.update(status=status, error=error, epochs=state.epoch, config=config)
         write_json_atomic(run_dir / "summary.json", summary)
         tracker.summarize(summary)
         tracker.finish(exit_code=1)

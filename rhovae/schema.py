@@ -47,6 +47,8 @@ class TrainerConfig:
     resume: bool = field(default=False, metadata=RUNTIME)
     # start afresh in a folder that already holds a run, deleting that run's outputs
     overwrite: bool = field(default=False, metadata=RUNTIME)
+    # epochs after which the model of that epoch is saved and scored into milestones.jsonl (rhovae/milestones.py)
+    milestones: List[int] = field(default_factory=list, metadata=WORK_SPLIT)
 
 
 @dataclass

@@ -65,12 +65,13 @@ class TrainSettings:
     patience: int | None = None
     progress: bool = True
     image_every: int = 0
+    milestones: tuple[int, ...] = ()  # epochs after which ``fit`` calls its ``on_milestone``
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TrainSettings":
         """The settings of a resolved run config (a plain dict)."""
         trainer = config["trainer"]
-        keys = ("epochs", "batch_size", "max_batches", "kl_warmup_epochs", "patience", "progress")
+        keys = ("epochs", "batch_size", "max_batches", "kl_warmup_epochs", "patience", "progress", "milestones")
         return cls(**{k: trainer[k] for k in keys}, **config["objective"], image_every=config["logger"]["image_every"])
 
 
@@ -207,12 +208,14 @@ class TrainingRun:
     config: dict[str, Any]
     state: TrainState = field(default_factory=TrainState)
     progress: EpochProgress | None = None  # an epoch stopped part-way, finished first
+    provenance: dict[str, Any] = field(default_factory=dict)  # what this attempt runs on (rhovae.provenance)
 
     def checkpoint(self, progress: EpochProgress | None = None) -> dict[str, Any]:
-        """Model, optimizer, state, every random state and the config; ``progress`` for a stop mid-epoch."""
+        """Model, optimizer, state, every random state, the config and the provenance of the attempt that wrote it;
+        ``progress`` for a stop mid-epoch."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "state": asdict(self.state), "rng": capture_rng(self.data_rng), "config": self.config,
-                "epoch_progress": None if progress is None else asdict(progress)}
+                "provenance": self.provenance, "epoch_progress": None if progress is None else asdict(progress)}
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Put model, optimizer, random states, state and progress back as ``checkpoint`` saved them."""
@@ -235,12 +238,16 @@ def resume_command(run_dir: Path) -> str:
 
 
 def fit(run: TrainingRun, settings: TrainSettings, evaluation: EvalSettings, *, tracker=None,
-        stop: Callable[[], bool] = lambda: False) -> TrainState:
+        stop: Callable[[], bool] = lambda: False,
+        on_milestone: Callable[[TrainingRun], Mapping[str, Any]] | None = None) -> TrainState:
     """Train ``run`` until ``settings.epochs`` (or early stopping); return its final ``TrainState``.
 
     A restored ``run`` (``TrainingRun.restore``) carries on where its checkpoint stopped. Every
     ``settings.image_every`` epochs the tracker gets sample and reconstruction grids. When ``stop()`` turns
     true, the exact position is checkpointed to ``last.pt`` and ``TrainingInterrupted`` is raised.
+    After each epoch of ``settings.milestones``, ``on_milestone(run)`` runs before ``last.pt`` moves past that
+    epoch (so a run killed during it redoes the epoch and the milestone on resume); what it returns is logged to
+    the tracker.
     """
     tracker = tracker or NullLogger()
     model, data, state = run.model, run.data, run.state
@@ -267,6 +274,8 @@ def fit(run: TrainingRun, settings: TrainSettings, evaluation: EvalSettings, *, 
         payload = run.checkpoint()
         if improved:
             save_atomic(payload, ckpt_dir / "best.pt")
+        if on_milestone is not None and state.epoch in settings.milestones:
+            tracker.log({f"milestone/{k}": v for k, v in on_milestone(run).items()}, step=state.epoch)
         save_atomic(payload, ckpt_dir / "last.pt")
         log.info("epoch %d/%d  train elbo %.2f  val elbo %.2f (recon %.2f, kl %.2f)  %.1fs%s", state.epoch,
                  settings.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], row["epoch_s"],

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rhovae.idx import write_dataset
+from rhovae.provenance import code_version
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,13 @@ def _seed_and_env(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("RHOVAE_DATA", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _code_version_read_once():
+    """Every run records its git commit (``rhovae.provenance``), read with git once per process: here, before the
+    quick tests refuse subprocesses."""
+    code_version()
 
 
 @pytest.fixture(autouse=True)
