@@ -15,7 +15,9 @@ from torch import nn
 from helpers import FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose, subprocess_env
 from helpers.models import P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.checkpoint import load_checkpoint
-from rhovae.evaluation import evaluate_elbo, importance_weighted_log_likelihood, posterior_diagnostics
+from rhovae.evaluation import (evaluate_elbo, importance_metrics, importance_weighted_estimates,
+                               importance_weighted_log_likelihood, log_weight_summary, posterior_diagnostics)
+from rhovae.pareto import tail_length
 from rhovae.experiment import build_vae, load_data, load_trained_run, plan_run, run_experiment
 from rhovae.posteriors import build_posterior
 from rhovae.vae import VAE
@@ -56,6 +58,40 @@ def test_iwae_is_logmeanexp_of_the_log_weights_with_or_without_chunks():
     chunked = importance_weighted_log_likelihood(model, images, n_samples=64, chunk=10, batch_size=5, eval_seed=3)
     assert [len(w) for w in drawn] == [10] * 6 + [4]  # K = 64 in chunks of at most 10
     torch.testing.assert_close(chunked, torch.logsumexp(torch.cat(drawn), 0) - math.log(64))
+
+
+def test_weight_summary_keeps_the_first_draws_and_the_largest_weights_across_chunks():
+    """The K / 10 estimate is the log-mean of exactly the first K / 10 draws, and the tail the k-hat is fitted to is
+    the largest weights of all K, however the chunks fall."""
+    model = tiny_vae("diag")
+    x = (torch.randint(0, 2, (5, P)) * 1.0)
+    drawn = []
+    original = model.log_importance_weights
+
+    def recording(*args, **kwargs):
+        drawn.append(original(*args, **kwargs).double())
+        return drawn[-1]
+
+    model.log_importance_weights = recording
+    with torch.no_grad():
+        summary = log_weight_summary(model, x, model.posterior_of(x), 64, 10, n_prefix=25)
+    log_w = torch.cat(drawn)  # [64, 5]
+    torch.testing.assert_close(summary.log_mean, torch.logsumexp(log_w, 0) - math.log(64))
+    torch.testing.assert_close(summary.log_mean_prefix, torch.logsumexp(log_w[:25], 0) - math.log(25))
+    torch.testing.assert_close(summary.log_mean_sq, torch.logsumexp(2 * log_w, 0) - math.log(64))
+    torch.testing.assert_close(summary.top.sort(dim=1).values,
+                               log_w.T.topk(tail_length(64) + 1, dim=1).values.sort(dim=1).values)
+
+
+def test_k_over_10_estimate_shows_the_bias_that_k_leaves(trained_run):
+    """On a trained model the importance-weighted NLL falls with K in expectation: its K / 10 estimate is higher."""
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    data = load_data(ckpt["config"], torch.device("cpu"))
+    model = build_vae(ckpt["config"], data.image_shape)
+    model.load_state_dict(ckpt["model"])
+    metrics = importance_metrics(importance_weighted_estimates(model, data.test, n_samples=200, chunk=64), 200)
+    assert metrics["nll_tenth_k"] > metrics["nll"]
+    assert 0 <= metrics["pareto_k_above_0_7"] <= 1 and math.isfinite(metrics["pareto_k_median"])
 
 
 @pytest.fixture(scope="module")

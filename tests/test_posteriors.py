@@ -256,3 +256,76 @@ def test_local_parameters_reproduce_the_posterior_exactly(name, options):
     assert not torch.allclose(z[:, 0], draws[0][0][:, 0])  # image 0 moved with its own parameters ...
     torch.testing.assert_close(z[:, 1:], draws[0][0][:, 1:], rtol=0, atol=0)  # ... and the others did not
     torch.testing.assert_close(log_q[:, 1:], draws[0][1][:, 1:], rtol=0, atol=0)
+
+
+def _random_off_diagonal(post) -> None:
+    with torch.no_grad():  # the off-diagonal head starts at zero; give it values so that its factor shows
+        post.off_diagonal.weight.normal_(0.0, 0.3)
+        post.off_diagonal.bias.normal_(0.0, 0.3)
+
+
+@pytest.mark.parametrize("factor", ["ldl", "rows", "free"])
+def test_fullcov_factors_build_the_documented_cholesky_factor_and_density(factor):
+    torch.manual_seed(0)
+    post = build_posterior("fullcov", FEATURES, D, factor=factor).double()
+    _random_off_diagonal(post)
+    h = torch.randn(B, FEATURES, dtype=torch.float64)
+    loc, raw_std, off_diagonal = post.heads(h)
+    sigma = torch.diag_embed(torch.nn.functional.softplus(raw_std) + post.min_std)
+    m = torch.zeros(B, D, D, dtype=torch.float64)
+    rows, cols = torch.tril_indices(D, D, offset=-1)
+    m[:, rows, cols] = off_diagonal
+    eye = torch.eye(D, dtype=torch.float64)
+    expected = {"ldl": (eye + m) @ sigma, "rows": sigma @ (eye + m), "free": sigma + m}[factor]
+    q = post(h)
+    torch.testing.assert_close(q.scale_tril, expected)
+    z, log_q = post.rsample_with_log_prob(q, (7,))
+    reference = MultivariateNormal(loc, covariance_matrix=expected @ expected.mT)
+    torch.testing.assert_close(log_q, reference.log_prob(z))
+    torch.testing.assert_close(post.kl(q, z, log_q, standard_normal_prior(D, dtype=torch.float64)),
+                               torch.distributions.kl_divergence(reference, MultivariateNormal(
+                                   torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64))))
+
+
+def test_fullcov_free_is_the_first_parameterization_and_labels_its_runs():
+    options = {"name": "fullcov", **POSTERIORS.defaults("fullcov"), "factor": "free", "off_diagonal_gradient": 1.0}
+    assert POSTERIORS.label(options) == "fullcov_free"
+    assert POSTERIORS.label({**options, "off_diagonal_gradient": 0.0}) == "fullcov[factor=free]"
+    with pytest.raises(ConfigError, match=r"posterior.factor='ldlt' is not known; accepted: ldl, rows, free$"):
+        build_posterior("fullcov", FEATURES, D, factor="ldlt")
+    with pytest.raises(ConfigError, match=r"posterior.off_diagonal_gradient=2.0 is not valid"):
+        build_posterior("fullcov", FEATURES, D, off_diagonal_gradient=2.0)
+
+
+def _gradient_into_features(post, piece: int, seed: int = 0):
+    """d/dh of a random linear function of one head's output, and d/d(that head's input weights)."""
+    torch.manual_seed(seed)
+    h = torch.randn(B, FEATURES, dtype=torch.float64, requires_grad=True)
+    out = post.heads(h)[piece]
+    probe = torch.randn_like(out)
+    weights = [p for p in post.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * probe).sum(), [h, *weights], allow_unused=True, materialize_grads=True)
+    return out, grads[0], [g for g in grads[1:] if g.any()]
+
+
+@pytest.mark.parametrize("name,option,piece", [("fullcov", "off_diagonal_gradient", 2)]
+                         + [(name, "step_gradient", -1) for name in FLOWS])
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_a_heads_gradient_into_the_shared_features_is_scaled_and_nothing_else_changes(name, option, piece, scale):
+    """The head's output and the gradient of its own weights are those of the unscaled head; only the gradient
+    that reaches the encoder's features is multiplied by ``scale`` (0: stop-gradient)."""
+    torch.manual_seed(0)
+    full = build_posterior(name, FEATURES, D, **{option: 1.0}).double()
+    scaled = build_posterior(name, FEATURES, D, **{option: scale}).double()
+    scaled.load_state_dict(full.state_dict())
+    if name == "fullcov":
+        _random_off_diagonal(full)
+        scaled.load_state_dict(full.state_dict())
+    out_full, into_h_full, own_full = _gradient_into_features(full, piece)
+    out_scaled, into_h_scaled, own_scaled = _gradient_into_features(scaled, piece)
+    assert torch.equal(out_full, out_scaled)
+    assert into_h_full.abs().sum() > 0
+    torch.testing.assert_close(into_h_scaled, scale * into_h_full, rtol=1e-12, atol=0)
+    assert len(own_full) == len(own_scaled) > 0
+    for a, b in zip(own_full, own_scaled):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from helpers import TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
-from rhovae.experiment import run_experiment
-from rhovae.tracking import read_jsonl
+from rhovae.evaluation import evaluate_elbo
+from rhovae.experiment import build_vae, load_data, run_experiment
+from rhovae.milestones import keep_saved_milestones
+from rhovae.posteriors import DiagonalPosterior
+from rhovae.tracking import append_jsonl, read_jsonl
 from rhovae.trainer import NonFiniteLossError
 from rhovae.vae import VAE
 
@@ -83,8 +87,6 @@ def test_non_finite_loss_stops_and_marks_the_run_failed(data_root, tmp_path):
 
 
 def test_training_optimizer_is_fused_adam_with_the_reference_updates():
-    import torch
-
     from rhovae.trainer import make_optimizer
 
     def trained(make):
@@ -102,3 +104,61 @@ def test_training_optimizer_is_fused_adam_with_the_reference_updates():
     assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["lr"] == 1e-2
     for p, q in zip(fused_params, reference_params):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def _without_timings(rows):
+    return [{k: v for k, v in row.items() if not k.endswith("_s")} for row in rows]
+
+
+def test_milestones_score_the_model_of_that_epoch_without_changing_training(data_root, tmp_path):
+    plain = run_experiment(tiny_cfg(data_root, "trainer.epochs=3"), tmp_path / "plain")
+    marked = run_experiment(tiny_cfg(data_root, "trainer.epochs=3", "trainer.milestones=[1,3]",
+                                     "eval.milestone_images=30", "eval.milestone_iw_samples=25"), tmp_path / "marked")
+    assert _without_timings(read_jsonl(tmp_path / "plain" / "metrics.jsonl")) == _without_timings(
+        read_jsonl(tmp_path / "marked" / "metrics.jsonl"))
+    assert {k: v for k, v in plain.items() if k.startswith("test/") and not k.endswith("_s")} == {
+        k: v for k, v in marked.items() if k.startswith("test/") and not k.endswith("_s")}
+
+    rows = read_jsonl(tmp_path / "marked" / "milestones.jsonl")
+    assert [(row["epoch"], row["n_images"], row["test/iw_samples"]) for row in rows] == [(1, 30, 25), (3, 30, 25)]
+    ckpt = load_checkpoint(tmp_path / "marked" / "checkpoints" / "epoch_1.pt")
+    assert ckpt["state"]["epoch"] == 1
+    config = ckpt["config"]
+    data = load_data(config, torch.device("cpu"))
+    model = build_vae(config, data.image_shape)
+    model.load_state_dict(ckpt["model"])
+    again = evaluate_elbo(model, data.test[:30], batch_size=config["eval"]["batch_size"], eval_seed=0)
+    assert rows[0]["test/elbo"] == pytest.approx(again["elbo"], abs=1e-9)  # the epoch-1 model, not the last one
+    assert rows[0]["test/elbo"] != rows[1]["test/elbo"]
+    assert rows[1]["test/nll"] <= -rows[1]["test/elbo"] + 5
+
+
+def test_a_resumed_run_keeps_the_milestones_of_the_epochs_its_checkpoint_holds(tmp_path):
+    for epoch in (10, 20, 50):
+        append_jsonl(tmp_path / "milestones.jsonl", {"epoch": epoch, "test/nll": 100.0 - epoch})
+    keep_saved_milestones(tmp_path, 49)  # epoch 50 was scored, but the run was killed before last.pt moved past it
+    assert [row["epoch"] for row in read_jsonl(tmp_path / "milestones.jsonl")] == [10, 20]
+
+
+def test_a_crash_in_the_first_step_leaves_a_failed_summary_with_the_error_and_its_traceback(
+        data_root, tmp_path, monkeypatch, caplog):
+    def broken_kl(self, *args, **kwargs):
+        raise RuntimeError("a KL that raises")
+
+    monkeypatch.setattr(DiagonalPosterior, "kl", broken_kl)
+    with pytest.raises(RuntimeError, match="a KL that raises"):
+        run_experiment(tiny_cfg(data_root, "trainer.epochs=2"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: a KL that raises"
+    assert summary["epochs"] == 0 and summary["config"]["posterior"]["name"] == "diag"
+    failure = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert failure and "the run failed at epoch 1" in failure[0].getMessage() and failure[0].exc_info
+
+
+def test_every_run_records_what_it_ran_on(data_root, tmp_path):
+    summary = run_experiment(tiny_cfg(data_root, "trainer.epochs=1", "trainer.threads=1"), tmp_path)
+    record = summary["provenance"]
+    assert record["torch"] == torch.__version__.split("+")[0] or record["torch"] == torch.__version__
+    assert record["threads"] == 1 and record["device"] == "cpu" and record["python"]
+    assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["provenance"] == record
