@@ -96,3 +96,18 @@ def test_gaps_script_and_eval_gaps_write_the_analysis_and_summarize_shows_it(dat
     assert summarized.returncode == 0, summarized.stderr
     md = (sweep / "results.md").read_text()
     assert "approximation gap" in md and "amortization gap" in md and (sweep / "gaps.png").stat().st_size > 1000
+
+
+def test_without_optimization_the_amortization_gap_is_zero_up_to_its_standard_error():
+    """steps=0: the local optimum is the encoder's own vector, so the true amortization gap is exactly 0. Scoring
+    the better of two noisy estimates with the estimates that chose it would put it at about 0.56 standard deviations
+    of one estimate per image, many standard errors of the mean over 256 images."""
+    model = tiny_vae("diag")
+    images = torch.randint(0, 2, (256, P), generator=torch.Generator().manual_seed(0), dtype=torch.uint8) * 255
+    fit_posterior(model, images.float() / 255, steps=50)
+    settings = GapSettings(n_images=256, elbo_samples=25, steps=0, iw_samples=200, iw_chunk=200, batch_size=64)
+    summary, arrays = inference_gaps(model, images, settings)
+    assert abs(summary["amortization_gap"]) < 3 * summary["amortization_gap_se"], summary
+    assert arrays["elbo_local_se"].mean() > 0.02  # noisy enough per image for a selection bias to show
+    assert summary["log_px"] >= summary["log_px_tenth_k"] - 0.05  # K = 200 is no worse than K = 20 on average
+    assert 0 <= summary["pareto_k_above_0_7"] <= 1 and arrays["k_hat"].shape == (256,)
