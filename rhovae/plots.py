@@ -160,6 +160,31 @@ def gap_bars(table) -> Figure:
     return fig
 
 
+def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (nats)") -> Figure:
+    """``metric`` at each milestone epoch per method (mean over seeds, ± 1 sd where there are several), log-scaled
+    epochs, one panel per dataset: how the ranking of posteriors moves with training budget."""
+    datasets = list(dict.fromkeys(milestones["dataset"]))
+    fig = Figure(figsize=(5 * len(datasets), 4), layout="constrained")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+        rows = milestones[milestones["dataset"] == dataset]
+        for name, curve in rows.groupby("method", sort=False):
+            stats = curve.groupby("epoch")[metric].agg(["mean", "std"])
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                        label=str(name))
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(rows["epoch"].unique()), [str(e) for e in sorted(rows["epoch"].unique())])
+        ax.set_title(dataset)
+        ax.set_xlabel("epochs trained")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    images = ", ".join(str(n) for n in sorted(milestones["n_images"].unique())) if "n_images" in milestones else "?"
+    ks = ", ".join(str(int(k)) for k in sorted(milestones["test/iw_samples"].dropna().unique())) \
+        if "test/iw_samples" in milestones else "?"
+    fig.suptitle(f"{label} of the model at each milestone, on the first {images} test images, K = {ks}", fontsize=9)
+    return fig
+
+
 def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "method") -> Figure:
     """Mean +- sd over seeds of a per-epoch ``metric`` for each ``group`` value, one panel per dataset."""
     datasets = list(dict.fromkeys(histories["dataset"]))

@@ -13,6 +13,9 @@ read results through this module, so the paper table and the notebook cannot dis
 * ``paired_differences(runs)``: each method minus ``diag`` on the same dataset and seed, with a 95%
   Student-t confidence interval over seeds.
 * ``load_histories(runs)``: the per-epoch ``metrics.jsonl`` rows of every completed run, for learning curves.
+* ``load_milestones(runs)``: the ``milestones.jsonl`` rows of every run, for NLL against training budget.
+* ``budget(runs)`` and ``provenance_differences(runs)``: what budget made a table, and what its runs ran on where
+  they differ.
 * ``load_wandb_runs(project)``: the same run table from the W&B API instead of local folders.
 """
 
@@ -41,9 +44,12 @@ METRICS = {
     "test/nll": ("test NLL", 2),
     "test/kl": ("test KL", 2),
     "test/active_units": ("active units", 1),
-    "test/mutual_information": ("I(x; z)", 2),  # ELBO surgery (rhovae/information.py); not for flows
-    "test/marginal_kl": ("marginal KL", 2),
+    # I(x; z) as a fraction of its cap log N (rhovae/information.py; not for flows): near 1 it is saturated, and
+    # I(x; z) and the marginal KL (in summary.json and results.csv) then say nothing about the posterior
+    "test/mutual_information_fraction": ("I(x; z) / log N", 3),
     "test/ess_fraction": ("ESS / K", 3),
+    "test/nll_tenth_k": ("NLL at K/10", 2),  # minus test NLL: how much the estimate still moves with K
+    "test/pareto_k_above_0_7": ("k-hat > 0.7", 3),  # the fraction of images whose NLL cannot be trusted
     "train/loss": ("final train loss", 2),  # the objective trained (differs from -ELBO for published_code, warm-up)
     "test/rho_mean": ("mean rho", 2),  # rho posteriors only
     "test/log_s_mean": ("mean log s", 2),
@@ -108,7 +114,8 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
            # labelled now, from the config, so runs summarized by an older version get today's label
            "method": posterior_label(config["posterior"]) if "posterior" in config else summary.get("method"),
            "seed": summary.get("seed", config.get("seed")), **extra}
-    row.update({k: v for k, v in summary.items() if k not in row and k != "config"})
+    row.update({k: v for k, v in summary.items() if k not in row and k not in ("config", "provenance")})
+    row.update({f"provenance.{k}": v for k, v in summary.get("provenance", {}).items()})
     # lists (hidden sizes) become strings, so that columns can be compared and grouped
     row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(config, CONFIG).items()})
     return row
@@ -216,6 +223,51 @@ def load_histories(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, "seed", "run", "epoch"])
 
 
+def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """``milestones.jsonl`` of every run that has one, finished or still training (a budget curve grows while its
+    runs do), one row per milestone epoch, with the run's group keys, seed and status."""
+    keys = list(keys or group_keys(runs))
+    frames = []
+    for _, run in runs.iterrows():
+        path = Path(run["run_dir"]) / "milestones.jsonl" if run.get("run_dir") else None
+        if path is not None and path.is_file() and path.stat().st_size:
+            rows = pd.read_json(path, lines=True)
+            frames.append(rows.assign(**{k: run[k] for k in keys}, seed=run["seed"], run=run["run"],
+                                      status=run["status"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, "seed", "run", "epoch"])
+
+
+PROVENANCE = "provenance."  # prefix of the provenance columns (rhovae/provenance.py)
+
+
+def provenance_differences(runs: pd.DataFrame) -> dict[str, list[Any]]:
+    """What the completed runs of a table ran on, where they differ: ``{"provenance.torch": ["2.13.0", "2.14.1"]}``.
+    Thread counts and git state are included: each can move a number by as much as a change of seed."""
+    done = completed(runs)
+    columns = [c for c in done.columns if c.startswith(PROVENANCE)]
+    return {c: sorted(done[c].dropna().astype(str).unique()) for c in columns if done[c].astype(str).nunique() > 1}
+
+
+# The settings that make a table's budget, shown above it: how long runs trained and how the numbers were estimated.
+BUDGET_KEYS = {"epochs": "epochs trained", "config.trainer.max_batches": "batches per epoch (null: all)",
+               "config.trainer.batch_size": "batch size", "test/iw_samples": "K (test NLL)",
+               "gaps/n_images": "gap images", "config.dataset.binarize": "binarization"}
+
+
+def budget(runs: pd.DataFrame) -> tuple[dict[str, str], bool]:
+    """The budget settings of the completed runs, each as one value or the distinct values when runs differ, and
+    whether it is a smoke run (``trainer.max_batches`` set: a fraction of every epoch)."""
+    done = completed(runs)
+    shown = {}
+    for column, title in BUDGET_KEYS.items():
+        if column in done and done[column].notna().any():
+            values = sorted({str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                             for v in done[column].dropna()})
+            shown[title] = values[0] if len(values) == 1 else "differs: " + ", ".join(values)
+    smoke = "config.trainer.max_batches" in done and done["config.trainer.max_batches"].notna().any()
+    return shown, bool(smoke)
+
+
 def load_wandb_runs(project: str, entity: str | None = None, tags: Sequence[str] = (), api: Any = None) -> pd.DataFrame:
     """The run table of a W&B project (optionally only runs with all of ``tags``), in ``load_runs``' columns.
 
@@ -262,7 +314,8 @@ def display_differences(diffs: pd.DataFrame) -> pd.DataFrame:
         return diffs
     shown = diffs.drop(columns=["mean", "sd", "ci_low", "ci_high", "baseline"]).copy()
     shown["metric"] = [METRICS[m][0] for m in diffs["metric"]]
-    shown[f"difference vs {diffs['baseline'].iloc[0]} [95% CI]"] = [
+    interval = " [95% CI]" if diffs["ci_low"].notna().any() else ""  # one seed: no interval to show
+    shown[f"difference vs {diffs['baseline'].iloc[0]}{interval}"] = [
         f"{m:+.2f}" + ("" if pd.isna(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
         for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])]
     return shown

@@ -12,6 +12,10 @@ Writes into the sweep folder:
     results.tex   the same two tables for a paper (booktabs)
     results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
     gaps.png      when runs have a gaps.json: approximation and amortization gaps stacked per method
+    budget.png    when runs have milestones (trainer.milestones): test NLL against epochs trained per method
+
+results.md opens with the budget the runs share (epochs, batches, K, gap images), says when they differ, marks a
+smoke run (trainer.max_batches), and names what the runs ran on wherever that differs (torch, CPU, threads, commit).
 
 Groups are (dataset, method) plus any other config key the sweep varied; ``method`` is the posterior option
 with the options that differ from it (``rho_published_code``, ``planar[flow_length=32]``), labelled from each
@@ -25,7 +29,7 @@ import sys
 from pathlib import Path
 
 from rhovae import results
-from rhovae.plots import gap_bars, likelihood_comparison, save_figure
+from rhovae.plots import budget_curves, gap_bars, likelihood_comparison, save_figure
 
 
 def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[str, Path]:
@@ -38,10 +42,25 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
 
     paths = {name: sweep_dir / f"results.{name}" for name in ("csv", "md", "tex", "png")}
     runs.to_csv(paths["csv"], index=False)
-    md = [f"# Results: {sweep_dir.name}", "",
-          f"{len(results.completed(runs))} of {len(runs)} runs completed; mean ± sd over seeds, nats per image.", "",
-          shown.to_markdown(index=False), ""]
-    if not shown_diffs.empty:
+    settings, smoke = results.budget(runs)
+    md = [f"# Results: {sweep_dir.name}", ""]
+    if smoke:
+        md += ["**Smoke run**: trainer.max_batches was set, so every epoch saw a fraction of the training set; these "
+               "numbers test the code, not the posteriors.", ""]
+    md += ["Budget: " + "; ".join(f"{k} {v}" for k, v in settings.items()) + ".", ""] if settings else []
+    differences = results.provenance_differences(runs)
+    if differences:
+        md += ["The runs ran on different installs or machines, which moves numbers by about a seed's spread: "
+               + "; ".join(f"{k.removeprefix(results.PROVENANCE)} {', '.join(v)}" for k, v in differences.items())
+               + ".", ""]
+    md += [f"{len(results.completed(runs))} of {len(runs)} runs completed; mean ± sd over seeds, nats per image. "
+           "s/epoch is wall time per training epoch, which doubles when two jobs share the cores.", "",
+           shown.to_markdown(index=False), ""]
+    single = not diffs.empty and diffs["n"].max() < 2
+    if not shown_diffs.empty and single:
+        md += [f"## Differences against {baseline} (one seed: no interval; a difference may be noise)", "",
+               shown_diffs.to_markdown(index=False), ""]
+    elif not shown_diffs.empty:
         md += [f"## Paired differences against {baseline} (same dataset and seed; 95% t interval)", "",
                "Negative NLL differences and positive ELBO differences favour the method.", "",
                shown_diffs.to_markdown(index=False), ""]
@@ -59,6 +78,10 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
     if "gaps/approximation_gap mean" in table and table["gaps/approximation_gap mean"].notna().any():
         paths["gaps"] = sweep_dir / "gaps.png"
         save_figure(gap_bars(table[table["gaps/approximation_gap mean"].notna()]), paths["gaps"])
+    milestones = results.load_milestones(runs, keys)
+    if not milestones.empty and "test/nll" in milestones:
+        paths["budget"] = sweep_dir / "budget.png"
+        save_figure(budget_curves(milestones), paths["budget"])
     return paths
 
 

@@ -44,6 +44,7 @@ def test_well_separated_posteriors_carry_log_n_nats():
     torch.manual_seed(2)
     info = information(model, torch.cat([loc, raw_std], dim=-1), chunk=16)
     assert info["mutual_information"] == pytest.approx(math.log(n), abs=1e-6)
+    assert info["mutual_information_fraction"] == pytest.approx(1.0, abs=1e-6)  # saturated: at its cap
     assert info["kl"] - info["mutual_information"] == pytest.approx(info["marginal_kl"])
     assert sum(info["kl_per_dim"]) == pytest.approx(info["kl"])  # diag's KL is the sum over dimensions
 
