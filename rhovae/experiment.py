@@ -35,7 +35,7 @@ from .interrupt import stop_on_signals
 from .milestones import MILESTONES, evaluate_milestone, keep_saved_milestones
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
                          wandb_run_id)
-from .schema import section_defaults, upgrade
+from .schema import keys_with, section_defaults, upgrade
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainSettings, TrainState, fit,
                       interrupted, make_optimizer, resume_command, training_finished)
@@ -73,19 +73,31 @@ def gap_settings(config: Mapping[str, Any]) -> GapSettings:
     return GapSettings(**config["gaps"])
 
 
-def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best"):
+# What only says how a command runs (device, threads, data folder, logger) or how it batches its work: any script
+# that re-scores a run may change these (rhovae/key_roles.py marks them).
+NOT_FACTORS = keys_with("is_factor", False)
+
+
+def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
+                     may_override: Sequence[str] = ("eval",)):
     """A finished run's config (its checkpoint's, with ``overrides`` on top), device, data and trained model.
 
     Overrides name keys of the run's config (``eval.iw_samples=500``); an unknown key is refused with the closest
-    known one. Returns ``(config, data, model, checkpoint_dict)``.
+    known one, and so is a key outside ``may_override`` (sections or keys the caller estimates with) and the keys
+    that only say how a command runs: anything else would score a different model or different data than the run
+    trained and write its numbers beside the run's. Returns ``(config, data, model, checkpoint_dict)``.
     """
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     # keys added to the project after the run was trained take their defaults
     saved = OmegaConf.merge(OmegaConf.create(section_defaults()), OmegaConf.create(upgrade(ckpt["config"])))
-    given = OmegaConf.from_dotlist(list(overrides))
-    reject_unknown_keys(flatten(OmegaConf.to_container(given)), flatten(OmegaConf.to_container(saved)),
-                        where="of the run's configuration")
-    cfg = OmegaConf.merge(saved, given)
+    given = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
+    reject_unknown_keys(given, flatten(OmegaConf.to_container(saved)), where="of the run's configuration")
+    accepted = [*may_override, *(k for k in NOT_FACTORS if not in_sections(k, ("eval", "gaps")))]
+    refused = sorted(k for k in given if not in_sections(k, accepted))
+    if refused:
+        raise ConfigError(f"{', '.join(refused)} would change the model or data that {run_dir} trained; nothing was "
+                          f"written. Accepted here: {', '.join(f'{k}.*' if k in ('eval', 'gaps') else k for k in accepted)}")
+    cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
     device = validate_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     data = load_data(config, device)
@@ -95,12 +107,14 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
 
 
 def write_gaps(model: VAE, data: ImageData, settings: GapSettings, run_dir: Path, *, progress: bool = False,
-               stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """The inference-gap analysis of the first ``settings.n_images`` test images: ``gaps.json`` and ``gaps.npz``."""
+               stop: Callable[[], bool] = lambda: False, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The inference-gap analysis of the first ``settings.n_images`` test images: ``gaps.json`` (with the
+    ``overrides`` a script applied to the run's config) and ``gaps.npz``."""
     images = data.test[: settings.n_images]
     log.info("inference gaps on %d test images: %d Adam steps each, log p(x) with K=%d", len(images),
              settings.steps, settings.iw_samples)
     summary, arrays = inference_gaps(model, images, settings, progress=progress, stop=stop)
+    summary["overrides"] = list(overrides)
     write_json_atomic(run_dir / "gaps.json", summary)
     np.savez(run_dir / "gaps.npz", **{k: v.numpy() for k, v in arrays.items()})
     log.info("approximation gap %.2f, amortization gap %.2f nats (log p(x) %.2f, ELBO %.2f -> %.2f locally)",

@@ -1,12 +1,14 @@
 """Re-score a finished run from its checkpoint: test ELBO, importance-weighted NLL, active units.
 
     python scripts/evaluate.py RUN_DIR                        # same settings as the run itself
-    python scripts/evaluate.py RUN_DIR eval.iw_samples=500    # any config key can be overridden
+    python scripts/evaluate.py RUN_DIR eval.iw_samples=500    # any eval.* key, and how it runs (trainer.device)
     python scripts/evaluate.py RUN_DIR --update-summary       # also merge the test/* numbers into summary.json
 
 The run's config is read from its checkpoint (so the model is rebuilt exactly), overrides are applied on
 top, and the results are written to RUN_DIR/evaluation.json. With the same eval.seed and settings the
-numbers reproduce those written at the end of training.
+numbers reproduce those written at the end of training. A key that would change the model or its data
+(``posterior.min_std``, ``latent_dim``) is refused with one line before anything runs; ``--update-summary``
+records the overrides in summary.json (``rescored_with``) beside the numbers they made.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", updat
     if update_summary:
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        write_json_atomic(summary_path, {**summary, **metrics})
+        write_json_atomic(summary_path, {**summary, **metrics, "rescored_with": overrides})
     return result
 
 

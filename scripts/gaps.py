@@ -1,12 +1,14 @@
 """Split a finished run's log p(x) - ELBO into approximation and amortization gaps (Cremer, Li & Duvenaud 2018).
 
     python scripts/gaps.py RUN_DIR                            # the run's gaps.* settings (1000 test images)
-    python scripts/gaps.py RUN_DIR gaps.n_images=500          # any key of the run's config can be overridden
+    python scripts/gaps.py RUN_DIR gaps.n_images=500          # any gaps.* key, and how it runs (trainer.device)
     python scripts/gaps.py RUN_DIR --overwrite                # replace an earlier gaps.json / gaps.npz
 
 Loads the best checkpoint, optimizes each test image's local posterior parameters (``rhovae/gaps.py`` says how
 every number is estimated) and writes RUN_DIR/gaps.json (means, spreads, settings, time) and RUN_DIR/gaps.npz
-(the per-image arrays). Nothing else in the run folder changes; ``scripts/summarize.py`` picks gaps.json up.
+(the per-image arrays). Nothing else in the run folder changes; ``scripts/summarize.py`` picks gaps.json up. A key
+that would change the model or its data (``posterior.min_std``, ``latent_dim``) or that this analysis does not
+read (``eval.*``) is refused before anything runs, and the overrides are recorded in gaps.json.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"overrides must look like key=value, got {bad[0]!r}")
     existing = [p for p in (args.run_dir / "gaps.json", args.run_dir / "gaps.npz") if p.exists()]
-    if existing and not args.overwrite:
-        print(f"error: {existing[0]} exists; nothing was changed. Pass --overwrite to replace it", file=sys.stderr)
-        return 1
     try:
-        config, data, model, _ = load_trained_run(args.run_dir, args.overrides)
-        summary = write_gaps(model, data, gap_settings(config), args.run_dir, progress=config["trainer"]["progress"])
+        # the keys are checked before anything else, so a typo is reported whether or not gaps.json exists
+        config, data, model, _ = load_trained_run(args.run_dir, args.overrides, may_override=("gaps",))
+        if existing and not args.overwrite:
+            raise RhovaeError(f"{existing[0]} exists; nothing was changed. Pass --overwrite to replace it")
+        summary = write_gaps(model, data, gap_settings(config), args.run_dir, progress=config["trainer"]["progress"],
+                             overrides=args.overrides)
     except RhovaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -219,3 +219,32 @@ def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained
     assert config["eval"]["gaps"] is False and config["gaps"]["n_images"] == 1000
     assert config["eval"]["iw_samples"] == 5
     assert config["networks"]["hidden"] == [32, 32] and "decoder" not in config
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_rescoring_scripts_refuse_keys_that_change_the_model_and_record_what_they_overrode(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    summary_before = (run / "summary.json").read_bytes()
+    for name, args in (("evaluate", ["posterior.min_std=0.5", "--update-summary"]), ("gaps", ["latent_dim=8"]),
+                       ("gaps", ["eval.iw_samples=100"])):
+        done = _script(name, str(run), *args)
+        assert done.returncode == 1, done.stderr
+        key = args[0].split("=")[0]
+        assert done.stderr.startswith(f"error: {key} would change the model or data") and \
+            done.stderr.count("\n") == 1, done.stderr
+    assert (run / "summary.json").read_bytes() == summary_before and not (run / "evaluation.json").exists()
+    assert not (run / "gaps.json").exists()
+
+    done = _script("evaluate", str(run), "eval.iw_samples=7", "--update-summary")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rescored_with"] == ["eval.iw_samples=7"] and summary["test/iw_samples"] == 7
+    (run / "gaps.json").write_text("{}")  # an earlier analysis: a typo is still reported first, as a typo
+    done = _script("gaps", str(run), "gaps.n_image=4")
+    assert done.returncode == 1 and "did you mean gaps.n_images?" in done.stderr, done.stderr
