@@ -9,6 +9,7 @@ Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); 
 ``python train.py trainer.resume=true hydra.run.dir=<run folder>`` continues a run with the config it saved.
 """
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -50,6 +51,8 @@ def main(cfg: DictConfig) -> float:
             sys.exit(err.exit_code)
         except RhovaeError as err:
             log_to_file(log, logging.ERROR, f"error: {err}")  # only once the run was accepted (train.log is held)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # the folder Hydra made for a refused run, if nothing was written into it
             if multirun:  # Hydra records the job as failed, runs the others, and reports the first failure at the end
                 print(f"error in {run_dir.name}: {err}", file=sys.stderr)
                 raise JobFailed(f"{run_dir.name}: {err}") from None

@@ -17,6 +17,8 @@ Images are stored as uint8 (binary ones as 0/255) and become float in [0, 1] one
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +105,13 @@ def _corrupt(name: str, root: Path, train: bool, err: Exception) -> DatasetError
     return DatasetError(f"could not read {name} data in {folder}: {reason}")
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) where they exist and are empty."""
+    for path in folders:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
 def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     cls = DATASETS[name]
     folder = raw_folder(name, root)
@@ -114,9 +123,11 @@ def _load_split(name: str, root: Path, train: bool, download: bool) -> tuple[tor
             raise _corrupt(name, root, train, err) from err
         if not download:
             raise DatasetError(f"no {where}; dataset.download=false, so nothing was fetched") from err
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]  # what the download will create
         try:
             ds = cls(str(root), train=train, download=True)
         except Exception as dl_err:  # torchvision raises RuntimeError/URLError/OSError on a failed download
+            _remove_empty(missing)  # a failed download leaves no empty folders behind
             reason = " ".join(str(dl_err).split()) or type(dl_err).__name__  # every mirror tried, on one line
             raise DatasetError(
                 f"no {where}, and downloading failed ({reason}); put the files there or point "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.error import URLError
 
 import pytest
@@ -125,3 +126,16 @@ def test_bad_choices_are_config_errors(data_root):
         load_image_data("mnist", data_root, binarize="sometimes", download=False)
     with pytest.raises(ConfigError, match="dataset.val_size=240"):
         load_image_data("mnist", data_root, val_size=240, download=False)
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    def offline(self):
+        os.makedirs(self.raw_folder, exist_ok=True)  # as torchvision does before it fetches anything
+        raise URLError("no network")
+
+    monkeypatch.setattr(datasets.MNIST, "download", offline)
+    (tmp_path / "kept").mkdir()
+    for root in (tmp_path / "nonexistent" / "data", tmp_path / "kept"):
+        with pytest.raises(DatasetError, match="downloading failed"):
+            load_image_data("mnist", root, download=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]  # what existed before stays, and only that

@@ -120,6 +120,7 @@ def test_missing_dataset_fails_with_one_clear_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no mnist data in ") and str(missing / "MNIST" / "raw") in last
     assert "train-images-idx3-ubyte" in last and "t10k-labels-idx1-ubyte" in last
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # a refused command creates nothing: no run folder
 
 
 @pytest.mark.slow
