@@ -19,10 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rhovae.errors import JobFailed, RhovaeError
+from rhovae.errors import ConfigError, JobFailed, RhovaeError
 from rhovae.experiment import run_experiment
-from rhovae.hydra_run import (accept_renamed, check_known_keys, file_logs_held, given_keys, log_to_file,
-                              write_hydra_record)
+from rhovae.hydra_run import (accept_renamed, check_known_keys, check_override_keys, file_logs_held, given_keys,
+                              log_to_file, with_saved_choices, write_hydra_record)
 from rhovae.trainer import TrainingInterrupted
 
 log = logging.getLogger("train")
@@ -62,5 +62,10 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = accept_renamed(sys.argv[1:])  # decoder=conv still works, as networks=conv, for one release
+    sys.argv[1:] = with_saved_choices(accept_renamed(sys.argv[1:]))  # decoder=conv is read as networks=conv
+    try:
+        check_override_keys(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     main()

@@ -6,8 +6,11 @@
   (group ``posterior``), network pair (``networks``), dataset (``dataset``) and logger (``logger``).
 * ``accept_renamed``: a command line that uses a group's old name (``decoder=conv``) under its new one, with a
   warning.
+* ``with_saved_choices``: a single-run resume composes with the run's own group choices.
 * ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
   takes everything else from its checkpoint.
+* ``check_override_keys``: a key on the command line that no option has (``trainer.epoch=3``) is refused before
+  Hydra composes, with the closest known key.
 * ``check_known_keys``: a key added with ``+`` (or ``++``) that the configuration does not have is refused with
   one line naming the closest known key, instead of being silently ignored.
 * ``write_hydra_record``: ``.hydra/{config,hydra,overrides}.yaml``, written by the run once it is accepted
@@ -19,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import sys
@@ -76,6 +80,62 @@ def accept_renamed(argv: Sequence[str]) -> list[str]:
     return renamed
 
 
+GROUP_REGISTRIES = {"posterior": POSTERIORS, "networks": NETWORKS}
+GROUPS = ("dataset", "posterior", "networks", "logger")
+
+
+def _group_keys(group: str) -> set[str]:
+    """Every key any option of ``group`` has (a key none has is a typo whatever the option chosen)."""
+    if group == "dataset":
+        return {f.name for f in dataclasses.fields(DatasetConfig)}
+    if group == "logger":
+        return {f.name for node in LOGGER_CONFIGS.values() for f in dataclasses.fields(node)}
+    registry = GROUP_REGISTRIES[group]
+    return {"name", *(option for name in registry for option in registry.defaults(name))}
+
+
+def known_keys() -> set[str]:
+    """The dotted keys a command line may set without ``+``: the schema's, and those of any group option."""
+    sections = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False))
+    fixed = {k for k in sections if k.split(".")[0] not in GROUPS}
+    return fixed | {f"{group}.{key}" for group in GROUPS for key in _group_keys(group)}
+
+
+def check_override_keys(argv: Sequence[str]) -> None:
+    """Refuse, before Hydra composes anything, an override of a key that no option has (``trainer.epoch=3``), with
+    the closest known key: Hydra's own message would suggest adding the typo with ``+``. Additions (``+``, ``++``),
+    deletions, group choices and ``hydra.*`` keys are left to Hydra."""
+    keys = set()
+    for arg in argv:
+        match = re.fullmatch(r"(\w+(?:\.\w+)+)=.*", arg, flags=re.DOTALL)
+        if match and not match.group(1).startswith("hydra."):
+            keys.add(match.group(1))
+    reject_unknown_keys(keys, known_keys())
+
+
+def with_saved_choices(argv: Sequence[str]) -> list[str]:
+    """``argv`` of a single-run resume (``trainer.resume=true hydra.run.dir=RUN``) with the run's own dataset,
+    posterior and networks choices (from ``RUN/.hydra/hydra.yaml``) wherever the command line names none, so that a
+    key of the run's own posterior (``posterior.flow_length=4`` on an iaf run) composes as it did for the run."""
+    argv = list(argv)
+    if not any(a.lower() == "trainer.resume=true" for a in argv) or {"-m", "--multirun"} & set(argv):
+        return argv
+    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    record = Path(run_dirs[-1]) / ".hydra" / "hydra.yaml" if run_dirs else None
+    if record is None or not record.is_file():
+        return argv
+    choices = OmegaConf.load(record).hydra.runtime.choices
+    missing = [g for g in ("dataset", "posterior", "networks") if g in choices and
+               not any(a.startswith(f"{g}=") for a in argv)]
+    IMPLIED_CHOICES[:] = [f"{g}={choices[g]}" for g in missing]
+    return [*IMPLIED_CHOICES, *argv]
+
+
+# Group choices this command did not name but took from the run it resumes (``with_saved_choices``): the baseline
+# of ``given_keys``, not keys the user set.
+IMPLIED_CHOICES: list[str] = []
+
+
 def _flat(cfg: DictConfig) -> dict[str, Any]:
     return flatten(OmegaConf.to_container(cfg, resolve=False))
 
@@ -102,8 +162,8 @@ def given_keys(cfg: DictConfig, overrides: Sequence[str], config_name: str = "co
     """The flattened keys this command set: named by an override, inside an overridden group, or changed from the
     defaults by any override (an experiment sets many keys at once)."""
     flat = _flat(cfg)
-    defaults = _flat(compose(config_name, overrides=[]))
-    named = [o.key_or_group for o in _parsed(overrides)]
+    defaults = _flat(compose(config_name, overrides=list(IMPLIED_CHOICES)))
+    named = [o.key_or_group for o in _parsed(overrides) if o.input_line not in IMPLIED_CHOICES]
     given = {k for k in flat if any(k == n or k.startswith(f"{n}.") for n in named)}
     return given | {k for k, v in flat.items() if defaults.get(k, _MISSING) != v}
 

@@ -113,11 +113,14 @@ def test_sweep_whose_job_folders_hold_runs_is_refused_job_by_job(data_root, tmp_
 
 def test_unknown_keys_added_with_plus_are_refused_with_the_closest_key(tmp_path):
     for override, hint in (("+trainer.epoch=3", "did you mean trainer.epochs?"),
-                           ("+dataset.binarise=static", "did you mean dataset.binarize?")):
+                           ("+dataset.binarise=static", "did you mean dataset.binarize?"),
+                           ("-trainer.epoch=3", "did you mean trainer.epochs?"),  # without +: the typo, not +typo
+                           ("-posterior.flow_lenght=3", "did you mean posterior.flow_length?")):
+        override = override.removeprefix("-")
         run_dir = tmp_path / override.strip("+").split("=")[0]
         proc = train([override, "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
-        assert last_line(proc) == f"error: {override[1:].split('=')[0]} is not a key of the configuration; {hint}"
+        assert last_line(proc) == f"error: {override.strip('+').split('=')[0]} is not a key of the configuration; {hint}"
         assert not any(run_dir.rglob("*"))  # nothing written: no .hydra, no train.log
 
 
@@ -176,6 +179,15 @@ def test_ctrl_c_saves_the_position_and_resume_needs_no_overrides(finished, data_
     for r in runs:
         assert ids <= {p.stem.removeprefix("run-") for p in r.glob("run-*.wandb")}
         assert next(iter(ids)).encode() in next(r.glob("run-*.wandb")).read_bytes()
+
+
+def test_resume_composes_keys_of_the_runs_own_posterior(finished, tmp_path):
+    """The run is a rho run; the default posterior (diag) has no ``variant``: the resume reads the run's choices."""
+    before = folder_digest(finished)
+    proc = train(["trainer.resume=true", "posterior.variant=paper", f"hydra.run.dir={finished}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is complete (status completed); nothing to resume" in proc.stdout + proc.stderr
+    assert folder_digest(finished) == before
 
 
 def test_resume_refuses_overrides_that_change_the_model(finished, tmp_path):
