@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from rhovae.errors import ConfigError, JobFailed, RhovaeError
 from rhovae.experiment import run_experiment
 from rhovae.hydra_run import (accept_renamed, check_known_keys, check_override_keys, file_logs_held, given_keys,
-                              log_to_file, with_saved_choices, write_hydra_record)
+                              log_to_file, sweep_record_kept, with_saved_choices, write_hydra_record)
 from rhovae.trainer import TrainingInterrupted
 
 log = logging.getLogger("train")
@@ -68,4 +68,5 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    main()
+    with sweep_record_kept(sys.argv[1:]):
+        main()

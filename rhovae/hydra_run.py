@@ -6,6 +6,7 @@
   (group ``posterior``), network pair (``networks``), dataset (``dataset``) and logger (``logger``).
 * ``accept_renamed``: a command line that uses a group's old name (``decoder=conv``) under its new one, with a
   warning.
+* ``sweep_record_kept``: a sweep started again in its folder keeps the folder's ``multirun.yaml``.
 * ``with_saved_choices``: a single-run resume composes with the run's own group choices.
 * ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
   takes everything else from its checkpoint.
@@ -24,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -134,6 +137,29 @@ def with_saved_choices(argv: Sequence[str]) -> list[str]:
 # Group choices this command did not name but took from the run it resumes (``with_saved_choices``): the baseline
 # of ``given_keys``, not keys the user set.
 IMPLIED_CHOICES: list[str] = []
+
+
+@contextlib.contextmanager
+def sweep_record_kept(argv: Sequence[str]) -> Iterator[None]:
+    """A sweep started again in a folder that has a ``multirun.yaml`` (``-m hydra.sweep.dir=SWEEP``, to resume it or
+    by mistake) keeps that record of how the sweep was started: Hydra rewrites it, and on the way out the original is
+    put back. The new record is kept beside it as ``multirun.<date>_<time>.yaml`` when the command succeeded (a
+    resume), and dropped when it failed (a rerun refused job by job leaves the folder as it was)."""
+    dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")]
+    record = Path(dirs[-1]) / "multirun.yaml" if dirs and {"-m", "--multirun"} & set(argv) else None
+    before = record.read_bytes() if record is not None and record.is_file() else None
+    succeeded = False
+    try:
+        yield
+        succeeded = True
+    except SystemExit as done:
+        succeeded = not done.code
+        raise
+    finally:
+        if before is not None and record.is_file() and record.read_bytes() != before:
+            if succeeded:
+                os.replace(record, record.with_name(f"multirun.{time.strftime('%Y-%m-%d_%H-%M-%S')}.yaml"))
+            record.write_bytes(before)
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:

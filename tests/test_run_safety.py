@@ -104,11 +104,17 @@ def test_sweep_whose_job_folders_hold_runs_is_refused_job_by_job(data_root, tmp_
             f"hydra.sweep.dir={sweep}"]
     assert train(args, cwd=tmp_path).returncode == 0
     job = next(sweep.glob("0_*"))
-    before = folder_digest(job)
-    proc = train(args, cwd=tmp_path)
+    before = folder_digest(sweep)
+    proc = train([*args, "trainer.epochs=2"], cwd=tmp_path)  # other overrides: Hydra's new record would differ
     assert proc.returncode != 0
     assert f"error in {job.name}: {job} already holds a run" in proc.stderr
-    assert folder_digest(job) == before
+    assert folder_digest(sweep) == before  # the jobs and the sweep's multirun.yaml, byte for byte
+
+    resumed = train([*args, "trainer.resume=true"], cwd=tmp_path)  # nothing to do, and it succeeds
+    assert resumed.returncode == 0, resumed.stderr
+    assert folder_digest(sweep)["multirun.yaml"] == before["multirun.yaml"]
+    later = list(sweep.glob("multirun.*.yaml"))
+    assert len(later) == 1 and "trainer.resume=true" in later[0].read_text()
 
 
 def test_unknown_keys_added_with_plus_are_refused_with_the_closest_key(tmp_path):
