@@ -14,7 +14,7 @@ import torch
 from .data import ImageData, to_unit_float
 from .evaluation import seeded_rng
 from .plots import (kl_per_dimension, latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure,
-                    save_grid)
+                    save_grid, title_grid)
 from .vae import VAE
 
 if TYPE_CHECKING:
@@ -41,8 +41,9 @@ def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState
                    eval_seed: int, title: str = "", kl_per_dim: list[float] | None = None) -> list[Path]:
     """Save every end-of-run picture as PNG in ``run_dir``; return their paths."""
     paths = []
+    headings = {"samples": "samples from the prior", "reconstructions": "test reconstructions"}
     for name, grid in image_grids(model, data, eval_seed).items():
-        save_grid(grid, run_dir / f"{name}.png")
+        save_grid(title_grid(grid, f"{headings[name]}: {title}" if title else headings[name]), run_dir / f"{name}.png")
         paths.append(run_dir / f"{name}.png")
     save_figure(learning_curves(state.history, title), run_dir / "learning_curves.png")
     paths.append(run_dir / "learning_curves.png")

@@ -50,6 +50,14 @@ def label_rows(grid: torch.Tensor, labels: Sequence[str], row_height: int, width
     return torch.cat([strip, grid], dim=-1)
 
 
+def title_grid(grid: torch.Tensor, title: str, height: int = 24) -> torch.Tensor:
+    """``grid`` with a white band on top carrying ``title`` (one line, left-aligned: keep it short)."""
+    band = Image.new("L", (grid.shape[-1], height), 255)
+    ImageDraw.Draw(band).text((6, height / 2), title, fill=0, font=ImageFont.load_default(size=14), anchor="lm")
+    strip = torch.from_numpy(np.asarray(band, dtype=np.float32) / 255.0).expand(grid.shape[0], -1, -1)
+    return torch.cat([strip, grid], dim=-2)
+
+
 def save_grid(grid: torch.Tensor, path: str | Path) -> None:
     save_image(grid, str(path))
 
@@ -72,14 +80,15 @@ def learning_curves(history: Sequence[Mapping[str, Any]], title: str = "") -> Fi
 
 
 def kl_per_dimension(kl: Sequence[float], title: str = "") -> Figure:
-    """Mean KL of each latent dimension over the test set, largest first: how many dimensions carry information."""
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    """Mean KL of each latent dimension over the test set, largest first: how many dimensions carry information.
+    Each bar is labelled with its dimension's index (0-based, as in z[:, j])."""
+    fig = Figure(figsize=(max(6, 0.22 * len(kl)), 3.2), layout="constrained")
     ax = fig.subplots()
-    values = sorted(kl, reverse=True)
-    ax.bar(range(1, len(values) + 1), values)
-    ax.set_xlabel("latent dimension (sorted by KL)")
+    order = sorted(range(len(kl)), key=lambda j: -kl[j])
+    ax.bar(range(len(order)), [kl[j] for j in order])
+    ax.set_xticks(range(len(order)), [str(j) for j in order], fontsize=7)
+    ax.set_xlabel("latent dimension j, sorted by KL")
     ax.set_ylabel("mean KL (nats)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(f"KL per dimension{': ' + title if title else ''}", fontsize=9)
     return fig
@@ -135,8 +144,7 @@ def likelihood_comparison(table, iw_samples: Sequence[int] = ()) -> Figure:
         negated = table.assign(**{"test/elbo mean": -table["test/elbo mean"]})
         fig = method_comparison(negated, "test/elbo", "-test ELBO (nats)")
         what = "negative test ELBO (no NLL was estimated)"
-    fig.suptitle(f"{what}\npoints: mean over seeds; error bars: ± 1 sd over seeds (n seeds beside each point)",
-                 fontsize=9)
+    fig.suptitle(f"{what}\nmean over seeds, error bars ± 1 sd\n(n seeds beside each point)", fontsize=9)
     return fig
 
 

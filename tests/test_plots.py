@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 import torch
 
-from rhovae.plots import PADDING, ZOOM, learning_curves, likelihood_comparison, reconstruction_grid, sample_grid
+from rhovae.plots import (PADDING, ZOOM, kl_per_dimension, learning_curves, likelihood_comparison,
+                          reconstruction_grid, sample_grid, title_grid)
 
 SHAPE = (1, 28, 28)
 TILE = 28 * ZOOM
@@ -52,6 +54,20 @@ def test_results_figure_says_what_the_error_bars_are_and_which_k():
                           "test/nll mean": [90.0, 91.0], "test/nll sd": [0.5, 0.4],
                           "test/elbo mean": [-95.0, -96.0], "test/elbo sd": [0.5, 0.5]})
     title = likelihood_comparison(table, [1000])._suptitle.get_text()
-    assert "K = 1000" in title and "error bars: ± 1 sd over seeds" in title
+    assert "K = 1000" in title and "error bars ± 1 sd" in title
+    fig = likelihood_comparison(table, [1000])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # the title fits inside the figure: nothing clipped at either side
+    box = fig._suptitle.get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
     no_nll = table.drop(columns=["test/nll mean", "test/nll sd"])
     assert "negative test ELBO" in likelihood_comparison(no_nll)._suptitle.get_text()
+
+
+def test_kl_bars_are_labelled_with_their_dimension_and_sample_grids_carry_a_title():
+    fig = kl_per_dimension([0.1, 3.0, 0.0, 1.5], "mnist, diag, seed 0")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "3", "0", "2"]  # largest KL first
+    grid = sample_grid(torch.zeros(8, 784), SHAPE)
+    titled = title_grid(grid, "samples from the prior: mnist, diag, seed 0")
+    assert titled.shape[-2] == grid.shape[-2] + 24 and titled.shape[-1] == grid.shape[-1]
+    assert titled[:, :24].min() < 0.5 and torch.equal(titled[:, 24:], grid)  # dark text on top of the same grid
