@@ -246,13 +246,19 @@ def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings, *, pr
         if stop():
             raise EvaluationStopped(f"stopped during the test evaluation, after {done}")
 
+    started = time.perf_counter()
     metrics = {f"test/{k}": v for k, v in evaluate_elbo(model, data.test, batch_size=settings.batch_size,
                                                         eval_seed=settings.seed).items()}
+    log.info("test ELBO %.2f (%.0fs); next: active units, posterior statistics and I(x; z) on %d images",
+             metrics["test/elbo"], time.perf_counter() - started, len(data.test))
     check("the test ELBO")
+    started = time.perf_counter()
     diagnostics, means = posterior_diagnostics(model, data.test, batch_size=settings.batch_size,
                                                eval_seed=settings.seed, mean_samples=settings.mean_samples,
                                                threshold=settings.active_threshold)
     metrics.update({f"test/{k}": v for k, v in diagnostics.items()})
+    log.info("%d active units (%.0fs)%s", diagnostics["active_units"], time.perf_counter() - started,
+             f"; next: the importance-weighted NLL with K={settings.iw_samples}" if settings.iw_samples > 0 else "")
     check("the active units")
     if settings.iw_samples > 0:
         start = time.perf_counter()

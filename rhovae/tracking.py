@@ -8,6 +8,7 @@ by default so no account is needed; ``wandb sync <run_dir>/wandb/offline-run-*``
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from .errors import ConfigError
 
 WANDB_MODES = ("offline", "online", "disabled")
+
+log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -93,4 +96,8 @@ class WandbLogger(NullLogger):
         self.run.summary.update(dict(metrics))
 
     def finish(self, exit_code: int = 0) -> None:
+        offline = self.run.settings.mode == "offline"
+        folder = Path(self.run.dir).parent  # wandb/offline-run-<date>-<id>, above the run's files/
         self.run.finish(exit_code=exit_code)
+        if offline:
+            log.info("W&B run saved offline in %s; upload it with: wandb sync %s", folder, folder)

@@ -108,6 +108,11 @@ def test_single_run_with_wandb_offline_writes_the_wandb_folder(data_root, tmp_pa
     assert len(offline_runs) == 1
     assert list(offline_runs[0].glob("run-*.wandb"))
     assert json.loads((run_dir / "summary.json").read_text())["posterior"] == "rho"
+    output = proc.stdout + proc.stderr
+    assert f"upload it with: wandb sync {offline_runs[0]}" in output  # where the offline run went, and what next
+    lines = [line for line in output.splitlines() if "[rhovae." in line]
+    assert lines and all("[fmnist_rho_s0][rhovae." in line for line in lines)  # each line names its job
+    assert "next: the importance-weighted NLL" in output  # the test evaluation reports as it goes
 
 
 @pytest.mark.slow
