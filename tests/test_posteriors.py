@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from torch.distributions import MultivariateNormal
+from torch.distributions import Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 
 from helpers import FLOW_NAMES as FLOWS, GAUSSIAN_NAMES as GAUSSIANS, POSTERIOR_NAMES, compose, config_options
 from rhovae.errors import ConfigError
-from rhovae.posteriors import POSTERIORS, FlowDistribution, build_posterior, planar_step
+from rhovae.posteriors import AR1Normal, POSTERIORS, FlowDistribution, build_posterior, planar_step
+from rhovae.posteriors.rho_scaled import ScaledAR1Normal
 from rhovae.vae import standard_normal_prior
 
 FEATURES, D, B = 16, 5, 3
@@ -308,7 +309,7 @@ def _gradient_into_features(post, piece: int, seed: int = 0):
     return out, grads[0], [g for g in grads[1:] if g.any()]
 
 
-@pytest.mark.parametrize("name,option,piece", [("fullcov", "off_diagonal_gradient", 2)]
+@pytest.mark.parametrize("name,option,piece", [("fullcov", "off_diagonal_gradient", 2), ("lowrank", "factor_gradient", 2)]
                          + [(name, "step_gradient", -1) for name in FLOWS])
 @pytest.mark.parametrize("scale", [0.0, 0.25])
 def test_a_heads_gradient_into_the_shared_features_is_scaled_and_nothing_else_changes(name, option, piece, scale):
@@ -318,9 +319,11 @@ def test_a_heads_gradient_into_the_shared_features_is_scaled_and_nothing_else_ch
     full = build_posterior(name, FEATURES, D, **{option: 1.0}).double()
     scaled = build_posterior(name, FEATURES, D, **{option: scale}).double()
     scaled.load_state_dict(full.state_dict())
-    if name == "fullcov":
-        _random_off_diagonal(full)
-        scaled.load_state_dict(full.state_dict())
+    with torch.no_grad():  # zero-initialised heads get values, so that their gradient into h is not zero
+        for p in full.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.3)
+    scaled.load_state_dict(full.state_dict())
     out_full, into_h_full, own_full = _gradient_into_features(full, piece)
     out_scaled, into_h_scaled, own_scaled = _gradient_into_features(scaled, piece)
     assert torch.equal(out_full, out_scaled)
@@ -329,3 +332,35 @@ def test_a_heads_gradient_into_the_shared_features_is_scaled_and_nothing_else_ch
     assert len(own_full) == len(own_scaled) > 0
     for a, b in zip(own_full, own_scaled):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_rho_scaled_contains_diag_and_rho_and_its_kl_is_the_closed_form():
+    torch.manual_seed(0)
+    loc, log_std = torch.randn(B, D, dtype=torch.float64), 0.3 * torch.randn(B, D, dtype=torch.float64)
+    z = torch.randn(4, B, D, dtype=torch.float64)
+    uncorrelated = ScaledAR1Normal(loc, log_std, torch.zeros(B, dtype=torch.float64))  # rho = 0: diag
+    torch.testing.assert_close(uncorrelated.log_prob(z), Normal(loc, log_std.exp()).log_prob(z).sum(-1))
+    rho_atanh, log_s = torch.randn(B, dtype=torch.float64), torch.randn(B, dtype=torch.float64)
+    equal = ScaledAR1Normal(loc, (0.5 * log_s)[:, None].expand(B, D), rho_atanh)  # equal sigmas: rho
+    torch.testing.assert_close(equal.log_prob(z), AR1Normal(loc, log_scale=log_s, rho_atanh=rho_atanh).log_prob(z))
+    q = ScaledAR1Normal(loc, log_std, rho_atanh)
+    rho = torch.tanh(rho_atanh)
+    closed = 0.5 * ((2 * log_std).exp().sum(-1) + loc.pow(2).sum(-1) - D - 2 * log_std.sum(-1)
+                    - (D - 1) * torch.log1p(-rho * rho))
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, standard_normal_prior(D, dtype=torch.float64)),
+                               closed)
+    reference = MultivariateNormal(loc, covariance_matrix=q.covariance_matrix)
+    torch.testing.assert_close(closed, torch.distributions.kl_divergence(reference, MultivariateNormal(
+        torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64))))
+
+
+def test_lowrank_kl_to_any_diagonal_gaussian_is_the_full_covariance_kl():
+    torch.manual_seed(0)
+    q = LowRankMultivariateNormal(torch.randn(B, D, dtype=torch.float64), torch.randn(B, D, 2, dtype=torch.float64),
+                                  torch.rand(B, D, dtype=torch.float64) + 0.1)
+    prior = Independent(Normal(torch.randn(D, dtype=torch.float64), torch.rand(D, dtype=torch.float64) + 0.5), 1)
+    as_full = MultivariateNormal(prior.mean, covariance_matrix=torch.diag_embed(prior.variance))
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, prior), torch.distributions.kl_divergence(
+        MultivariateNormal(q.loc, covariance_matrix=q.covariance_matrix), as_full))
+    with pytest.raises(ConfigError, match=r"posterior.rank=0 is not valid"):
+        build_posterior("lowrank", FEATURES, D, rank=0)
