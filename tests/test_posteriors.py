@@ -90,6 +90,9 @@ def test_flow_log_prob_is_base_density_minus_log_det_of_autograd_jacobian(name):
 
 @pytest.mark.parametrize("name", GAUSSIANS)
 def test_analytic_kl_agrees_with_monte_carlo(name):
+    """|MC - exact| < 5 standard errors for each of B images: a correct KL fails with probability about 1.7e-6 (two-
+    sided normal tail at 5 sigma, times B = 3), so a new posterior never fails it by bad luck, while a KL off by
+    more than 5 standard errors (here about 0.1 nats) still fails."""
     post, h = posterior_and_features(name, seed=3)
     q = post(h)
     prior = standard_normal_prior(D, dtype=torch.float64)
@@ -98,7 +101,7 @@ def test_analytic_kl_agrees_with_monte_carlo(name):
         terms = log_q - prior.log_prob(z)
         mc, se = terms.mean(0), terms.std(0) / math.sqrt(len(terms))
         analytic = post.kl(q, z, log_q, prior)
-    assert torch.all((mc - analytic).abs() < 3 * se), (mc, analytic, se)
+    assert torch.all((mc - analytic).abs() < 5 * se), (mc, analytic, se)
 
 
 @pytest.mark.parametrize("name", POSTERIOR_NAMES)
@@ -292,7 +295,7 @@ def test_fullcov_free_is_the_first_parameterization_and_labels_its_runs():
     options = {"name": "fullcov", **POSTERIORS.defaults("fullcov"), "factor": "free", "off_diagonal_gradient": 1.0}
     assert POSTERIORS.label(options) == "fullcov_free"
     assert POSTERIORS.label({**options, "off_diagonal_gradient": 0.0}) == "fullcov[factor=free]"
-    with pytest.raises(ConfigError, match=r"posterior.factor='ldlt' is not known; accepted: ldl, rows, free$"):
+    with pytest.raises(ConfigError, match=r"posterior.factor=.ldlt. is not valid; accepted: ldl, rows, free$"):
         build_posterior("fullcov", FEATURES, D, factor="ldlt")
     with pytest.raises(ConfigError, match=r"posterior.off_diagonal_gradient=2.0 is not valid"):
         build_posterior("fullcov", FEATURES, D, off_diagonal_gradient=2.0)

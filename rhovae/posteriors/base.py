@@ -21,12 +21,14 @@ no closed form) and
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, kl_divergence
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 # Every posterior registers itself here (``@POSTERIORS.register("name")``) in its own module of this package;
@@ -120,6 +122,22 @@ def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
     large but finite scales, and the floor keeps log-densities finite as raw goes to -inf.
     """
     return F.softplus(raw) + min_std
+
+
+def check_option(ok: bool, key: str, value: Any, accepted: str) -> None:
+    """A posterior's own range check of one of its options: a one-line ``ConfigError`` naming the key
+    (``posterior.<key>``), the bad value and what is accepted. Constructors check their options, so a new posterior
+    needs no edit anywhere else."""
+    if not ok:
+        raise ConfigError(f"posterior.{key}={value!r} is not valid; accepted: {accepted}")
+
+
+def check_min_std(min_std: float) -> None:
+    check_option(isinstance(min_std, (int, float)) and min_std > 0, "min_std", min_std, "a number > 0")
+
+
+def check_gradient_scale(key: str, scale: float) -> None:
+    check_option(isinstance(scale, (int, float)) and 0.0 <= scale <= 1.0, key, scale, "a number from 0 to 1")
 
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -30,8 +30,7 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 
 from .ar1_normal import log1m_tanh_sq
-from ..errors import ConfigError
-from .base import POSTERIORS, Posterior, scale_gradient
+from .base import POSTERIORS, Posterior, check_gradient_scale, check_option, scale_gradient
 from .gaussian import DiagonalPosterior
 
 # A flow step maps samples to (transformed samples, log|det J| per sample).
@@ -90,10 +89,8 @@ class FlowPosterior(Posterior):
     def __init__(self, in_features: int, latent_dim: int, min_std: float, kl_samples: int,
                  step_gradient: float = 1.0):
         super().__init__(in_features, latent_dim)
-        if kl_samples < 1:
-            raise ValueError(f"kl_samples must be >= 1, got {kl_samples}")
-        if not 0.0 <= step_gradient <= 1.0:
-            raise ConfigError(f"posterior.step_gradient={step_gradient!r} is not valid; accepted: a number from 0 to 1")
+        check_option(kl_samples >= 1, "kl_samples", kl_samples, "an integer >= 1")
+        check_gradient_scale("step_gradient", step_gradient)
         self.kl_samples = kl_samples
         # scale on the gradient the step head sends into the shared encoder (see fullcov's off_diagonal_gradient)
         self.step_gradient = step_gradient
@@ -150,8 +147,7 @@ class PlanarPosterior(FlowPosterior):
     def __init__(self, in_features: int, latent_dim: int, flow_length: int = 10, min_std: float = 1e-4,
                  kl_samples: int = 1, step_gradient: float = 1.0):
         super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
-        if flow_length < 0:
-            raise ValueError(f"flow_length must be >= 0, got {flow_length}")
+        check_option(flow_length >= 0, "flow_length", flow_length, "an integer >= 0")
         self.flow_length = flow_length
         self.step_params = nn.Linear(in_features, flow_length * (2 * latent_dim + 1))
 
@@ -184,8 +180,7 @@ class IAFPosterior(FlowPosterior):
                  context_dim: int = 32, forget_bias: float = 2.0, min_std: float = 1e-4, kl_samples: int = 1,
                  step_gradient: float = 1.0):
         super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
-        if flow_length < 0:
-            raise ValueError(f"flow_length must be >= 0, got {flow_length}")
+        check_option(flow_length >= 0, "flow_length", flow_length, "an integer >= 0")
         self.flow_length = flow_length
         self.context = nn.Linear(in_features, context_dim)
         forward_order = torch.arange(latent_dim)

@@ -8,8 +8,8 @@ from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .ar1_normal import AR1Normal
-from ..errors import ConfigError
-from .base import POSTERIORS, Posterior, log_density_of_standard_draws, positive_std, scale_gradient
+from .base import (POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option, log_density_of_standard_draws,
+                   positive_std, scale_gradient)
 
 
 @POSTERIORS.register("diag")
@@ -18,6 +18,7 @@ class DiagonalPosterior(Posterior):
 
     def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4):
         super().__init__(in_features, latent_dim)
+        check_min_std(min_std)
         self.min_std = min_std
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)
@@ -49,6 +50,7 @@ class RhoPosterior(Posterior):
 
     def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4):
         super().__init__(in_features, latent_dim)
+        check_min_std(min_std)
         self.min_std = min_std
         self.loc = nn.Linear(in_features, latent_dim)
         self.rho_atanh = nn.Linear(in_features, 1)
@@ -105,11 +107,9 @@ class FullCovPosterior(Posterior):
     def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4, factor: str = "ldl",
                  off_diagonal_gradient: float = 0.0):
         super().__init__(in_features, latent_dim)
-        if factor not in FACTORS:
-            raise ConfigError(f"posterior.factor={factor!r} is not known; accepted: {', '.join(FACTORS)}")
-        if not 0.0 <= off_diagonal_gradient <= 1.0:
-            raise ConfigError(f"posterior.off_diagonal_gradient={off_diagonal_gradient!r} is not valid; "
-                              f"accepted: a number from 0 to 1")
+        check_min_std(min_std)
+        check_option(factor in FACTORS, "factor", factor, ", ".join(FACTORS))
+        check_gradient_scale("off_diagonal_gradient", off_diagonal_gradient)
         self.min_std = min_std
         self.factor = factor
         self.off_diagonal_gradient = off_diagonal_gradient

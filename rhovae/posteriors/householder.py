@@ -12,7 +12,7 @@ import torch
 from pyro.distributions.transforms.householder import ConditionedHouseholder
 from torch import nn
 
-from .base import POSTERIORS
+from .base import POSTERIORS, check_option
 from .flows import FlowPosterior, Step, pyro_step
 
 
@@ -23,6 +23,7 @@ class HouseholderPosterior(FlowPosterior):
     def __init__(self, in_features: int, latent_dim: int, flow_length: int = 4, min_std: float = 1e-4,
                  kl_samples: int = 1, step_gradient: float = 1.0):
         super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
+        check_option(flow_length >= 0, "flow_length", flow_length, "an integer >= 0")
         self.flow_length = flow_length
         self.vectors = nn.ModuleList(nn.Linear(in_features, latent_dim) for _ in range(flow_length))
 

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, LowRankMultivariateNormal, Normal, kl_divergence, register_kl
 
-from ..errors import ConfigError
-from .base import POSTERIORS, Posterior, positive_std, scale_gradient
+from .base import POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option, positive_std, scale_gradient
 
 
 @register_kl(LowRankMultivariateNormal, Independent)
@@ -37,11 +36,9 @@ class LowRankPosterior(Posterior):
     def __init__(self, in_features: int, latent_dim: int, rank: int = 2, min_std: float = 1e-4,
                  factor_gradient: float = 0.0):
         super().__init__(in_features, latent_dim)
-        if rank < 1:
-            raise ConfigError(f"posterior.rank={rank!r} is not valid; accepted: an integer >= 1")
-        if not 0.0 <= factor_gradient <= 1.0:
-            raise ConfigError(f"posterior.factor_gradient={factor_gradient!r} is not valid; "
-                              f"accepted: a number from 0 to 1")
+        check_option(rank >= 1, "rank", rank, "an integer >= 1")
+        check_min_std(min_std)
+        check_gradient_scale("factor_gradient", factor_gradient)
         self.rank, self.min_std, self.factor_gradient = rank, min_std, factor_gradient
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
 
 from .ar1_normal import AR1Normal
-from .base import POSTERIORS, Posterior, positive_std
+from .base import POSTERIORS, Posterior, check_min_std, positive_std
 
 
 class ScaledAR1Normal(Distribution):
@@ -94,6 +94,7 @@ class ScaledRhoPosterior(Posterior):
 
     def __init__(self, in_features: int, latent_dim: int, min_std: float = 1e-4):
         super().__init__(in_features, latent_dim)
+        check_min_std(min_std)
         self.min_std = min_std
         self.loc = nn.Linear(in_features, latent_dim)
         self.raw_std = nn.Linear(in_features, latent_dim)
