@@ -11,7 +11,8 @@ read results through this module, so the paper table and the notebook cannot dis
   config key that the sweep varied (networks, latent_dim, ...), but never the seed.
 * ``summarize(runs)``: mean and sd over seeds of the completed runs, one row per group.
 * ``paired_differences(runs)``: each method minus ``diag`` on the same dataset and seed, with a 95%
-  Student-t confidence interval over seeds.
+  Student-t confidence interval over seeds, and how many seeds would find a 0.5-nat difference 80% of the time at
+  that spread (``seeds_needed``, a paired power calculation).
 * ``load_histories(runs)``: the per-epoch ``metrics.jsonl`` rows of every completed run, for learning curves.
 * ``load_milestones(runs)``: the ``milestones.jsonl`` rows of every run, for NLL against training budget.
 * ``budget(runs)`` and ``provenance_differences(runs)``: what budget made a table, and what its runs ran on where
@@ -207,8 +208,24 @@ def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, ba
             sd = diff.std() if n > 1 else math.nan
             half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
             rows.append({**where, "metric": metric, "baseline": baseline, "n": n, "mean": mean, "sd": sd,
-                         "ci_low": mean - half, "ci_high": mean + half})
+                         "ci_low": mean - half, "ci_high": mean + half, "seeds_for_0_5": seeds_needed(sd)})
     return pd.DataFrame(rows)
+
+
+def seeds_needed(sd: float, difference: float = 0.5, confidence: float = 0.95, power: float = 0.8,
+                 most: int = 200) -> float:
+    """How many seeds a paired comparison needs to find a true ``difference`` (nats) with probability ``power``, when
+    per-seed differences spread with standard deviation ``sd``: the smallest n whose two-sided paired t-test at
+    ``confidence`` has that power (noncentral t). NaN when ``sd`` is unknown (one seed), inf beyond ``most``."""
+    if not sd > 0:
+        return math.nan if pd.isna(sd) else 2.0
+    for n in range(2, most + 1):
+        critical = stats.t.ppf(0.5 + confidence / 2, n - 1)
+        shift = difference / (sd / math.sqrt(n))
+        reached = stats.nct.sf(critical, n - 1, shift) + stats.nct.cdf(-critical, n - 1, shift)
+        if reached >= power:
+            return float(n)
+    return math.inf
 
 
 def load_histories(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
@@ -312,12 +329,14 @@ def display_differences(diffs: pd.DataFrame) -> pd.DataFrame:
     """``paired_differences``' output as strings: ``mean [low, high]`` with n."""
     if diffs.empty:
         return diffs
-    shown = diffs.drop(columns=["mean", "sd", "ci_low", "ci_high", "baseline"]).copy()
+    shown = diffs.drop(columns=["mean", "sd", "ci_low", "ci_high", "baseline", "seeds_for_0_5"]).copy()
     shown["metric"] = [METRICS[m][0] for m in diffs["metric"]]
     interval = " [95% CI]" if diffs["ci_low"].notna().any() else ""  # one seed: no interval to show
     shown[f"difference vs {diffs['baseline'].iloc[0]}{interval}"] = [
         f"{m:+.2f}" + ("" if pd.isna(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
         for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])]
+    shown["seeds for 0.5 nats"] = ["n/a" if pd.isna(n) else (">200" if math.isinf(n) else str(int(n)))
+                                   for n in diffs["seeds_for_0_5"]]
     return shown
 
 

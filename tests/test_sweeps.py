@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -163,6 +164,48 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in md
     tex = (sweep / "results.tex").read_text()
     assert r"\toprule" in tex and r"$\pm$" in tex and "rho" in tex
+    assert "**Smoke run**" in md and "epochs trained 2" in md and "K (test NLL) 20" in md  # the budget, said
+    assert "seeds for 0.5 nats" in md
+
+
+def test_seeds_needed_has_the_power_a_simulation_finds():
+    """The paired power calculation against Monte Carlo: at the n it returns, a paired t-test finds a true 0.5-nat
+    difference at least 80% of the time, and at n - 1 less often."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    sd = 0.4
+    n = int(results.seeds_needed(sd, difference=0.5))
+
+    def power(seeds: int) -> float:
+        diffs = rng.normal(0.5, sd, size=(20_000, seeds))
+        return float((stats.ttest_1samp(diffs, 0.0, axis=1).pvalue < 0.05).mean())
+
+    assert power(n) >= 0.8 - 0.01 and power(n - 1) < 0.8
+    assert math.isnan(results.seeds_needed(math.nan)) and results.seeds_needed(50.0) == math.inf
+
+
+def test_budget_milestones_and_provenance_of_a_table(tmp_path):
+    runs = []
+    for method, epochs, torch_version in (("diag", 20, "2.14.1"), ("iaf", 20, "2.13.0")):
+        run = tmp_path / method
+        run.mkdir()
+        for epoch, nll in ((10, 100.0), (20, 95.0)):
+            (run / "milestones.jsonl").open("a").write(json.dumps(
+                {"epoch": epoch, "n_images": 2000, "test/nll": nll + (method == "iaf"), "test/iw_samples": 1000}) + "\n")
+        runs.append({"status": "completed", "dataset": "mnist", "method": method, "seed": 0, "run": method,
+                     "run_dir": str(run), "epochs": epochs, "test/iw_samples": 1000, "config.trainer.max_batches": None,
+                     "provenance.torch": torch_version, "provenance.cpu": "same"})
+    table = pd.DataFrame(runs)
+    settings, smoke = results.budget(table)
+    assert settings == {"epochs trained": "20", "K (test NLL)": "1000"} and not smoke
+    assert results.provenance_differences(table) == {"provenance.torch": ["2.13.0", "2.14.1"]}
+    milestones = results.load_milestones(table, ["dataset", "method"])
+    assert sorted(zip(milestones["method"], milestones["epoch"], milestones["test/nll"])) == [
+        ("diag", 10, 100.0), ("diag", 20, 95.0), ("iaf", 10, 101.0), ("iaf", 20, 96.0)]
+    from rhovae.plots import budget_curves
+    fig = budget_curves(milestones)
+    assert "2000 test images, K = 1000" in fig._suptitle.get_text() and len(fig.axes[0].lines) >= 2
 
 
 def test_runs_of_an_older_version_are_read_in_todays_keys():
