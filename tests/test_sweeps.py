@@ -24,7 +24,8 @@ from rhovae import results
 from rhovae.config import validate_config
 from rhovae.experiment import build_vae
 
-SWEEP_OVERRIDES = [*TINY_OVERRIDES, "logger=none", "trainer.epochs=2"]
+SWEEP_OVERRIDES = [*TINY_OVERRIDES, "logger=none", "trainer.epochs=2", "trainer.milestones=[1,2]",
+                   "eval.milestone_images=30", "eval.milestone_iw_samples=10"]
 T_975_ONE_DOF = 12.7062047  # Student t quantile 0.975 with 1 degree of freedom, from tables
 
 
@@ -142,6 +143,7 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in ("csv", "md", "tex", "png"):
         assert (sweep / f"results.{name}").stat().st_size > 200, name
+    assert (sweep / "budget.png").stat().st_size > 200  # NLL against epochs, from the runs' milestones
 
     runs = pd.read_csv(sweep / "results.csv")
     assert len(runs) == 5 and sorted(runs["status"]) == ["completed"] * 4 + ["unfinished"]
