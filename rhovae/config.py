@@ -17,10 +17,9 @@ from .data import BINARIZE_MODES, DATASETS
 from .errors import ConfigError
 from .networks import NETWORKS
 from .posteriors import POSTERIORS
-from .schema import keys_with
+from .schema import LOGGER_CONFIGS, keys_with
 from .tracking import WANDB_MODES
 
-LOGGERS = ("wandb", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Keys (or whole sections) a resumed run may change: how it executes, how long it trains, and how its final scores
@@ -148,7 +147,7 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "gaps.steps", 0)
     _int_at_least(cfg, "gaps.seed", 0)
     _check(cfg, "gaps.lr", lambda v: _is_number(v) and v > 0, "a number > 0")
-    _one_of(cfg, "logger.name", LOGGERS)
+    _one_of(cfg, "logger.name", list(LOGGER_CONFIGS))
     _int_at_least(cfg, "logger.image_every", 0)
     if cfg.logger.name == "wandb":
         _one_of(cfg, "logger.mode", WANDB_MODES)

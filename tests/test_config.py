@@ -214,3 +214,21 @@ def test_the_old_decoder_name_is_read_as_networks_on_the_command_line_and_in_sav
     old = {"seed": 1, "decoder": {"name": "conv"}, "posterior": {"name": "rho"}}
     assert upgrade(old) == {"seed": 1, "networks": {"name": "conv"}, "posterior": {"name": "rho"}}
     assert "decoder" in old and upgrade(upgrade(old)) == upgrade(old)
+
+
+def test_configs_readme_documents_every_key_and_every_option_of_every_posterior():
+    """configs/README.md is written by hand: this fails when a key or an option is added without a line there."""
+    from helpers import CONFIGS
+    from rhovae.config import flatten
+    from rhovae.schema import section_defaults
+
+    text = (CONFIGS / "README.md").read_text()
+    missing = [k for k in flatten(section_defaults()) if f"`{k}`" not in text]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines() if line.startswith("| `")}
+    for name in [*POSTERIORS, *POSTERIORS.settings]:
+        component = POSTERIORS.settings.get(name, (name,))[0]
+        if name not in rows:
+            missing.append(f"posterior={name}")
+        elif name == component:  # a named setting's row says "as <component>"
+            missing += [f"posterior.{o} ({name})" for o in POSTERIORS.defaults(name) if f"`{o}`" not in rows[name]]
+    assert not missing, missing

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence, register_kl
 
 from .ar1_normal import AR1Normal
 from .base import (POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option, log_density_of_standard_draws,
@@ -148,9 +148,6 @@ class FullCovPosterior(Posterior):
     def rsample_with_log_prob(self, q: MultivariateNormal, sample_shape=torch.Size()):
         return mvn_rsample_with_log_prob(q, sample_shape)
 
-    def kl(self, q: MultivariateNormal, z, log_q, prior: Distribution) -> torch.Tensor:
-        return mvn_kl_to_diagonal(q, prior)
-
 
 # the parameterization first shipped: free strictly-lower part, whose head trains the encoder at full gradient
 POSTERIORS.add_setting("fullcov_free", "fullcov", factor="free", off_diagonal_gradient=1.0)
@@ -165,7 +162,11 @@ def mvn_rsample_with_log_prob(q: MultivariateNormal, sample_shape=torch.Size()):
     return z, log_density_of_standard_draws(eps, log_det)
 
 
-def mvn_kl_to_diagonal(q: MultivariateNormal, prior: Distribution) -> torch.Tensor:
-    """torch's registered MultivariateNormal KL, with the diagonal prior written as a MultivariateNormal."""
+@register_kl(MultivariateNormal, Independent)
+def _kl_mvn_diagonal_normal(q: MultivariateNormal, prior: Independent) -> torch.Tensor:
+    """KL(N(mu, Sigma) || N(m, diag(v))): torch's MultivariateNormal KL, with the diagonal Gaussian written as a
+    MultivariateNormal. Registered, so every Gaussian posterior reaches its closed form through ``kl_divergence``."""
+    if not isinstance(prior.base_dist, Normal) or prior.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError("KL(MultivariateNormal || Independent) needs Independent(Normal(loc, scale), 1)")
     prior_mvn = MultivariateNormal(prior.mean, scale_tril=torch.diag_embed(prior.stddev), validate_args=False)
     return kl_divergence(q, prior_mvn)

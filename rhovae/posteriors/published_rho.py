@@ -16,12 +16,12 @@ sampled (it is Gaussian, so both are exact), and only the training loss uses the
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution, MultivariateNormal
+from torch.distributions import MultivariateNormal
 
 from ..errors import ConfigError
 from .ar1_normal import log1m_tanh_sq
 from .base import POSTERIORS, Posterior
-from .gaussian import RhoPosterior, mvn_kl_to_diagonal, mvn_rsample_with_log_prob
+from .gaussian import RhoPosterior, mvn_rsample_with_log_prob
 
 
 class RandomWalkNormal(MultivariateNormal):
@@ -47,9 +47,6 @@ class PublishedCodeRhoPosterior(RhoPosterior):
 
     def rsample_with_log_prob(self, q: RandomWalkNormal, sample_shape=torch.Size()):
         return mvn_rsample_with_log_prob(q, sample_shape)
-
-    def kl(self, q: RandomWalkNormal, z, log_q, prior: Distribution) -> torch.Tensor:
-        return mvn_kl_to_diagonal(q, prior)
 
     def objective_kl(self, q: RandomWalkNormal, kl: torch.Tensor) -> torch.Tensor:
         d = q.loc.shape[-1]
