@@ -39,14 +39,8 @@ def test_iwae_converges_to_exact_log_likelihood_while_elbo_stays_below(posterior
     assert torch.all(exact - elbo > 3 * (exact - iwae).abs().max())  # and much further off than the IWAE
 
 
-def test_iwae_is_logmeanexp_of_the_log_weights_with_or_without_chunks():
-    model = tiny_vae("diag")
-    images = torch.randint(0, 2, (5, P), dtype=torch.uint8) * 255
-    whole = importance_weighted_log_likelihood(model, images, n_samples=64, chunk=64, batch_size=5, eval_seed=3)
-    torch.manual_seed(3)  # the same 64 draws, reduced by hand
-    log_w = model.log_importance_weights(images.float() / 255, 64).detach().double()
-    torch.testing.assert_close(whole, torch.logsumexp(log_w, 0) - math.log(64))
-    # in chunks, the running logsumexp equals the logsumexp of all the weights it drew
+def record_weights(model: VAE) -> list[torch.Tensor]:
+    """The list that every later call of ``model.log_importance_weights`` appends its log-weights to (float64)."""
     drawn = []
     original = model.log_importance_weights
 
@@ -55,6 +49,18 @@ def test_iwae_is_logmeanexp_of_the_log_weights_with_or_without_chunks():
         return drawn[-1]
 
     model.log_importance_weights = recording
+    return drawn
+
+
+def test_iwae_is_logmeanexp_of_the_log_weights_with_or_without_chunks():
+    model = tiny_vae("diag")
+    images = torch.randint(0, 2, (5, P), dtype=torch.uint8) * 255
+    whole = importance_weighted_log_likelihood(model, images, n_samples=64, chunk=64, batch_size=5, eval_seed=3)
+    torch.manual_seed(3)  # the same 64 draws, reduced by hand
+    log_w = model.log_importance_weights(images.float() / 255, 64).detach().double()
+    torch.testing.assert_close(whole, torch.logsumexp(log_w, 0) - math.log(64))
+    # in chunks, the running logsumexp equals the logsumexp of all the weights it drew
+    drawn = record_weights(model)
     chunked = importance_weighted_log_likelihood(model, images, n_samples=64, chunk=10, batch_size=5, eval_seed=3)
     assert [len(w) for w in drawn] == [10] * 6 + [4]  # K = 64 in chunks of at most 10
     torch.testing.assert_close(chunked, torch.logsumexp(torch.cat(drawn), 0) - math.log(64))
@@ -65,14 +71,7 @@ def test_weight_summary_keeps_the_first_draws_and_the_largest_weights_across_chu
     the largest weights of all K, however the chunks fall."""
     model = tiny_vae("diag")
     x = (torch.randint(0, 2, (5, P)) * 1.0)
-    drawn = []
-    original = model.log_importance_weights
-
-    def recording(*args, **kwargs):
-        drawn.append(original(*args, **kwargs).double())
-        return drawn[-1]
-
-    model.log_importance_weights = recording
+    drawn = record_weights(model)
     with torch.no_grad():
         summary = log_weight_summary(model, x, model.posterior_of(x), 64, 10, n_prefix=25)
     log_w = torch.cat(drawn)  # [64, 5]
