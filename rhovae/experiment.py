@@ -95,8 +95,9 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     accepted = [*may_override, *(k for k in NOT_FACTORS if not in_sections(k, ("eval", "gaps")))]
     refused = sorted(k for k in given if not in_sections(k, accepted))
     if refused:
+        shown = ", ".join(f"{k}.*" if k in ("eval", "gaps") else k for k in accepted)
         raise ConfigError(f"{', '.join(refused)} would change the model or data that {run_dir} trained; nothing was "
-                          f"written. Accepted here: {', '.join(f'{k}.*' if k in ('eval', 'gaps') else k for k in accepted)}")
+                          f"written. Accepted here: {shown}")
     cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
     device = validate_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -325,7 +326,8 @@ def start_run(plan: RunPlan, run_dir: Path, sweep: str | None = None,
                                         f"test evaluation: {resume_command(run_dir)}") from err
     except Exception as err:  # the folder is claimed: every way out leaves summary.json saying how the run ended
         status = "interrupted" if isinstance(err, TrainingInterrupted) else "failed"
-        error = str(err) if isinstance(err, (NonFiniteLossError, TrainingInterrupted)) else f"{type(err).__name__}: {err}"
+        known = isinstance(err, (NonFiniteLossError, TrainingInterrupted))  # messages that already say what happened
+        error = str(err) if known else f"{type(err).__name__}: {err}"
         if status == "failed" and not isinstance(err, NonFiniteLossError):
             log.exception("the run failed at epoch %d", state.epoch + 1)  # the traceback, into train.log
         summary.update(status=status, error=error, epochs=state.epoch, config=config)

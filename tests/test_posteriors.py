@@ -312,7 +312,8 @@ def _gradient_into_features(post, piece: int, seed: int = 0):
     return out, grads[0], [g for g in grads[1:] if g.any()]
 
 
-@pytest.mark.parametrize("name,option,piece", [("fullcov", "off_diagonal_gradient", 2), ("lowrank", "factor_gradient", 2)]
+@pytest.mark.parametrize("name,option,piece", [("fullcov", "off_diagonal_gradient", 2),
+                                               ("lowrank", "factor_gradient", 2)]
                          + [(name, "step_gradient", -1) for name in FLOWS])
 @pytest.mark.parametrize("scale", [0.0, 0.25])
 def test_a_heads_gradient_into_the_shared_features_is_scaled_and_nothing_else_changes(name, option, piece, scale):

@@ -193,8 +193,9 @@ def test_budget_milestones_and_provenance_of_a_table(tmp_path):
         run = tmp_path / method
         run.mkdir()
         for epoch, nll in ((10, 100.0), (20, 95.0)):
-            (run / "milestones.jsonl").open("a").write(json.dumps(
-                {"epoch": epoch, "n_images": 2000, "test/nll": nll + (method == "iaf"), "test/iw_samples": 1000}) + "\n")
+            row = {"epoch": epoch, "n_images": 2000, "test/nll": nll + (method == "iaf"), "test/iw_samples": 1000}
+            with (run / "milestones.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
         runs.append({"status": "completed", "dataset": "mnist", "method": method, "seed": 0, "run": method,
                      "run_dir": str(run), "epochs": epochs, "test/iw_samples": 1000, "config.trainer.max_batches": None,
                      "provenance.torch": torch_version, "provenance.cpu": "same"})

@@ -8,8 +8,8 @@ from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence, register_kl
 
 from .ar1_normal import AR1Normal
-from .base import (POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option, log_density_of_standard_draws,
-                   positive_std, scale_gradient)
+from .base import (POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option,
+                   log_density_of_standard_draws, positive_std, scale_gradient)
 
 
 @POSTERIORS.register("diag")
