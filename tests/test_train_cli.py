@@ -80,9 +80,9 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
 
     side = 8 * (2 * 28 + 4) + 4  # 8 x 8 tiles of 28 px drawn 2 x 2, with 4 px padding: 484 px, twice the old 242
     with Image.open(run / "samples.png") as img:
-        assert img.size == (side, side)
+        assert img.size == (side, 24 + side)  # a 24 px title band on top
     with Image.open(run / "reconstructions.png") as img:
-        assert img.size == (120 + side, side)  # a 120 px margin naming the rows: input, reconstruction, ...
+        assert img.size == (120 + side, 24 + side)  # a 120 px margin naming the rows: input, reconstruction, ...
     with Image.open(run / "learning_curves.png") as img:
         assert img.size[0] > 500
     assert not (run / "latent_means.png").exists()  # drawn only for 2-d latents
