@@ -135,7 +135,7 @@ if not WANDB_PROJECT:
     firsts = results.completed(runs).groupby(keys, sort=False, dropna=False).head(1)
     datasets = list(dict.fromkeys(firsts["dataset"]))  # one row of panels per dataset
     width = firsts.groupby("dataset").size().max()
-    fig, axes = plt.subplots(len(datasets), width, figsize=(2.8 * width, 3.1 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), width, figsize=(5.0 * width, 5.4 * len(datasets)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for row, dataset in zip(axes, datasets):
