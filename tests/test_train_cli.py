@@ -90,7 +90,9 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     assert 0 < summary["test/ess_fraction"] <= 1 and summary["test/nll_mc_se"] > 0
     assert ("test/mutual_information" in summary) == (posterior not in FLOW_NAMES)
     if "test/mutual_information" in summary:
-        assert 0 <= summary["test/mutual_information"] <= math.log(80) + 1e-6  # 80 test images
+        # at most log N for 80 test images, and at least 0 up to Monte Carlo noise (one draw per image): a posterior
+        # that carries almost no information after two tiny epochs can come out a little below 0
+        assert -0.1 <= summary["test/mutual_information"] <= math.log(80) + 1e-6
         assert summary["test/mutual_information"] + summary["test/marginal_kl"] == pytest.approx(summary["test/kl"],
                                                                                                  abs=0.5)
     assert (run / "kl_per_dim.png").exists() == (posterior == "diag") == ("test/kl_per_dim" in summary)
