@@ -132,12 +132,6 @@ def log_weight_summary(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: in
     return WeightSummary(first - math.log(n_samples), second - math.log(n_samples), prefix - math.log(n_prefix), top)
 
 
-def log_mean_weight(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
-                    before_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """The importance-weighted log p(x) of each image of ``x`` from ``n_samples`` draws of ``q``: ``[B]``."""
-    return log_weight_summary(model, x, q, n_samples, chunk, before_chunk).log_mean
-
-
 @dataclass
 class ImportanceEstimates:
     """Per image ``[N]``: log p(x) from K samples and from the first K / 10, the effective sample size over K, the

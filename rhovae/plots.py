@@ -46,16 +46,19 @@ def label_rows(grid: torch.Tensor, labels: Sequence[str], row_height: int, width
     for i, label in enumerate(labels):
         middle = PADDING + i * (row_height + PADDING) + row_height / 2
         draw.text((width - 6, middle), label, fill=0, font=font, anchor="rm")
-    strip = torch.from_numpy(np.asarray(margin, dtype=np.float32) / 255.0).expand(grid.shape[0], -1, -1)
-    return torch.cat([strip, grid], dim=-1)
+    return torch.cat([_as_strip(margin, grid.shape[0]), grid], dim=-1)
 
 
 def title_grid(grid: torch.Tensor, title: str, height: int = 24) -> torch.Tensor:
     """``grid`` with a white band on top carrying ``title`` (one line, left-aligned: keep it short)."""
     band = Image.new("L", (grid.shape[-1], height), 255)
     ImageDraw.Draw(band).text((6, height / 2), title, fill=0, font=ImageFont.load_default(size=14), anchor="lm")
-    strip = torch.from_numpy(np.asarray(band, dtype=np.float32) / 255.0).expand(grid.shape[0], -1, -1)
-    return torch.cat([strip, grid], dim=-2)
+    return torch.cat([_as_strip(band, grid.shape[0]), grid], dim=-2)
+
+
+def _as_strip(image: Image.Image, channels: int) -> torch.Tensor:
+    """A greyscale PIL image as a ``[channels, H, W]`` tensor in [0, 1], to put beside an image grid."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).expand(channels, -1, -1)
 
 
 def save_grid(grid: torch.Tensor, path: str | Path) -> None:

@@ -25,10 +25,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
+from torch.distributions import Distribution, Independent, constraints, register_kl
 from torch.distributions.utils import broadcast_all
 
-from .base import log_density_of_standard_draws
+from .base import diagonal_normal, log_density_of_standard_draws
 
 _LOG_2PI = math.log(2 * math.pi)
 _LOG_2 = math.log(2.0)
@@ -191,12 +191,11 @@ def _kl_ar1normal_diagonal_normal(p: AR1Normal, q: Independent) -> torch.Tensor:
 
     0.5 * (s sum 1/v + sum (m - mu)^2 / v - d + sum log v - d log s - (d - 1) log(1 - rho^2)).
     """
-    if not isinstance(q.base_dist, Normal) or q.reinterpreted_batch_ndims != 1:
-        raise NotImplementedError("KL(AR1Normal || Independent) needs Independent(Normal(loc, scale), 1)")
-    var = q.base_dist.scale.pow(2)
+    prior = diagonal_normal(q, "AR1Normal")
+    var = prior.scale.pow(2)
     d = p.dim
     trace = p.log_scale.exp() * var.reciprocal().sum(-1)
-    mahalanobis = ((q.base_dist.loc - p.loc).pow(2) / var).sum(-1)
+    mahalanobis = ((prior.loc - p.loc).pow(2) / var).sum(-1)
     log_det_q = var.log().sum(-1)
     log_det_p = d * p.log_scale + (d - 1) * p._log1m_rho_sq
     return 0.5 * (trace + mahalanobis - d + log_det_q - log_det_p)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -138,6 +138,14 @@ def check_min_std(min_std: float) -> None:
 
 def check_gradient_scale(key: str, scale: float) -> None:
     check_option(isinstance(scale, (int, float)) and 0.0 <= scale <= 1.0, key, scale, "a number from 0 to 1")
+
+
+def diagonal_normal(q: Distribution, family: str) -> Normal:
+    """The ``Normal`` inside ``Independent(Normal(loc, scale), 1)``, the form of the prior (and of any diagonal
+    Gaussian) that the registered closed-form KLs of ``family`` accept; ``NotImplementedError`` for anything else."""
+    if not isinstance(q, Independent) or not isinstance(q.base_dist, Normal) or q.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError(f"KL({family} || Independent) needs Independent(Normal(loc, scale), 1)")
+    return q.base_dist
 
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from .ar1_normal import AR1Normal
 from .base import (POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option,
-                   log_density_of_standard_draws, positive_std, scale_gradient)
+                   diagonal_normal, log_density_of_standard_draws, positive_std, scale_gradient)
 
 
 @POSTERIORS.register("diag")
@@ -166,7 +166,6 @@ def mvn_rsample_with_log_prob(q: MultivariateNormal, sample_shape=torch.Size()):
 def _kl_mvn_diagonal_normal(q: MultivariateNormal, prior: Independent) -> torch.Tensor:
     """KL(N(mu, Sigma) || N(m, diag(v))): torch's MultivariateNormal KL, with the diagonal Gaussian written as a
     MultivariateNormal. Registered, so every Gaussian posterior reaches its closed form through ``kl_divergence``."""
-    if not isinstance(prior.base_dist, Normal) or prior.reinterpreted_batch_ndims != 1:
-        raise NotImplementedError("KL(MultivariateNormal || Independent) needs Independent(Normal(loc, scale), 1)")
-    prior_mvn = MultivariateNormal(prior.mean, scale_tril=torch.diag_embed(prior.stddev), validate_args=False)
+    diagonal = diagonal_normal(prior, "MultivariateNormal")
+    prior_mvn = MultivariateNormal(diagonal.loc, scale_tril=torch.diag_embed(diagonal.scale), validate_args=False)
     return kl_divergence(q, prior_mvn)

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Independent, LowRankMultivariateNormal, Normal, kl_divergence, register_kl
+from torch.distributions import Independent, LowRankMultivariateNormal, kl_divergence, register_kl
 
-from .base import POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option, positive_std, scale_gradient
+from .base import (POSTERIORS, Posterior, check_gradient_scale, check_min_std, check_option, diagonal_normal,
+                   positive_std, scale_gradient)
 
 
 @register_kl(LowRankMultivariateNormal, Independent)
 def _kl_lowrank_diagonal_normal(p: LowRankMultivariateNormal, q: Independent) -> torch.Tensor:
     """KL(N(mu, diag(sigma^2) + V V^T) || N(m, diag(v))), through torch's low-rank-to-low-rank KL."""
-    if not isinstance(q.base_dist, Normal) or q.reinterpreted_batch_ndims != 1:
-        raise NotImplementedError("KL(LowRankMultivariateNormal || Independent) needs Independent(Normal(m, s), 1)")
-    loc, var = torch.broadcast_tensors(q.base_dist.loc, q.base_dist.scale.pow(2))
+    prior = diagonal_normal(q, "LowRankMultivariateNormal")
+    loc, var = torch.broadcast_tensors(prior.loc, prior.scale.pow(2))
     diagonal = LowRankMultivariateNormal(loc, torch.zeros_like(loc).unsqueeze(-1), var, validate_args=False)
     return kl_divergence(p, diagonal)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal, constraints, register_kl
+from torch.distributions import Distribution, Independent, constraints, register_kl
 
 from .ar1_normal import AR1Normal
-from .base import POSTERIORS, Posterior, check_min_std, positive_std
+from .base import POSTERIORS, Posterior, check_min_std, diagonal_normal, positive_std
 
 
 class ScaledAR1Normal(Distribution):
@@ -77,12 +77,11 @@ class ScaledAR1Normal(Distribution):
 def _kl_scaled_ar1_diagonal_normal(p: ScaledAR1Normal, q: Independent) -> torch.Tensor:
     """KL(N(mu, D T(rho) D) || N(m, diag(v))) = 0.5 (sum sigma^2 / v + sum (m - mu)^2 / v - d + sum log v
     - 2 sum log sigma - (d - 1) log(1 - rho^2))."""
-    if not isinstance(q.base_dist, Normal) or q.reinterpreted_batch_ndims != 1:
-        raise NotImplementedError("KL(ScaledAR1Normal || Independent) needs Independent(Normal(loc, scale), 1)")
-    var = q.base_dist.scale.pow(2)
+    prior = diagonal_normal(q, "ScaledAR1Normal")
+    var = prior.scale.pow(2)
     d = p.loc.shape[-1]
     trace = ((2 * p.log_std).exp() / var).sum(-1)
-    mahalanobis = ((q.base_dist.loc - p.loc).pow(2) / var).sum(-1)
+    mahalanobis = ((prior.loc - p.loc).pow(2) / var).sum(-1)
     log_det_p = 2 * p.log_std.sum(-1) + (d - 1) * p.standard._log1m_rho_sq
     return 0.5 * (trace + mahalanobis - d + var.log().sum(-1) - log_det_p)
 
