@@ -4,7 +4,7 @@ Thin entry point: Hydra composes ``configs/`` and picks the run folder; ``rhovae
 Before anything is written, the command is checked: unknown keys, bad values, and whether the folder already
 holds a run (continue it with ``trainer.resume=true``, replace it with ``trainer.overwrite=true``); a refused
 command leaves the folder byte-identical. Errors caused by the input end the run with one line on stderr; in a
-multirun they are re-raised so Hydra records the job as failed and carries on with the others. SIGTERM and
+multirun the sweep carries on with the other jobs and ends with one line naming the jobs that failed (exit status 1). SIGTERM and
 Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); a second Ctrl-C exits at once.
 ``python train.py trainer.resume=true hydra.run.dir=<run folder>`` continues a run with the config it saved.
 """
@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rhovae.errors import ConfigError, JobFailed, RhovaeError
+from rhovae.errors import ConfigError, RhovaeError
 from rhovae.experiment import run_experiment
-from rhovae.hydra_run import (accept_renamed, check_known_keys, check_override_keys, file_logs_held, given_keys,
-                              log_to_file, sweep_record_kept, with_saved_choices, write_hydra_record)
+from rhovae.hydra_run import (accept_renamed, check_known_keys, check_override_keys, failed_jobs_summarized,
+                              file_logs_held, given_keys, log_to_file, note_failed_job, sweep_record_kept,
+                              with_saved_choices, write_hydra_record)
 from rhovae.trainer import TrainingInterrupted
 
 log = logging.getLogger("train")
@@ -53,9 +54,10 @@ def main(cfg: DictConfig) -> float:
             log_to_file(log, logging.ERROR, f"error: {err}")  # only once the run was accepted (train.log is held)
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # the folder Hydra made for a refused run, if nothing was written into it
-            if multirun:  # Hydra records the job as failed, runs the others, and reports the first failure at the end
+            if multirun:  # the sweep runs the other jobs and names the failed ones at the end
                 print(f"error in {run_dir.name}: {err}", file=sys.stderr)
-                raise JobFailed(f"{run_dir.name}: {err}") from None
+                note_failed_job(run_dir.name)
+                return float("nan")
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
     return summary["test/elbo"]
@@ -68,5 +70,5 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    with sweep_record_kept(sys.argv[1:]):
+    with sweep_record_kept(sys.argv[1:]), failed_jobs_summarized(sys.argv[1:]):
         main()

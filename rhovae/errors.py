@@ -12,6 +12,3 @@ class ConfigError(RhovaeError, ValueError):
 class DatasetError(RhovaeError):
     """A dataset is missing, cannot be downloaded, or is corrupt; the message names the folder and files."""
 
-
-class JobFailed(RhovaeError):
-    """One job of a multirun failed; raised afresh (no traceback below it) so Hydra's report stays short."""

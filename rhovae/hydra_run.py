@@ -7,6 +7,8 @@
 * ``accept_renamed``: a command line that uses a group's old name (``decoder=conv``) under its new one, with a
   warning.
 * ``sweep_record_kept``: a sweep started again in its folder keeps the folder's ``multirun.yaml``.
+* ``failed_jobs_summarized`` and ``note_failed_job``: a sweep whose jobs fail on the user's input ends with one
+  line naming them and exit status 1, instead of Hydra's report of the first failure with a traceback.
 * ``with_saved_choices``: a single-run resume composes with the run's own group choices.
 * ``given_keys``: the config keys this command set (overrides, group choices, experiments), so that a resumed run
   takes everything else from its checkpoint.
@@ -28,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -160,6 +163,38 @@ def sweep_record_kept(argv: Sequence[str]) -> Iterator[None]:
             if succeeded:
                 os.replace(record, record.with_name(f"multirun.{time.strftime('%Y-%m-%d_%H-%M-%S')}.yaml"))
             record.write_bytes(before)
+
+
+FAILED_JOBS_ENV = "RHOVAE_FAILED_JOBS"
+
+
+@contextlib.contextmanager
+def failed_jobs_summarized(argv: Sequence[str]) -> Iterator[None]:
+    """For a multirun: collect the names of the jobs that ``note_failed_job`` reports (in this process or in the
+    joblib launcher's worker processes, through a file named by an environment variable they inherit), and end with
+    one line naming them and exit status 1. Each job has printed its own one-line error when it failed."""
+    if not {"-m", "--multirun"} & set(argv):
+        yield
+        return
+    fd, name = tempfile.mkstemp(prefix="rhovae-failed-jobs-", suffix=".txt")
+    os.close(fd)
+    os.environ[FAILED_JOBS_ENV] = name
+    try:
+        yield
+        failed = Path(name).read_text().split()
+    finally:
+        os.environ.pop(FAILED_JOBS_ENV, None)
+        Path(name).unlink(missing_ok=True)
+    if failed:
+        print(f"error: {len(failed)} job(s) of this sweep failed: {', '.join(failed)} (each one's error is above)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def note_failed_job(job: str) -> None:
+    """Record a multirun job that failed on the user's input, for ``failed_jobs_summarized`` to report at the end."""
+    with open(os.environ[FAILED_JOBS_ENV], "a") as record:
+        record.write(job + "\n")
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:

@@ -109,6 +109,9 @@ def test_sweep_whose_job_folders_hold_runs_is_refused_job_by_job(data_root, tmp_
     proc = train([*args, "trainer.epochs=2"], cwd=tmp_path)  # other overrides: Hydra's new record would differ
     assert proc.returncode != 0
     assert f"error in {job.name}: {job} already holds a run" in proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last == f"error: 1 job(s) of this sweep failed: {job.name} (each one's error is above)"
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
     assert folder_digest(sweep) == before  # the jobs and the sweep's multirun.yaml, byte for byte
 
     resumed = train([*args, "trainer.resume=true"], cwd=tmp_path)  # nothing to do, and it succeeds
