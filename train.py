@@ -5,8 +5,8 @@ Before anything is written, the command is checked: unknown keys, bad values, an
 holds a run (continue it with ``trainer.resume=true``, replace it with ``trainer.overwrite=true``); a refused
 command leaves the folder byte-identical. Errors caused by the input end the run with one line on stderr; in a
 multirun the sweep carries on with the other jobs and ends with one line naming the jobs that failed (exit
-status 1). SIGTERM and
-Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); a second Ctrl-C exits at once.
+status 1). SIGTERM and Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); a second
+Ctrl-C exits at once.
 ``python train.py trainer.resume=true hydra.run.dir=<run folder>`` continues a run with the config it saved.
 """
 
