@@ -27,12 +27,15 @@
 
 # %%
 # %matplotlib inline
+import base64
+import html
+import io
 import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 from PIL import Image
 
 from rhovae import results
@@ -48,6 +51,15 @@ elif not WANDB_PROJECT:
     sweeps = sorted((REPO / "outputs" / "multirun").glob("*/"), key=lambda p: p.stat().st_mtime)
     SWEEP_DIR = str(sweeps[-1]) if sweeps else None
 pd.set_option("display.width", 160)
+
+
+def show(fig, alt: str) -> None:
+    """A figure as a PNG image with alternative text, which screen readers (and the exported HTML) need."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    data = base64.b64encode(png.getvalue()).decode()
+    display(HTML(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'))
 
 # %% [markdown]
 # ## Runs
@@ -94,14 +106,14 @@ results.not_completed(runs)
 # %%
 histories = results.load_histories(runs, keys) if not WANDB_PROJECT else pd.DataFrame()
 if not histories.empty:
-    display(learning_curve_bands(histories, "val/elbo"))
-    display(learning_curve_bands(histories, "val/kl"))
+    show(learning_curve_bands(histories, "val/elbo"), "validation ELBO against epoch, mean and sd over seeds, per method")
+    show(learning_curve_bands(histories, "val/kl"), "validation KL against epoch, mean and sd over seeds, per method")
 
 # %% [markdown]
 # ## Test NLL per method (-ELBO where no NLL was estimated)
 
 # %%
-display(likelihood_comparison(table, results.iw_samples_used(runs)))
+show(likelihood_comparison(table, results.iw_samples_used(runs)), "test NLL per method and dataset, with error bars")
 
 # %% [markdown]
 # ## Against training budget (runs with `trainer.milestones`)
@@ -111,7 +123,7 @@ display(likelihood_comparison(table, results.iw_samples_used(runs)))
 # %%
 milestones = results.load_milestones(runs, keys) if not WANDB_PROJECT else pd.DataFrame()
 if not milestones.empty and "test/nll" in milestones:
-    display(budget_curves(milestones))
+    show(budget_curves(milestones), "test NLL on the milestone subset against training epochs, one line per method")
     display(milestones.pivot_table(index="epoch", columns="method", values="test/nll").round(2))
 else:
     print("no run of this sweep has milestones")
@@ -123,7 +135,8 @@ else:
 
 # %%
 if "gaps/approximation_gap mean" in table and table["gaps/approximation_gap mean"].notna().any():
-    display(gap_bars(table[table["gaps/approximation_gap mean"].notna()]))
+    show(gap_bars(table[table["gaps/approximation_gap mean"].notna()]),
+         "approximation and amortization gaps in nats per method, stacked bars")
 else:
     print("no run of this sweep has a gaps.json")
 
@@ -142,4 +155,5 @@ if not WANDB_PROJECT:
         for ax, (_, run) in zip(row, firsts[firsts["dataset"] == dataset].iterrows()):
             ax.imshow(Image.open(Path(run["run_dir"]) / "samples.png"), cmap="gray")
             ax.set_title(f"{dataset}: {run['method']}", fontsize=8)
-    plt.show()
+    show(fig, "prior samples of the first completed seed of each method: " + ", ".join(
+        f"{run['dataset']} {run['method']}" for _, run in firsts.iterrows()))

@@ -277,6 +277,7 @@ def test_readme_notebook_command_renders_the_tiny_sweep_from_the_repository_root
     html = (tiny_sweep / "results.html").read_text()
     assert "rho" in html and "diag" in html and "test NLL" in html and "Traceback" not in html
     assert html.count("data:image/png") >= 4  # 2 learning curves, NLL plot, samples
+    assert "No description has been provided" not in html and "TqdmWarning" not in html  # alt text, ipywidgets
     assert not (REPO / "notebooks" / "results.html").exists()
 
 
