@@ -8,18 +8,23 @@ import pytest
 import torch
 from torch.distributions import Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 
-from helpers import FLOW_NAMES as FLOWS, GAUSSIAN_NAMES as GAUSSIANS, POSTERIOR_NAMES, compose, config_options
+from helpers import (FLOW_CHOICES as FLOWS, GAUSSIAN_CHOICES as GAUSSIANS, POSTERIOR_CHOICES, POSTERIOR_NAMES,
+                     build_choice, compose, config_options)
 from rhovae.errors import ConfigError
 from rhovae.posteriors import AR1Normal, POSTERIORS, FlowDistribution, build_posterior, planar_step
 from rhovae.posteriors.rho_scaled import ScaledAR1Normal
+from rhovae.posteriors.sylvester import householder_product, orthonormal_columns, sylvester_step
 from rhovae.vae import standard_normal_prior
 
 FEATURES, D, B = 16, 5, 3
+# rho_published_code samples a random walk that ignores rho (rhovae/posteriors/published_rho.py), so its rho head
+# gets gradients only through the training loss's published KL term (tests/test_published_rho.py)
+SAMPLED_BY_EVERY_HEAD = [c for c in POSTERIOR_CHOICES if c != "rho_published_code"]
 
 
-def posterior_and_features(name: str, seed: int = 0, scale: float = 1.0):
+def posterior_and_features(name: str, seed: int = 0, scale: float = 1.0, **options):
     torch.manual_seed(seed)
-    post = build_posterior(name, FEATURES, D).double()
+    post = build_choice(name, FEATURES, D, **options).double()
     with torch.no_grad():  # heads initialised to zero (fullcov's off-diagonal) get random values, so they count
         for p in post.parameters():
             if not p.any():
@@ -34,7 +39,7 @@ def as_mvn(q) -> MultivariateNormal:
     return MultivariateNormal(q.mean, covariance_matrix=cov)
 
 
-@pytest.mark.parametrize("name", POSTERIOR_NAMES)
+@pytest.mark.parametrize("name", POSTERIOR_CHOICES)
 def test_sample_shapes_for_batch_and_sample_dimensions(name):
     post, h = posterior_and_features(name)
     q = post(h)
@@ -60,9 +65,10 @@ def test_log_prob_of_own_samples_matches_multivariate_normal(name):
     torch.testing.assert_close(log_q, as_mvn(q).log_prob(z), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", FLOWS)
-def test_flow_log_prob_is_base_density_minus_log_det_of_autograd_jacobian(name):
-    post, h = posterior_and_features(name, seed=2)
+@pytest.mark.parametrize("name,options", [(n, {}) for n in FLOWS] + [("sylvester", {"ortho_vectors": 2})],
+                         ids=[*FLOWS, "sylvester-ortho_vectors=2"])
+def test_flow_log_prob_is_base_density_minus_log_det_of_autograd_jacobian(name, options):
+    post, h = posterior_and_features(name, seed=2, **options)
     with torch.no_grad():  # make the flow far from the identity, so the test has something to see
         for p in post.parameters():
             p.mul_(3.0)
@@ -104,7 +110,7 @@ def test_analytic_kl_agrees_with_monte_carlo(name):
     assert torch.all((mc - analytic).abs() < 5 * se), (mc, analytic, se)
 
 
-@pytest.mark.parametrize("name", POSTERIOR_NAMES)
+@pytest.mark.parametrize("name", SAMPLED_BY_EVERY_HEAD)
 def test_gradients_reach_every_parameter(name):
     post, h = posterior_and_features(name)
     q = post(h)
@@ -115,7 +121,7 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", POSTERIOR_NAMES)
+@pytest.mark.parametrize("name", SAMPLED_BY_EVERY_HEAD)
 @pytest.mark.parametrize("scale", [1e2, 1e3, -1e3])
 def test_finite_for_large_encoder_features(name, scale):
     post, h = posterior_and_features(name, scale=scale)
@@ -218,8 +224,8 @@ def test_planar_steps_in_float32_stay_finite_and_anti_aligned_heads_stay_inverti
 
 def test_flow_length_is_honoured_and_zero_means_the_base_alone():
     for name in FLOWS:
-        assert len(build_posterior(name, FEATURES, D, flow_length=3)(torch.randn(2, FEATURES)).steps) == 3
-        q = build_posterior(name, FEATURES, D, flow_length=0)(torch.randn(2, FEATURES))
+        assert len(build_choice(name, FEATURES, D, flow_length=3)(torch.randn(2, FEATURES)).steps) == 3
+        q = build_choice(name, FEATURES, D, flow_length=0)(torch.randn(2, FEATURES))
         torch.manual_seed(0)
         z, log_q = q.rsample_with_log_prob()
         torch.testing.assert_close(log_q, q.base.log_prob(z))
@@ -238,12 +244,11 @@ def test_unknown_posterior_and_option_are_one_line_errors():
         build_posterior("rho", FEATURES, D, flow_length=3)
 
 
-@pytest.mark.parametrize("name,options", [(n, {}) for n in POSTERIOR_NAMES] + [("rho", {"variant": "published_code"})],
-                         ids=[*POSTERIOR_NAMES, "rho-published_code"])
-def test_local_parameters_reproduce_the_posterior_exactly(name, options):
+@pytest.mark.parametrize("name", POSTERIOR_CHOICES)
+def test_local_parameters_reproduce_the_posterior_exactly(name):
     """forward(h) = distribution(local_parameters(h)), and each image's q depends on its own vector alone."""
     torch.manual_seed(0)
-    post = build_posterior(name, FEATURES, D, **options).double()
+    post = build_choice(name, FEATURES, D).double()
     h = torch.randn(B, FEATURES, dtype=torch.float64)
     params = post.local_parameters(h)
     assert params.shape[:-1] == (B,) and params.dim() == 2
@@ -320,8 +325,8 @@ def test_a_heads_gradient_into_the_shared_features_is_scaled_and_nothing_else_ch
     """The head's output and the gradient of its own weights are those of the unscaled head; only the gradient
     that reaches the encoder's features is multiplied by ``scale`` (0: stop-gradient)."""
     torch.manual_seed(0)
-    full = build_posterior(name, FEATURES, D, **{option: 1.0}).double()
-    scaled = build_posterior(name, FEATURES, D, **{option: scale}).double()
+    full = build_choice(name, FEATURES, D, **{option: 1.0}).double()
+    scaled = build_choice(name, FEATURES, D, **{option: scale}).double()
     scaled.load_state_dict(full.state_dict())
     with torch.no_grad():  # zero-initialised heads get values, so that their gradient into h is not zero
         for p in full.parameters():
@@ -368,3 +373,70 @@ def test_lowrank_kl_to_any_diagonal_gaussian_is_the_full_covariance_kl():
         MultivariateNormal(q.loc, covariance_matrix=q.covariance_matrix), as_full))
     with pytest.raises(ConfigError, match=r"posterior.rank=0 is not valid"):
         build_posterior("lowrank", FEATURES, D, rank=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sylvester_orthogonalization_gives_the_polar_factor(dtype):
+    """The iteration converges to the orthonormal matrix closest to its input, U V^T of the SVD A = U S V^T."""
+    torch.manual_seed(0)
+    a = torch.randn(4, 7, 3, dtype=dtype)
+    q = orthonormal_columns(a)
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    tol = 3e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(q, u @ vh, rtol=0, atol=tol)
+    torch.testing.assert_close(q.mT @ q, torch.eye(3, dtype=dtype).expand(4, 3, 3), rtol=0, atol=tol)
+
+
+def test_sylvester_householder_q_is_the_product_of_the_reflection_matrices():
+    torch.manual_seed(1)
+    v = torch.randn(2, 3, 5, dtype=torch.float64)
+    expected = torch.eye(5, dtype=torch.float64).expand(2, 5, 5)
+    for k in range(3):
+        unit = v[:, k] / v[:, k].norm(dim=-1, keepdim=True)
+        expected = (torch.eye(5, dtype=torch.float64) - 2 * unit.unsqueeze(-1) * unit.unsqueeze(-2)) @ expected
+    torch.testing.assert_close(householder_product(v), expected)
+
+
+def test_sylvester_triangular_steps_alternate_identity_and_reversal():
+    post = build_choice("sylvester_triangular", FEATURES, D).double()
+    none = torch.zeros(B, 0, dtype=torch.float64)
+    torch.testing.assert_close(post.q_matrix(none, 0), torch.eye(D, dtype=torch.float64))
+    ramp = torch.arange(D, dtype=torch.float64)
+    torch.testing.assert_close(post.q_matrix(none, 1) @ ramp, ramp.flip(0))
+
+
+def test_sylvester_step_is_the_formula_and_saturated_diagonals_stay_invertible():
+    """z' = z + Q R1 tanh(R2 Q^T z + b) against a plain evaluation, and log|det| stays finite where tanh of the two
+    diagonals rounds to +1 and -1 (1 + h' R1_mm R2_mm would be 1 - 1 = 0 at pre = 0)."""
+    torch.manual_seed(2)
+    d, m = 4, 2
+    z = torch.randn(3, d, dtype=torch.float64)
+    q = orthonormal_columns(torch.randn(3, d, m, dtype=torch.float64))
+    full = torch.randn(3, m, m, dtype=torch.float64)
+    a, c, b = (torch.randn(3, m, dtype=torch.float64) for _ in range(3))
+    r1 = full.triu(1) + torch.diag_embed(a.tanh())
+    r2 = full.mT.triu(1) + torch.diag_embed(c.tanh())
+    out, log_det = sylvester_step(z, q, r1, r2, b, a, c)
+    pre = (r2 @ q.mT @ z.unsqueeze(-1)).squeeze(-1) + b
+    torch.testing.assert_close(out, z + (q @ r1 @ pre.tanh().unsqueeze(-1)).squeeze(-1))
+    jac = torch.eye(d, dtype=torch.float64) + q @ r1 @ torch.diag_embed(1 - pre.tanh() ** 2) @ r2 @ q.mT
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(jac).logabsdet)
+
+    big = torch.full((1, m), 30.0)
+    r1, r2 = torch.diag_embed(big.tanh()), torch.diag_embed((-big).tanh())
+    assert torch.all(r1.diagonal(dim1=-2, dim2=-1) * r2.diagonal(dim1=-2, dim2=-1) == -1.0)  # float32 rounds
+    q = torch.eye(m).unsqueeze(0)
+    _, log_det = sylvester_step(torch.zeros(1, m), q, r1, r2, torch.zeros(1, m), big, -big)
+    exact = m * math.log(4.0 / (2 + 2 * math.cosh(60.0)))  # 1 - tanh^2(30) = cosh(0) / cosh^2(30), in closed form
+    assert torch.isfinite(log_det).all()
+    torch.testing.assert_close(log_det.double(), torch.tensor([exact], dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+def test_sylvester_options_are_checked_and_the_bottleneck_is_at_most_d():
+    assert build_choice("sylvester", FEATURES, D, ortho_vectors=2).width == 2
+    assert build_choice("sylvester", FEATURES, D, ortho_vectors=64).width == D  # R^d holds at most d of them
+    assert build_choice("sylvester_householder", FEATURES, D).width == D
+    with pytest.raises(ConfigError, match=r"posterior.variant='qr' is not valid; accepted: orthogonal, householder"):
+        build_posterior("sylvester", FEATURES, D, variant="qr")
+    with pytest.raises(ConfigError, match=r"posterior.reflections=0 is not valid"):
+        build_posterior("sylvester", FEATURES, D, variant="householder", reflections=0)

@@ -84,9 +84,19 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> No
         time.sleep(0.005)
 
 
+def build_choice(choice: str, in_features: int, latent_dim: int, **options):
+    """The posterior of a ``posterior=`` choice: a registered name, or a named setting of one with its options."""
+    name, fixed = POSTERIORS.settings.get(choice, (choice, {}))
+    return build_posterior(name, in_features, latent_dim, **{**fixed, **options})
+
+
 POSTERIOR_NAMES = sorted(POSTERIORS)
-FLOW_NAMES = [n for n in POSTERIOR_NAMES if isinstance(build_posterior(n, 4, 2), FlowPosterior)]
-GAUSSIAN_NAMES = [n for n in POSTERIOR_NAMES if n not in FLOW_NAMES]  # closed-form KL, exact log_prob
+# every choice of the posterior group, named settings included (the contract tests run on each)
+POSTERIOR_CHOICES = sorted([*POSTERIORS, *POSTERIORS.settings])
+FLOW_CHOICES = [n for n in POSTERIOR_CHOICES if isinstance(build_choice(n, 4, 2), FlowPosterior)]
+FLOW_NAMES = [n for n in POSTERIOR_NAMES if n in FLOW_CHOICES]
+GAUSSIAN_CHOICES = [n for n in POSTERIOR_CHOICES if n not in FLOW_CHOICES]  # closed-form KL, exact log_prob
+GAUSSIAN_NAMES = [n for n in POSTERIOR_NAMES if n in GAUSSIAN_CHOICES]
 DATASET_NAMES = sorted(DATASETS)
 NETWORK_NAMES = sorted(NETWORKS)
 

@@ -1,0 +1,152 @@
+"""Sylvester normalizing flows (van den Berg, Hasenclever, Tomczak & Welling 2018), amortized per image.
+
+A diagonal Gaussian base pushed through K steps
+
+    z' = z + Q R1 tanh(R2 Q^T z + b),
+
+Q a d x M matrix with orthonormal columns, R1 and R2 upper-triangular M x M, b in R^M, all per image from one
+linear head on the encoder features. Sylvester's determinant identity turns the d x d Jacobian determinant into an
+M x M one, det(I_M + diag(h') R2 Q^T Q R1) = prod_m (1 + h'_m R1_mm R2_mm) with h' = 1 - tanh^2 of the
+pre-activation: O(M) per sample. The diagonals are tanh of head outputs, so R1_mm R2_mm lies in (-1, 1) and, with
+0 < h' <= 1, every step is invertible. R1 and R2 share one M x M head, R1 taking its strictly upper part and R2 the
+strictly upper part of its transpose, as in the paper's code (riannevdberg/sylvester-flows).
+
+``variant`` chooses Q, with the paper's defaults:
+
+* ``orthogonal``: Q from a d x M head output by the iterative orthogonalization Q <- Q (I + (I - Q^T Q) / 2),
+  started from the output divided by its Frobenius norm (all singular values <= 1, so it converges) and run until
+  |Q^T Q - I| is at the float type's round-off (at most 100 steps). M = ``ortho_vectors`` (8), at most d: R^d holds
+  no more than d orthonormal vectors, so a larger value means M = d.
+* ``householder``: Q (d x d, M = d) the product of ``reflections`` (8) Householder reflections I - 2 v v^T / |v|^2,
+  each v per image from the head.
+* ``triangular``: Q the identity on even steps and the reversal permutation on odd ones (M = d, no Q head).
+
+The named settings ``sylvester_householder`` and ``sylvester_triangular`` fix the variant; ``sylvester`` is the
+orthogonal one. The KL is the flows' Monte Carlo estimate (``FlowPosterior``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ar1_normal import log1m_tanh_sq
+from .base import POSTERIORS, check_option
+from .flows import FlowPosterior, Step
+
+VARIANTS = ("orthogonal", "householder", "triangular")
+
+
+def log_cosh(x: torch.Tensor) -> torch.Tensor:
+    """log cosh(x) without overflow: |x| + log(1 + exp(-2|x|)) - log 2."""
+    x = x.abs()
+    return x + F.softplus(-2.0 * x) - 0.6931471805599453
+
+
+def sylvester_step(z: torch.Tensor, q: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, b: torch.Tensor,
+                   diag1: torch.Tensor, diag2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z' = z + Q R1 tanh(R2 Q^T z + b) and log|det dz'/dz|, broadcasting z ``[..., B, d]`` against the per-image
+    Q ``[B, d, M]``, R1 and R2 ``[B, M, M]``, b ``[B, M]``; ``diag1`` and ``diag2`` ``[B, M]`` are the raw head outputs
+    whose tanh are the diagonals of R1 and R2.
+
+    Each factor of the determinant, 1 + h' tanh(a) tanh(c), is computed as the sum of non-negative terms
+    tanh^2(pre) + h' (1 + tanh(a) tanh(c)) with 1 + tanh(a) tanh(c) = cosh(a + c) / (cosh a cosh c), so saturated
+    diagonals of opposite sign (tanh(a) tanh(c) = -1 in floating point) cannot cancel it to 0.
+    """
+    pre = ((z.unsqueeze(-2) @ q) @ r2.transpose(-1, -2)).squeeze(-2) + b  # (R2 Q^T z + b)^T = z^T Q R2^T + b^T
+    act = torch.tanh(pre)
+    out = z + ((act.unsqueeze(-2) @ r1.transpose(-1, -2)) @ q.transpose(-1, -2)).squeeze(-2)
+    one_plus_r1r2 = (log_cosh(diag1 + diag2) - log_cosh(diag1) - log_cosh(diag2)).exp()
+    det = act * act + log1m_tanh_sq(pre).exp() * one_plus_r1r2
+    return out, det.log().sum(-1)
+
+
+def orthonormal_columns(a: torch.Tensor, max_steps: int = 100) -> torch.Tensor:
+    """Q ``[..., d, M]`` with orthonormal columns from ``a`` of that shape (M <= d), by the iterative
+    orthogonalization of the Sylvester-flow paper (Bjorck's), differentiable throughout. Each matrix stops at its own
+    convergence, so one image's Q never depends on the other images of the batch."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    q = a / torch.linalg.matrix_norm(a).unsqueeze(-1).unsqueeze(-1)
+    tolerance = 100 * torch.finfo(a.dtype).eps
+    done = torch.zeros(a.shape[:-2], dtype=torch.bool, device=a.device)
+    for _ in range(max_steps):
+        q = torch.where(done.unsqueeze(-1).unsqueeze(-1), q, q @ (1.5 * eye - 0.5 * q.transpose(-1, -2) @ q))
+        deviation = torch.linalg.matrix_norm(q.transpose(-1, -2) @ q - eye)
+        done = deviation <= tolerance
+        if bool(done.all()):
+            break
+    else:
+        warnings.warn(f"Sylvester flow: orthogonalization stopped after {max_steps} steps at |Q^T Q - I| = "
+                      f"{deviation.max().item():.2e}; log-densities are off by about that much", RuntimeWarning,
+                      stacklevel=2)
+    return q
+
+
+def householder_product(v: torch.Tensor) -> torch.Tensor:
+    """Q = H_K ... H_1 ``[..., d, d]`` for reflection vectors ``v`` ``[..., K, d]``, H_k = I - 2 v_k v_k^T / |v_k|^2,
+    built by applying the reflections to the identity one after another (O(K d^2), no d x d reflection formed)."""
+    v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    d = v.shape[-1]
+    q = torch.eye(d, dtype=v.dtype, device=v.device).expand(*v.shape[:-2], d, d)
+    for k in range(v.shape[-2]):
+        vk = v[..., k, :].unsqueeze(-1)  # [..., d, 1]
+        q = q - 2.0 * vk @ (vk.transpose(-1, -2) @ q)
+    return q
+
+
+@POSTERIORS.register("sylvester")
+class SylvesterPosterior(FlowPosterior):
+    """Diagonal Gaussian base + ``flow_length`` Sylvester steps with per-image Q, R1, R2 and b from one linear head."""
+
+    def __init__(self, in_features: int, latent_dim: int, variant: str = "orthogonal", flow_length: int = 4,
+                 ortho_vectors: int = 8, reflections: int = 8, min_std: float = 1e-4, kl_samples: int = 1,
+                 step_gradient: float = 1.0):
+        super().__init__(in_features, latent_dim, min_std, kl_samples, step_gradient)
+        check_option(variant in VARIANTS, "variant", variant, ", ".join(VARIANTS))
+        check_option(flow_length >= 0, "flow_length", flow_length, "an integer >= 0")
+        check_option(ortho_vectors >= 1, "ortho_vectors", ortho_vectors, "an integer >= 1")
+        check_option(reflections >= 1, "reflections", reflections, "an integer >= 1")
+        self.variant, self.flow_length, self.reflections = variant, flow_length, reflections
+        self.width = min(ortho_vectors, latent_dim) if variant == "orthogonal" else latent_dim  # M
+        self.q_size = {"orthogonal": latent_dim * self.width, "householder": reflections * latent_dim,
+                       "triangular": 0}[variant]
+        m = self.width
+        # per step: the shared M x M matrix of R1 and R2, the raw diagonals of R1 and of R2, b, and Q's head output
+        self.sizes = [m * m, m, m, m, self.q_size]
+        self.step_params = nn.Linear(in_features, flow_length * sum(self.sizes))
+        reverse = torch.eye(latent_dim).flip(-1)
+        self.register_buffer("permutations", torch.stack([torch.eye(latent_dim), reverse]), persistent=False)
+
+    @property
+    def step_head(self) -> nn.Linear:
+        """Every step's (shared R matrix, R1 and R2 diagonals, b, Q's parameters): ``[B, K P]``."""
+        return self.step_params
+
+    def steps_from(self, params: torch.Tensor) -> list[Step]:
+        m = self.width
+        upper = torch.ones(m, m, dtype=torch.bool, device=params.device).triu(1)
+        steps = []
+        for k, chunk in enumerate(params.unflatten(-1, (self.flow_length, sum(self.sizes))).unbind(-2)):
+            full, diag1, diag2, b, raw_q = chunk.split(self.sizes, dim=-1)
+            full = full.unflatten(-1, (m, m))
+            r1 = torch.where(upper, full, 0.0) + torch.diag_embed(torch.tanh(diag1))
+            r2 = torch.where(upper, full.transpose(-1, -2), 0.0) + torch.diag_embed(torch.tanh(diag2))
+            q = self.q_matrix(raw_q, k)
+            steps.append(lambda z, q=q, r1=r1, r2=r2, b=b, d1=diag1, d2=diag2: sylvester_step(z, q, r1, r2, b, d1, d2))
+        return steps
+
+    def q_matrix(self, raw: torch.Tensor, step: int) -> torch.Tensor:
+        """Q of one step from that step's slice of the head output ``[B, q_size]``: ``[B, d, M]`` (``[d, d]`` for the
+        triangular variant, the same for every image)."""
+        if self.variant == "orthogonal":
+            return orthonormal_columns(raw.unflatten(-1, (self.latent_dim, self.width)))
+        if self.variant == "householder":
+            return householder_product(raw.unflatten(-1, (self.reflections, self.latent_dim)))
+        return self.permutations[step % 2].to(raw.dtype)
+
+
+POSTERIORS.add_setting("sylvester_householder", "sylvester", variant="householder")
+POSTERIORS.add_setting("sylvester_triangular", "sylvester", variant="triangular")
