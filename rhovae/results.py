@@ -268,7 +268,8 @@ def provenance_differences(runs: pd.DataFrame) -> dict[str, list[Any]]:
 # The settings that make a table's budget, shown above it: how long runs trained and how the numbers were estimated.
 BUDGET_KEYS = {"epochs": "epochs trained", "config.trainer.max_batches": "batches per epoch (null: all)",
                "config.trainer.batch_size": "batch size", "test/iw_samples": "K (test NLL)",
-               "gaps/n_images": "gap images", "config.dataset.binarize": "binarization"}
+               "gaps/n_images": "gap images", "config.dataset.binarize": "binarization",
+               "config.tuned": "tuned with (scripts/tune.py study database)"}
 
 
 def budget(runs: pd.DataFrame) -> tuple[dict[str, str], bool]:

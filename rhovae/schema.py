@@ -108,6 +108,8 @@ class RunConfig:
     posterior: Any = MISSING
     networks: Any = MISSING  # the encoder/decoder pair
     logger: Any = field(default=MISSING, metadata=RUNTIME)
+    # a study database of scripts/tune.py (outputs/tune/<name>.db): the run takes its study's best settings
+    tuned: Optional[str] = None
 
 
 def keys_with(role: str, value: bool) -> tuple[str, ...]:

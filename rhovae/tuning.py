@@ -1,0 +1,448 @@
+"""Equal-budget tuning: one Optuna study per (dataset, posterior), each with the same search space, number of trials,
+epochs per trial, sampler and pruner, in one study database (``scripts/tune.py`` is the command).
+
+* ``TuneConfig`` and ``load_tune_config``: the typed ``tune.*`` settings, from ``configs/tune/default.yaml`` and the
+  command line; ``SearchSpace`` checks the space (known keys, non-empty ranges) before anything is written.
+* ``tune``: the studies, run by ``tune.n_jobs`` worker processes. A trial composes its run config with Hydra's
+  compose API from ``configs/`` (as ``train.py`` does, plus the sampled values), trains with the project's own
+  ``train_one_epoch`` and reports the validation ELBO after each epoch, so that the pruner can stop it; its value
+  is the best validation ELBO (never a test number). A trial whose loss turns non-finite is pruned: it used its
+  share of the budget.
+* The budget is exact: a study takes trials until ``n_trials`` of them are complete or pruned. Each trial claims a
+  slot when it starts (trials are numbered by the database, so two workers never both take the last one); a
+  trial that finds no slot left is recorded as failed and marked ``surplus``. A trial interrupted by Ctrl-C is
+  recorded as failed, one whose process was killed is failed by the storage's heartbeat once it goes stale and
+  run again with the same parameters (``RetryHeartbeatStaleTrialCallback``); failed trials never count.
+* ``best_settings`` and ``apply_tuned``: a study's best parameters, and a run config with them applied
+  (``python train.py ... tuned=<database>``).
+* ``tuning_table`` and ``history_figure``: what ``scripts/tune.py`` shows at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from .errors import ConfigError
+from .evaluation import evaluate_elbo
+
+log = logging.getLogger(__name__)
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that used their share of the budget
+PRUNERS = ("median", "halving")
+SPACE_TYPES = ("float", "int", "categorical")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TuneConfig:
+    """``tune.*``: which studies, their budget and where they are stored (``configs/tune/default.yaml``)."""
+
+    name: str = "tune"  # the database file outputs/tune/<name>.db, unless storage is given
+    posteriors: list[str] = field(default_factory=lambda: ["diag", "rho", "fullcov", "planar", "iaf"])
+    datasets: list[str] = field(default_factory=lambda: ["mnist"])
+    n_trials: int = 12  # complete or pruned trials per study
+    epochs: int = 5  # training epochs per trial
+    n_jobs: int = 1  # worker processes (each one CPU thread unless trainer.threads says otherwise)
+    storage: str | None = None  # an SQLAlchemy URL; None = sqlite:///outputs/tune/<name>.db
+    seed: int = 0  # TPE's seed (worker i uses seed + i)
+    pruner: str = "median"  # median | halving (successive halving), the same for every study
+    startup_trials: int = 3  # trials before TPE and the median pruner act
+    run: list[str] = field(default_factory=list)  # run overrides every trial starts from (e.g. experiment=...)
+    # key -> {type: float | int | categorical, low, high, log, choices}; keys a posterior lacks are skipped for it
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+def load_tune_config(tune_overrides: Sequence[str], path: Path = CONFIG_DIR / "tune" / "default.yaml") -> TuneConfig:
+    """``configs/tune/default.yaml`` with ``tune.<key>=value`` overrides, typed (one-line errors on bad keys)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(TuneConfig), OmegaConf.load(path))
+    for override in tune_overrides:
+        key, _, value = override.partition("=")
+        key = key.removeprefix("tune.")
+        if key.split(".")[0] not in cfg:
+            raise ConfigError(f"tune.{key} is not a tuning key; accepted: "
+                              + ", ".join(f"tune.{k}" for k in cfg))
+        try:
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+        except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors say what is wrong in one line
+            raise ConfigError(f"tune.{key}={value!r} is not valid: {str(err).splitlines()[0]}") from None
+    tune_cfg: TuneConfig = OmegaConf.to_object(cfg)
+    if tune_cfg.pruner not in PRUNERS:
+        raise ConfigError(f"tune.pruner={tune_cfg.pruner!r} is not valid; accepted: {', '.join(PRUNERS)}")
+    for key, least in (("n_trials", 1), ("epochs", 1), ("n_jobs", 1), ("startup_trials", 0)):
+        if getattr(tune_cfg, key) < least:
+            raise ConfigError(f"tune.{key}={getattr(tune_cfg, key)} is not valid; accepted: an integer >= {least}")
+    if not tune_cfg.posteriors or not tune_cfg.datasets:
+        raise ConfigError("tune.posteriors and tune.datasets must each name at least one option")
+    return tune_cfg
+
+
+def storage_url(tune_cfg: TuneConfig, root: Path) -> str:
+    """The study database: ``tune.storage``, or an SQLite file ``<root>/outputs/tune/<name>.db``."""
+    if tune_cfg.storage:
+        return tune_cfg.storage
+    return f"sqlite:///{(root / 'outputs' / 'tune' / f'{tune_cfg.name}.db').resolve()}"
+
+
+def database_url(path_or_url: str) -> str:
+    """An SQLAlchemy URL as given, or a path to an SQLite study database as its URL (``tuned=outputs/tune/x.db``)."""
+    if "://" in path_or_url:
+        return path_or_url
+    path = Path(path_or_url).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"tuned={path_or_url!r}: no study database there; accepted: a file written by "
+                          f"scripts/tune.py (outputs/tune/<name>.db) or an SQLAlchemy URL")
+    return f"sqlite:///{path}"
+
+
+def study_name(dataset: str, method: str) -> str:
+    return f"{dataset}-{method}"
+
+
+# ---- the search space --------------------------------------------------------------------------------------
+
+
+class SearchSpace:
+    """The keys to tune and their ranges, checked against the run config each posterior composes to."""
+
+    def __init__(self, space: Mapping[str, Mapping[str, Any]]):
+        if not space:
+            raise ConfigError("tune.space is empty; accepted: at least one key with a range (configs/tune/default.yaml)")
+        self.space = {key: dict(spec) for key, spec in space.items()}
+        for key, spec in self.space.items():
+            kind = spec.get("type", "float")
+            if kind not in SPACE_TYPES:
+                raise ConfigError(f"tune.space.{key}.type={kind!r} is not valid; accepted: {', '.join(SPACE_TYPES)}")
+            if kind == "categorical":
+                if not spec.get("choices"):
+                    raise ConfigError(f"tune.space.{key}: an empty list of choices; accepted: one value or more")
+            elif not (spec.get("low") is not None and spec.get("high") is not None and spec["low"] < spec["high"]):
+                raise ConfigError(f"tune.space.{key}: the range low={spec.get('low')!r}, high={spec.get('high')!r} "
+                                  f"is empty; accepted: low < high")
+            elif spec.get("log") and spec["low"] <= 0:
+                raise ConfigError(f"tune.space.{key}: a log range needs low > 0, not {spec['low']!r}")
+
+    def keys_for(self, run_cfg: DictConfig) -> list[str]:
+        """The keys of the space that this run config has (a posterior's options exist only for that posterior)."""
+        return [key for key in self.space if OmegaConf.select(run_cfg, key, default=_ABSENT) is not _ABSENT]
+
+    def check_keys(self, configs: Sequence[DictConfig]) -> None:
+        """Refuse keys that no composed run config has (typos, or an option of no posterior being tuned)."""
+        known = {key for cfg in configs for key in self.keys_for(cfg)}
+        unknown = [key for key in self.space if key not in known]
+        if unknown:
+            raise ConfigError(f"tune.space has {', '.join(unknown)}, which no run of these posteriors has; "
+                              f"accepted: trainer.*, objective.*, posterior.<option> and other run keys")
+
+    def suggest(self, trial: optuna.Trial, keys: Sequence[str]) -> dict[str, Any]:
+        values = {}
+        for key in keys:
+            spec = self.space[key]
+            kind = spec.get("type", "float")
+            if kind == "categorical":
+                values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+            elif kind == "int":
+                values[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+            else:
+                values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
+                                                  log=bool(spec.get("log")))
+        return values
+
+    def as_json(self) -> str:
+        return json.dumps(self.space, sort_keys=True)
+
+
+_ABSENT = object()
+
+
+# ---- studies -----------------------------------------------------------------------------------------------
+
+
+def compose_run(overrides: Sequence[str]) -> DictConfig:
+    """A run config composed from ``configs/`` exactly as ``train.py`` composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from . import hydra_run  # noqa: F401 - registers the typed schema and the component options
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def study_attributes(tune_cfg: TuneConfig, space: SearchSpace) -> dict[str, Any]:
+    """What makes two studies' budgets equal: recorded in each study, checked when a study is continued."""
+    return {"space": space.as_json(), "epochs": tune_cfg.epochs, "pruner": tune_cfg.pruner,
+            "startup_trials": tune_cfg.startup_trials, "run": json.dumps(list(tune_cfg.run))}
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study database; a trial whose process died is failed after 60 s without a heartbeat and run again."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what the budget relies on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=60,
+                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+def make_pruner(tune_cfg: TuneConfig) -> optuna.pruners.BasePruner:
+    if tune_cfg.pruner == "median":
+        # steps are epochs from 1: a trial can be stopped from its second epoch on, below the median of the others
+        return optuna.pruners.MedianPruner(n_startup_trials=tune_cfg.startup_trials, n_warmup_steps=2)
+    return optuna.pruners.SuccessiveHalvingPruner()
+
+
+def open_study(storage, name: str, tune_cfg: TuneConfig, space: SearchSpace, seed: int) -> optuna.Study:
+    """The study ``name``, created with this budget or continued if its recorded budget is the same."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune_cfg.startup_trials,
+                                                                   constant_liar=True),
+                                pruner=make_pruner(tune_cfg))
+    wanted = study_attributes(tune_cfg, space)
+    recorded = study.user_attrs
+    if not recorded:
+        for key, value in wanted.items():
+            study.set_user_attr(key, value)
+    elif {k: recorded.get(k) for k in wanted} != wanted:
+        differ = [k for k in wanted if recorded.get(k) != wanted[k]]
+        raise ConfigError(f"study {name} in {storage.url if hasattr(storage, 'url') else storage} was made with a "
+                          f"different {', '.join(differ)}; nothing was changed. Use another tune.name (or "
+                          f"tune.storage) for a new search")
+    return study
+
+
+def counted_trials(study: optuna.Study, states=COUNTED) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=states)
+
+
+class Objective:
+    """One trial: compose, train ``epochs`` epochs with the project's training code, report the validation ELBO."""
+
+    def __init__(self, tune_cfg: TuneConfig, space: SearchSpace, dataset: str, posterior: str):
+        self.tune_cfg, self.space, self.dataset, self.posterior = tune_cfg, space, dataset, posterior
+        self.base = [*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}", f"trainer.epochs={tune_cfg.epochs}",
+                     "trainer.patience=null", "trainer.progress=false", "logger=none"]
+        self.keys = space.keys_for(compose_run(self.base))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from .config import validate_config
+        from .experiment import prepare
+        from .trainer import NonFiniteLossError, TrainSettings, TrainState, make_optimizer, train_one_epoch
+
+        slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
+        if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            return math.nan  # recorded as failed, never counted
+        values = self.space.suggest(trial, self.keys)
+        cfg = compose_run([*self.base, *(f"{k}={v}" for k, v in values.items())])
+        device = validate_config(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        data, model = prepare(config, device)
+        optimizer = make_optimizer(model, config["trainer"]["lr"])
+        settings, state = TrainSettings.from_config(config), TrainState()
+        data_rng = torch.Generator(device=device).manual_seed(config["seed"])
+        best = -math.inf
+        for epoch in range(1, self.tune_cfg.epochs + 1):
+            try:
+                train_one_epoch(model, optimizer, data, settings, state, data_rng)
+            except NonFiniteLossError as err:
+                trial.set_user_attr("pruned_because", str(err))
+                raise optuna.TrialPruned(str(err)) from None
+            state.epoch = epoch
+            val = evaluate_elbo(model, data.val, batch_size=config["eval"]["batch_size"],
+                                eval_seed=config["eval"]["seed"])["elbo"]
+            best = max(best, val)
+            trial.report(val, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val ELBO {val:.2f} at epoch {epoch}")
+        return best
+
+
+def finished_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
+    """The log line of a finished trial: its number, state, value and parameters."""
+    if trial.user_attrs.get("surplus"):
+        return None
+    value = trial.value if trial.state == TrialState.COMPLETE else (
+        max(trial.intermediate_values.values()) if trial.intermediate_values else math.nan)
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, trial.state.name.lower())
+    return f"{study.study_name} trial {trial.number}: {state}, best val ELBO {value:.2f} ({params})"
+
+
+def run_study(study: optuna.Study, objective: Objective, n_trials: int, progress: bool) -> None:
+    """Trials until ``n_trials`` are complete or pruned (a no-op for a finished study)."""
+    from tqdm import tqdm
+
+    done = len(counted_trials(study))
+    if done >= n_trials:
+        return
+    bar = tqdm(total=n_trials, initial=done, desc=study.study_name, unit="trial", disable=not progress,
+               dynamic_ncols=True, leave=False)
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        line = finished_line(study, trial)
+        if line:
+            (bar.write if progress else log.info)(line)
+        bar.n = len(counted_trials(study))
+        bar.refresh()
+        if bar.n >= n_trials:
+            study.stop()
+
+    try:
+        study.optimize(objective, callbacks=[after], catch=())
+    finally:
+        bar.close()
+
+
+def worker(tune_cfg: TuneConfig, url: str, index: int, threads: int | None, progress: bool) -> None:
+    """One worker process: every study in order, each until its budget is used (workers share studies)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][tune] %(message)s")
+    torch.set_num_threads(threads or 1)
+    space = SearchSpace(tune_cfg.space)
+    storage = make_storage(url)
+    for dataset in tune_cfg.datasets:
+        for posterior in tune_cfg.posteriors:
+            objective = Objective(tune_cfg, space, dataset, posterior)
+            study = open_study(storage, study_name(dataset, method_label(objective.base)), tune_cfg, space,
+                               tune_cfg.seed + index)
+            run_study(study, objective, tune_cfg.n_trials, progress)
+
+
+def method_label(overrides: Sequence[str]) -> str:
+    """The method label (``rhovae.posteriors.posterior_label``) of a run config, the study's name and what
+    ``tuned=`` looks up."""
+    from .posteriors import posterior_label
+
+    return posterior_label(OmegaConf.to_container(compose_run(overrides).posterior, resolve=True))
+
+
+def check_tuning(tune_cfg: TuneConfig, url: str) -> None:
+    """Everything a tuning command could refuse, checked before any study is created or changed: the space against
+    the composed configs, and the budget recorded in studies that already exist."""
+    space = SearchSpace(tune_cfg.space)
+    configs, names = [], []
+    for dataset in tune_cfg.datasets:
+        for posterior in tune_cfg.posteriors:
+            overrides = [*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}"]
+            configs.append(compose_run(overrides))
+            names.append(study_name(dataset, method_label(overrides)))
+    space.check_keys(configs)
+    try:
+        existing = set(optuna.get_all_study_names(url))
+    except Exception:  # noqa: BLE001 - a database that does not exist yet holds no study
+        existing = set()
+    wanted = study_attributes(tune_cfg, space)
+    for name in names:
+        if name in existing:
+            recorded = optuna.load_study(study_name=name, storage=url).user_attrs
+            differ = [k for k in wanted if recorded.get(k) != wanted[k]]
+            if differ:
+                raise ConfigError(f"study {name} in {url} was made with a different {', '.join(differ)}; nothing "
+                                  f"was changed. Use another tune.name (or tune.storage) for a new search")
+
+
+def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: bool = True) -> None:
+    """Run every study to its budget with ``tune.n_jobs`` worker processes (one in this process when 1)."""
+    check_tuning(tune_cfg, url)
+    make_storage(url)  # creates the database once, before workers race to
+    if tune_cfg.n_jobs == 1:
+        worker(tune_cfg, url, 0, threads, progress)
+        return
+    from joblib import Parallel, delayed
+
+    Parallel(n_jobs=tune_cfg.n_jobs, backend="loky")(
+        delayed(worker)(tune_cfg, url, i, threads, progress and i == 0) for i in range(tune_cfg.n_jobs))
+
+
+# ---- results -----------------------------------------------------------------------------------------------
+
+
+def tuning_table(url: str, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per study: best parameters and value, trials complete, pruned and failed, and wall time."""
+    rows = []
+    for name in names or sorted(optuna.get_all_study_names(url)):
+        study = optuna.load_study(study_name=name, storage=url)
+        trials = study.get_trials(deepcopy=False)
+        counted = [t for t in trials if t.state in COUNTED]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        starts = [t.datetime_start for t in counted if t.datetime_start]
+        ends = [t.datetime_complete for t in counted if t.datetime_complete]
+        best = max(complete, key=lambda t: t.value, default=None)
+        rows.append({
+            "study": name, "best val ELBO": best.value if best else math.nan,
+            "best parameters": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in best.params.items()) if best else "",
+            "trials": len(counted), "complete": len(complete), "pruned": len(counted) - len(complete),
+            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in trials),
+            "epochs per trial": study.user_attrs.get("epochs"),
+            "trial minutes": sum((e - s).total_seconds() for s, e in
+                                 ((t.datetime_start, t.datetime_complete) for t in counted) if s and e) / 60,
+            "wall minutes": (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else math.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def history_figure(url: str, names: Sequence[str], path: Path) -> Path:
+    """Optuna's optimization history of the studies, best value so far against trial, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    studies = [optuna.load_study(study_name=n, storage=url) for n in names]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(studies, target_name="val ELBO")
+    ax.set_title("Equal-budget tuning: validation ELBO per trial (lines: best so far)")
+    ax.figure.set_size_inches(9, 5)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=100)
+    return path
+
+
+def best_settings(url: str, dataset: str, method: str) -> dict[str, Any]:
+    """The best complete trial's parameters of the study for ``dataset`` and ``method``."""
+    name = study_name(dataset, method)
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise ConfigError(f"tuned: {url} has no study {name}; it has "
+                          f"{', '.join(sorted(optuna.get_all_study_names(url))) or 'none'}") from None
+    complete = counted_trials(study, (TrialState.COMPLETE,))
+    if not complete:
+        raise ConfigError(f"tuned: study {name} in {url} has no complete trial yet")
+    return dict(max(complete, key=lambda t: t.value).params)
+
+
+def apply_tuned(cfg: DictConfig, given: Sequence[str]) -> dict[str, Any]:
+    """Set the best parameters of ``cfg.tuned``'s study for this run's dataset and posterior on ``cfg``; return them.
+    A key the command also sets itself is refused (one line): the run would not be the tuned one."""
+    from .posteriors import posterior_label
+
+    if not cfg.get("tuned"):
+        return {}
+    url = database_url(cfg.tuned)
+    method = posterior_label(OmegaConf.to_container(cfg.posterior, resolve=True))
+    best = best_settings(url, cfg.dataset.name, method)
+    clash = sorted(k for k in best if k in given)
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} set on the command line and by tuned={cfg.tuned}; accepted: one of "
+                          f"the two")
+    for key, value in best.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return best

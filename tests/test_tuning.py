@@ -1,0 +1,146 @@
+"""Equal-budget tuning (rhovae.tuning, scripts/tune.py) on tiny data, in process: the loop with a pruned trial, an
+interrupted study continued, the budget recorded in every study, bad input refused, and tuned runs."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from helpers import TINY_OVERRIDES, compose
+from rhovae import trainer, tuning
+from rhovae.errors import ConfigError
+from rhovae.results import BUDGET_KEYS
+
+
+def tiny_tune(data_root, tmp_path, **changes) -> tuple[tuning.TuneConfig, str]:
+    overrides = ["tune.posteriors=[diag,planar]", "tune.n_trials=3", "tune.epochs=3", "tune.startup_trials=2",
+                 *(f"tune.{k}={v}" for k, v in changes.items())]
+    tune_cfg = tuning.load_tune_config(overrides)
+    tune_cfg.run = [f"dataset.root={data_root}", *TINY_OVERRIDES]
+    tune_cfg.space = {"trainer.lr": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True}}
+    if "planar" in tune_cfg.posteriors:  # a key of one posterior's options: tuned for it alone
+        tune_cfg.space["posterior.flow_length"] = {"type": "int", "low": 1, "high": 3}
+    return tune_cfg, f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def states(url: str, name: str) -> list[TrialState]:
+    return [t.state for t in study(url, name).get_trials(deepcopy=False)]
+
+
+def test_every_posterior_gets_the_same_space_and_budget_and_a_poor_trial_is_pruned(data_root, tmp_path):
+    tune_cfg, url = tiny_tune(data_root, tmp_path)
+    space = tuning.SearchSpace(tune_cfg.space)
+    storage = tuning.make_storage(url)
+    diag = tuning.open_study(storage, "mnist-diag", tune_cfg, space, tune_cfg.seed)
+    for lr in (3e-2, 1e-2, 1e-5):  # the third learns almost nothing: below the median after its warm-up epoch
+        diag.enqueue_trial({"trainer.lr": lr})
+    tuning.tune(tune_cfg, url, progress=False)
+
+    assert states(url, "mnist-diag") == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert [t.state for t in study(url, "mnist-planar").get_trials()].count(TrialState.PRUNED) <= 1
+    for name in ("mnist-diag", "mnist-planar"):  # the equal budget, as stored in each study
+        s = study(url, name)
+        assert len(s.get_trials(states=tuning.COUNTED)) == 3
+        assert s.user_attrs == tuning.study_attributes(tune_cfg, space)
+        assert json.loads(s.user_attrs["space"]) == tune_cfg.space
+    assert set(study(url, "mnist-diag").best_params) == {"trainer.lr"}  # planar's option only where it exists
+    assert set(study(url, "mnist-planar").best_params) == {"trainer.lr", "posterior.flow_length"}
+    pruned = study(url, "mnist-diag").trials[2]
+    assert max(pruned.intermediate_values) == 2  # reported each epoch, stopped after the second
+
+    table = tuning.tuning_table(url, ["mnist-diag", "mnist-planar"])
+    assert table["trials"].tolist() == [3, 3] and table.loc[0, "pruned"] == 1
+    assert table.loc[0, "best val ELBO"] == pytest.approx(study(url, "mnist-diag").best_value)
+    assert tuning.history_figure(url, ["mnist-diag", "mnist-planar"], tmp_path / "history.png").stat().st_size > 0
+
+
+def test_an_interrupted_study_continues_and_its_interrupted_trial_never_counts(data_root, tmp_path, monkeypatch):
+    tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", epochs=1)
+    real_epoch = trainer.train_one_epoch
+    calls = []
+
+    def interrupted_on_the_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr("rhovae.trainer.train_one_epoch", interrupted_on_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(tune_cfg, url, progress=False)
+    assert states(url, "mnist-diag") == [TrialState.COMPLETE, TrialState.FAIL]
+
+    monkeypatch.setattr("rhovae.trainer.train_one_epoch", real_epoch)
+    tuning.tune(tune_cfg, url, progress=False)  # the same command again
+    assert states(url, "mnist-diag") == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                                         TrialState.COMPLETE]
+    assert tuning.tuning_table(url, ["mnist-diag"]).loc[0, ["trials", "failed"]].tolist() == [3, 1]
+    tuning.tune(tune_cfg, url, progress=False)  # a finished study takes no more trials
+    assert len(states(url, "mnist-diag")) == 4
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_that_finds_no_slot_left_is_recorded_as_surplus_and_not_counted(data_root, tmp_path):
+    tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=2)
+    space = tuning.SearchSpace(tune_cfg.space)
+    s = tuning.open_study(tuning.make_storage(url), "mnist-diag", tune_cfg, space, 0)
+    s.ask(), s.ask()  # two trials running in other workers hold both slots
+    s.optimize(tuning.Objective(tune_cfg, space, "mnist", "diag"), n_trials=1)
+    last = s.trials[-1]
+    assert last.state == TrialState.FAIL and last.user_attrs == {"surplus": True}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"trainer.lr_typo": {"low": 1e-4, "high": 1e-3}}, r"tune.space has trainer.lr_typo, which no run"),
+    ({"trainer.lr": {"low": 1e-3, "high": 1e-3}}, r"tune.space.trainer.lr: the range low=0.001, high=0.001 is empty"),
+    ({"trainer.lr": {"type": "grid", "low": 1, "high": 2}}, r"tune.space.trainer.lr.type='grid' is not valid"),
+])
+def test_a_bad_search_space_is_one_line_and_writes_nothing(data_root, tmp_path, change, message):
+    tune_cfg, url = tiny_tune(data_root, tmp_path)
+    tune_cfg.space = change
+    with pytest.raises(ConfigError, match=message):
+        tuning.tune(tune_cfg, url, progress=False)
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_a_study_made_with_another_space_is_refused_and_left_unchanged(data_root, tmp_path):
+    tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=1, epochs=1)
+    tuning.tune(tune_cfg, url, progress=False)
+    before = (tmp_path / "studies.db").read_bytes()
+    tune_cfg.space = {"trainer.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+    with pytest.raises(ConfigError, match=r"study mnist-diag in .* was made with a different space; nothing was "):
+        tuning.tune(tune_cfg, url, progress=False)
+    assert (tmp_path / "studies.db").read_bytes() == before
+    with pytest.raises(ConfigError, match=r"tune.n_trial is not a tuning key; accepted: tune.name, "):
+        tuning.load_tune_config(["tune.n_trial=3"])
+    with pytest.raises(ConfigError, match=r"tune.pruner='hyperband' is not valid; accepted: median, halving"):
+        tuning.load_tune_config(["tune.pruner=hyperband"])
+
+
+def test_a_tuned_run_takes_its_studys_best_settings(data_root, tmp_path):
+    tune_cfg, url = tiny_tune(data_root, tmp_path, n_trials=2, epochs=1)
+    tuning.tune(tune_cfg, url, progress=False)
+    database = tmp_path / "studies.db"
+    for posterior in ("diag", "planar"):
+        cfg = compose([f"dataset.root={data_root}", *TINY_OVERRIDES, f"posterior={posterior}", f"tuned={database}"])
+        applied = tuning.apply_tuned(cfg, given=[])
+        assert applied == study(url, f"mnist-{posterior}").best_params
+        assert cfg.trainer.lr == applied["trainer.lr"]
+        if posterior == "planar":
+            assert cfg.posterior.flow_length == applied["posterior.flow_length"]
+    cfg = compose([f"dataset.root={data_root}", *TINY_OVERRIDES, "trainer.lr=0.01", f"tuned={database}"])
+    with pytest.raises(ConfigError, match=r"trainer.lr set on the command line and by tuned="):
+        tuning.apply_tuned(cfg, given=["trainer.lr"])
+    fmnist = compose([f"dataset.root={data_root}", "dataset=fmnist", f"tuned={database}"])
+    with pytest.raises(ConfigError, match=r"has no study fmnist-diag; it has mnist-diag, mnist-planar"):
+        tuning.apply_tuned(fmnist, given=[])
+    with pytest.raises(ConfigError, match=r"tuned='nowhere.db': no study database there"):
+        tuning.apply_tuned(compose(["tuned=nowhere.db"]), given=[])
+    assert "config.tuned" in BUDGET_KEYS  # the results table says which runs were tuned, and from which database
