@@ -126,6 +126,16 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _check(cfg, "trainer.kl_warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "objective.beta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "objective.free_bits", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _int_at_least(cfg, "objective.iw_samples", 1)
+    if cfg.objective.iw_samples > 1:
+        _check(cfg, "objective.beta", lambda v: v == 1, "1 with objective.iw_samples > 1 (the IWAE bound has no KL "
+               "weight)")
+        _check(cfg, "objective.free_bits", lambda v: v == 0, "0 with objective.iw_samples > 1")
+        _check(cfg, "trainer.kl_warmup_epochs", lambda v: v == 0, "0 with objective.iw_samples > 1")
+    _check(cfg, "trainer.adam_eps", lambda v: _is_number(v) and v > 0, "a number > 0")
+    _check(cfg, "trainer.lr_stage_epochs", lambda v: all(_is_int(e) and e >= 1 for e in v),
+           "a list of stage lengths in epochs, each an integer >= 1")
+    _check(cfg, "trainer.lr_stage_decay", lambda v: _is_number(v) and v > 0, "a number > 0")
     _int_at_least(cfg, "trainer.patience", 1, optional=True)
     _check(cfg, "trainer.progress", lambda v: isinstance(v, bool), "true, false")
     _check(cfg, "trainer.resume", lambda v: isinstance(v, bool), "true, false")

@@ -214,7 +214,8 @@ def start_training(plan: RunPlan, run_dir: Path) -> TrainingRun:
     """The plan's model and data with a fresh optimizer, restored from the plan's checkpoint or started afresh
     (with an empty metrics log)."""
     config = plan.config
-    run = TrainingRun(plan.model, make_optimizer(plan.model, config["trainer"]["lr"]), plan.data,
+    run = TrainingRun(plan.model, make_optimizer(plan.model, config["trainer"]["lr"], config["trainer"]["adam_eps"]),
+                      plan.data,
                       torch.Generator(device=plan.device).manual_seed(config["seed"]), run_dir, config)
     metrics = run_dir / "metrics.jsonl"
     if plan.checkpoint is None:

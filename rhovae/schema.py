@@ -39,6 +39,11 @@ class TrainerConfig:
     # torch CPU threads; None = torch's default (launcher=joblib sets 1 per job)
     threads: Optional[int] = field(default=None, metadata=RUNTIME)
     kl_warmup_epochs: float = 0  # the KL weight rises linearly 0 -> objective.beta over this many epochs
+    adam_eps: float = 1.0e-8  # Adam's epsilon (the IWAE paper used 1e-4)
+    # a stepped learning rate: stage i lasts lr_stage_epochs[i] epochs at lr * lr_stage_decay^i (the last stage's
+    # rate holds after the list ends); empty = a constant lr
+    lr_stage_epochs: List[int] = field(default_factory=list)
+    lr_stage_decay: float = 1.0
     # stop after this many epochs without a better val ELBO; None = never
     patience: Optional[int] = field(default=10, metadata=ESTIMATION)
     # tqdm bar per epoch (hidden automatically when stderr is not a terminal)
@@ -57,6 +62,9 @@ class ObjectiveConfig:
 
     beta: float = 1.0  # weight on the KL (beta-VAE: beta > 1)
     free_bits: float = 0.0  # lambda in nats: sum over KL groups of max(lambda, batch-mean KL); 0 = the plain ELBO
+    # k of the importance-weighted bound trained (IWAE, Burda et al. 2015): log mean_k p(x, z_k) / q(z_k | x);
+    # 1 = the ELBO with the posterior's KL
+    iw_samples: int = 1
 
 
 @dataclass

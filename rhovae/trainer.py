@@ -62,6 +62,10 @@ class TrainSettings:
     kl_warmup_epochs: float = 0.0
     beta: float = 1.0
     free_bits: float = 0.0
+    iw_samples: int = 1
+    lr: float = 1e-3
+    lr_stage_epochs: tuple[int, ...] = ()
+    lr_stage_decay: float = 1.0
     patience: int | None = None
     progress: bool = True
     image_every: int = 0
@@ -71,7 +75,8 @@ class TrainSettings:
     def from_config(cls, config: Mapping[str, Any]) -> "TrainSettings":
         """The settings of a resolved run config (a plain dict)."""
         trainer = config["trainer"]
-        keys = ("epochs", "batch_size", "max_batches", "kl_warmup_epochs", "patience", "progress", "milestones")
+        keys = ("epochs", "batch_size", "max_batches", "kl_warmup_epochs", "patience", "progress", "milestones", "lr",
+                "lr_stage_epochs", "lr_stage_decay")
         return cls(**{k: trainer[k] for k in keys}, **config["objective"], image_every=config["logger"]["image_every"])
 
 
@@ -107,10 +112,21 @@ class EpochProgress:
     beta: float = 1.0
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+def make_optimizer(model: torch.nn.Module, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
     """Adam with its fused kernel (CPU and CUDA): one kernel for all parameters instead of several small ops each,
     about 25% off a default MLP training step on 2 CPU cores (``scripts/bench.py`` measures what this builds)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=lr, eps=eps, fused=True)
+
+
+def learning_rate(settings: "TrainSettings", epoch: int) -> float:
+    """The learning rate of ``epoch`` (from 1): ``settings.lr`` times ``lr_stage_decay`` to the power of the stage
+    that epoch falls in (stage i lasts ``lr_stage_epochs[i]`` epochs; past the last stage its rate holds)."""
+    stage, end = 0, 0
+    for stage, length in enumerate(settings.lr_stage_epochs):
+        end += length
+        if epoch <= end:
+            break
+    return settings.lr * settings.lr_stage_decay ** stage
 
 
 def kl_weight(step: int, steps_per_epoch: int, warmup_epochs: float, beta: float = 1.0) -> float:
@@ -141,6 +157,8 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
     """
     model.train()
     epoch = state.epoch + 1
+    for group in optimizer.param_groups:  # computed from the epoch alone, so a resumed run follows the same schedule
+        group["lr"] = learning_rate(settings, epoch)
     started = time.perf_counter()
     n_batches = n_train_batches(len(data.train), settings.batch_size, settings.max_batches)
     if progress is None:
@@ -154,7 +172,7 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
                dynamic_ncols=True, disable=None if settings.progress else True)
     for i, x in enumerate(bar, start=progress.next_batch):
         beta = kl_weight(state.step, n_batches, settings.kl_warmup_epochs, settings.beta)
-        loss, terms = model.loss(x, beta, settings.free_bits)
+        loss, terms = model.loss(x, beta, settings.free_bits, settings.iw_samples)
         _check_finite(loss, terms.recon, terms.kl, epoch, state.step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -252,7 +252,7 @@ class Objective:
         device = validate_config(cfg)
         config = OmegaConf.to_container(cfg, resolve=True)
         data, model = prepare(config, device)
-        optimizer = make_optimizer(model, config["trainer"]["lr"])
+        optimizer = make_optimizer(model, config["trainer"]["lr"], config["trainer"]["adam_eps"])
         settings, state = TrainSettings.from_config(config), TrainState()
         data_rng = torch.Generator(device=device).manual_seed(config["seed"])
         best = -math.inf

@@ -7,6 +7,7 @@ holds: the posterior supplies samples with their log-density and the KL (closed 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,19 +90,35 @@ class VAE(nn.Module):
         z, log_q = self.posterior.rsample_with_log_prob(q, (n_samples,))
         return bernoulli_log_likelihood(self.decoder(z), x) + self.prior().log_prob(z) - log_q
 
-    def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> tuple[torch.Tensor, ElboTerms]:
+    def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
+             iw_samples: int = 1) -> tuple[torch.Tensor, ElboTerms]:
         """The training objective and the detached terms (whose ``kl`` is always the true one).
 
         -(recon - beta * kl) averaged over the batch (beta-VAE for beta != 1). With ``free_bits`` = lambda > 0,
         the free-bits objective of Kingma et al. (2016): -mean(recon) + beta * sum_g max(lambda, mean_batch KL_g)
         over the posterior's KL groups, so a group whose batch-mean KL is below lambda gets no KL gradient.
+        With ``iw_samples`` = k > 1, the importance-weighted bound of Burda et al. (2015),
+        -mean_batch log (1/k) sum_k p(x, z_k) / q(z_k|x) (``iwae_bound``); its terms are then the k samples' mean
+        reconstruction and Monte Carlo KL, whose difference is an ELBO estimate.
         """
+        if iw_samples > 1:
+            bound, recon, kl = self.iwae_bound(x, iw_samples)
+            return -bound.mean(), ElboTerms(recon=recon.detach(), kl=kl.detach())
         terms = self.elbo_terms(x, kl_groups=free_bits > 0)
         if free_bits > 0:
             loss = -terms.recon.mean() + beta * terms.kl_groups.mean(0).clamp(min=free_bits).sum()
         else:
             loss = -(terms.recon - beta * terms.objective_kl).mean()
         return loss, ElboTerms(recon=terms.recon.detach(), kl=terms.kl.detach())
+
+    def iwae_bound(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L_k = log (1/k) sum_k w_k per image with w_k = p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), and the mean over
+        the k samples of log p(x|z_k) and of log q(z_k|x) - log p(z_k); all ``[B]``."""
+        q = self.posterior_of(x)
+        z, log_q = self.posterior.rsample_with_log_prob(q, (k,))
+        recon = bernoulli_log_likelihood(self.decoder(z), x)
+        kl = log_q - self.prior().log_prob(z)
+        return torch.logsumexp(recon - kl, dim=0) - math.log(k), recon.mean(0), kl.mean(0)
 
     @torch.no_grad()
     def sample_images(self, n: int) -> torch.Tensor:

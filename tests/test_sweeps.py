@@ -80,6 +80,26 @@ def test_rho_paper_experiment_is_the_papers_setup():
     assert [m.weight.shape for m in model.decoder if isinstance(m, torch.nn.Linear)] == [(400, 10), (784, 400)]
 
 
+def test_iwae_paper_experiment_is_the_papers_protocol_and_its_short_version_the_same_cut_short():
+    cfg = compose(["experiment=iwae_paper"], hydra=True)
+    assert cfg.hydra.sweeper.params["objective.iw_samples"] == "1,5,50"
+    cfg = compose(["experiment=iwae_paper", "objective.iw_samples=5"])
+    validate_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    model = build_vae(config, (1, 28, 28))
+    linear = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert [m.weight.shape for m in linear] == [(200, 784), (200, 200)]  # 784-200-200-50, tanh
+    assert all(isinstance(m, torch.nn.Tanh) for m in model.encoder if not isinstance(m, torch.nn.Linear))
+    assert (cfg.latent_dim, cfg.trainer.batch_size, cfg.trainer.adam_eps, cfg.eval.iw_samples) == (50, 20, 1e-4, 5000)
+    assert sum(cfg.trainer.lr_stage_epochs) == cfg.trainer.epochs == 3280
+    assert cfg.trainer.lr_stage_decay == pytest.approx(10 ** (-1 / 7))
+    short = compose(["experiment=iwae_paper_short"])
+    validate_config(short)
+    same = ("latent_dim", "networks", "trainer.batch_size", "trainer.adam_eps", "trainer.lr", "dataset")
+    assert all(OmegaConf.select(short, k) == OmegaConf.select(cfg, k) for k in same)
+    assert short.trainer.epochs == 2 and short.trainer.max_batches == 100
+
+
 def test_slurm_launcher_config_composes_with_an_installed_plugin():
     from hydra.utils import get_class
 
