@@ -3,7 +3,8 @@
 ``rhovae.hydra_run`` registers these with Hydra's ConfigStore, and ``configs/config.yaml`` builds on them, so
 Hydra itself refuses a key that does not exist and a value of the wrong type (``trainer.epochs=many``) before a
 run starts; ``rhovae.config.validate_config`` adds the one-line range checks on top. The YAML files in
-``configs/`` pick and switch (groups, experiments, launchers) and hold no copy of a default.
+``configs/`` pick and switch (groups, experiments, launchers); an experiment states the values its protocol is
+defined by, even where they equal today's default, so that a new default never changes a published protocol.
 
 Sections of the run (``trainer``, ``objective``, ``eval``, ``gaps``) are dataclasses here or, where the code
 reads them as settings, those settings themselves (``EvalSettings``, ``GapSettings``). A component's options

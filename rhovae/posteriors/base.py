@@ -63,9 +63,9 @@ class Posterior(nn.Module):
     def heads(self, h: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         """The per-image pieces of the local parameters, each ``[B, size]`` (sizes: ``parameter_sizes``).
 
-        The shipped posteriors evaluate their heads in the order their ``forward`` did before this seam existed:
-        backward adds the heads' gradients into ``h`` in reverse order of evaluation, and with three or more heads
-        a different order rounds differently. Keeping it keeps every run's numbers bit for bit the same.
+        The order of evaluation is part of a posterior's numbers: backward adds the heads' gradients into ``h`` in
+        reverse order of evaluation, and with three or more heads another order rounds differently. A posterior
+        keeps its order, so that its runs reproduce, and resume, bit for bit.
         """
         raise NotImplementedError
 
@@ -74,7 +74,7 @@ class Posterior(nn.Module):
 
     def build(self, pieces: list[torch.Tensor]) -> Distribution:  # pragma: no cover - abstract
         """q(z|x) from the pieces ``heads`` returns. ``forward`` passes the heads' outputs themselves, not slices of
-        their concatenation, so training computes exactly what it computed before local parameters existed."""
+        their concatenation, so training never pays for the concatenation ``local_parameters`` needs."""
         raise NotImplementedError
 
     def rsample_with_log_prob(self, q: Distribution, sample_shape=torch.Size()):
@@ -110,7 +110,7 @@ def split_parameters(params: torch.Tensor, sizes: list[int] | int) -> list[torch
     """Local parameters ``[B, P]`` cut along the last dimension into contiguous pieces.
 
     Contiguous, so that reductions over a piece run in the same order as over the head output it came from: a
-    posterior built through its local parameters gives bit for bit the numbers it gave before that seam existed.
+    posterior built from its local parameters gives bit for bit the numbers ``forward`` gives.
     """
     return [piece.contiguous() for piece in params.split(sizes, dim=-1)]
 
