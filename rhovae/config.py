@@ -148,6 +148,7 @@ def validate_config(cfg: DictConfig) -> torch.device:
     _int_at_least(cfg, "eval.iw_chunk", 1)
     _int_at_least(cfg, "eval.iw_batch_size", 1)
     _int_at_least(cfg, "eval.mean_samples", 1)
+    _int_at_least(cfg, "eval.information_images", 1, optional=True)
     _check(cfg, "eval.active_threshold", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "eval.gaps", lambda v: isinstance(v, bool), "true, false")
     _int_at_least(cfg, "eval.milestone_images", 1)

@@ -24,7 +24,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -57,6 +57,8 @@ class EvalSettings:
     iw_batch_size: int = field(default=20, metadata=WORK_SPLIT)
     mean_samples: int = field(default=100, metadata=ESTIMATION)
     active_threshold: float = field(default=0.01, metadata=ESTIMATION)
+    # I(x; z) averages over the draws of the first this many test images, against the mixture of all (None: all)
+    information_images: Optional[int] = field(default=1000, metadata=ESTIMATION)
     # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
     gaps: bool = field(default=False, metadata=WORK_SPLIT)
     # trainer.milestones score the first milestone_images test images, the NLL with milestone_iw_samples (0: none)
@@ -203,7 +205,8 @@ def importance_metrics(estimates: ImportanceEstimates, n_samples: int) -> dict[s
 
 
 def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
-                          mean_samples: int = 100, threshold: float = 0.01) -> tuple[dict[str, float], torch.Tensor]:
+                          mean_samples: int = 100, threshold: float = 0.01,
+                          information_images: int | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Active units, posterior statistics and the information diagnostics (``rhovae.information``) over ``images``;
     also returns E_q[z|x] per image ``[N, d]``. One pass of the encoder: the information diagnostics work on the
     local parameters it collects."""
@@ -217,7 +220,7 @@ def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int =
             noise.append(mean_variance)
             for name, value in model.posterior.statistics(q).items():
                 stats[name].append(value)
-        info = information(model, torch.cat(params), chunk=batch_size)
+        info = information(model, torch.cat(params), chunk=batch_size, outer=information_images)
     means = torch.cat(means)
     # Cov_x of Monte Carlo means = Cov_x(E_q[z|x]) + E_x[Var of the estimate]: remove the second term
     activity = means.var(dim=0) - torch.cat(noise).mean(dim=0)
@@ -249,7 +252,8 @@ def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings, *, pr
     started = time.perf_counter()
     diagnostics, means = posterior_diagnostics(model, data.test, batch_size=settings.batch_size,
                                                eval_seed=settings.seed, mean_samples=settings.mean_samples,
-                                               threshold=settings.active_threshold)
+                                               threshold=settings.active_threshold,
+                                               information_images=settings.information_images)
     metrics.update({f"test/{k}": v for k, v in diagnostics.items()})
     log.info("%d active units (%.0fs)%s", diagnostics["active_units"], time.perf_counter() - started,
              f"; next: the importance-weighted NLL with K={settings.iw_samples}" if settings.iw_samples > 0 else "")

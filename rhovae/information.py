@@ -13,6 +13,9 @@ aggregate posterior is exactly the mixture (1/N) sum_m q(z|x_m). With one draw z
 
     I ~= mean_n [ log q(z_n|x_n) - log (1/N) sum_m q(z_n|x_m) ],     marginal KL = mean KL - I.
 
+The outer mean may run over the draws of the first M images only (``outer``; the mixture stays over all N): the
+same estimand, with more Monte Carlo noise, at M/N of the N^2 density evaluations (about a minute for the 10,000
+test images on 2 CPU cores, against a few seconds for M = 1000).
 It is unbiased for the mutual information of that empirical distribution (the N images as the data), and it can
 never exceed log N (9.2 nats for the 10,000 test images): once the images' posteriors barely overlap, it sits at
 that cap whatever the posterior, and the marginal KL is then only KL - log N. As an estimate of the mutual
@@ -47,10 +50,12 @@ def mixture_log_density(model: VAE, params: torch.Tensor, z: torch.Tensor, chunk
     return torch.cat(results)
 
 
-def information(model: VAE, params: torch.Tensor, chunk: int = 1000) -> dict[str, float | list[float]]:
+def information(model: VAE, params: torch.Tensor, chunk: int = 1000,
+                outer: int | None = None) -> dict[str, float | list[float]]:
     """``kl``, ``kl_per_dim`` (when the KL factorizes), ``mutual_information``, ``mutual_information_fraction`` (of its
-    cap log N) and ``marginal_kl`` (when q has a density at arbitrary points) for the images whose local parameters are ``params`` ``[N, P]``. Draws from the
-    global random stream: call it inside a seeded block."""
+    cap log N) and ``marginal_kl`` (when q has a density at arbitrary points) for the images whose local parameters
+    are ``params`` ``[N, P]``; the mutual information averages over the draws of the first ``outer`` images (all when
+    None). Draws from the global random stream: call it inside a seeded block."""
     posterior, prior = model.posterior, model.prior()
     q = posterior.distribution(params)
     z, log_q = posterior.rsample_with_log_prob(q)
@@ -60,10 +65,10 @@ def information(model: VAE, params: torch.Tensor, chunk: int = 1000) -> dict[str
     if groups.shape[-1] == model.latent_dim > 1:
         result["kl_per_dim"] = groups.double().mean(0).tolist()
     try:
-        log_aggregate = mixture_log_density(model, params, z, chunk)
+        log_aggregate = mixture_log_density(model, params, z[:outer], chunk)
     except NotImplementedError:
         return result
-    mutual_information = (log_q.double() - log_aggregate).mean().item()
+    mutual_information = (log_q[:outer].double() - log_aggregate).mean().item()
     result.update(mutual_information=mutual_information, marginal_kl=result["kl"] - mutual_information,
                   mutual_information_fraction=mutual_information / math.log(len(params)) if len(params) > 1 else 0.0)
     return result

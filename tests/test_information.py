@@ -84,3 +84,22 @@ def test_monte_carlo_variance_matches_the_spread_of_repeated_estimates():
     ratio = repeats.var(0) / predicted.mc_variance
     assert torch.all((ratio > 0.6) & (ratio < 1.6)), ratio  # the delta method, within the noise of 200 repeats
     assert torch.all((predicted.ess_fraction > 0) & (predicted.ess_fraction < 1))
+
+
+def test_mutual_information_over_a_subset_of_draws_is_the_same_estimate_from_fewer_terms():
+    """I over the first M draws against the mixture of all N images: the mean of the first M per-image terms of the
+    full estimate, each computed here with torch.distributions."""
+    model = vae_with_posterior("diag")
+    params = model.posterior.local_parameters(torch.randn(40, 4)).detach()
+    torch.manual_seed(3)
+    subset = information(model, params, chunk=16, outer=7)
+    torch.manual_seed(3)
+    q = model.posterior.distribution(params)
+    z = q.rsample()
+    components = torch.distributions.Independent(torch.distributions.Normal(q.mean, q.stddev), 1)
+    terms = [q.log_prob(z)[n].double() - (torch.logsumexp(components.log_prob(z[n]).double(), 0) - math.log(40))
+             for n in range(7)]
+    assert subset["mutual_information"] == pytest.approx(torch.stack(terms).mean().item(), abs=1e-5)
+    assert subset["mutual_information_fraction"] == pytest.approx(subset["mutual_information"] / math.log(40))
+    torch.manual_seed(3)
+    assert information(model, params, chunk=16)["kl"] == subset["kl"]  # the KL still averages over every image
