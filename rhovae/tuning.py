@@ -310,7 +310,7 @@ def run_study(study: optuna.Study, objective: Objective, n_trials: int, progress
 
 def worker(tune_cfg: TuneConfig, url: str, index: int, threads: int | None, progress: bool) -> None:
     """One worker process: every study in order, each until its budget is used (workers share studies)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # finished_line reports every trial, failed ones too
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][tune] %(message)s")
     torch.set_num_threads(threads or 1)
     space = SearchSpace(tune_cfg.space)
@@ -358,8 +358,13 @@ def check_tuning(tune_cfg: TuneConfig, url: str) -> None:
 
 def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: bool = True) -> None:
     """Run every study to its budget with ``tune.n_jobs`` worker processes (one in this process when 1)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_tuning(tune_cfg, url)
-    make_storage(url)  # creates the database once, before workers race to
+    storage, space = make_storage(url), SearchSpace(tune_cfg.space)
+    for dataset in tune_cfg.datasets:  # every study and its budget record exist before workers race to make them
+        for posterior in tune_cfg.posteriors:
+            name = study_name(dataset, method_label([*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}"]))
+            open_study(storage, name, tune_cfg, space, tune_cfg.seed)
     if tune_cfg.n_jobs == 1:
         worker(tune_cfg, url, 0, threads, progress)
         return
