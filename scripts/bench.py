@@ -12,7 +12,9 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
 3. the project's data path (uint8 tensor on the device, indexed batches, on-device binarization) against
    a torch DataLoader over the torchvision dataset with ``transforms.ToTensor()`` per image, same model;
 4. the vectorized rho sampler against a Python loop over latent dimensions, at several d;
-5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior.
+5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior;
+6. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
+   (``eval.information_images``; the mixture is over all N in both).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
 figures that count. Results are printed as a table and written as JSON (``--out``).
@@ -39,6 +41,7 @@ from rhovae.data import load_image_data, train_batches
 from rhovae.evaluation import importance_weighted_log_likelihood
 from rhovae.experiment import build_vae
 from rhovae.idx import write_dataset
+from rhovae.information import information
 from rhovae.posteriors import AR1Normal, POSTERIORS
 from rhovae.trainer import make_optimizer
 from rhovae.vae import VAE
@@ -178,6 +181,16 @@ def bench_iw_eval(args, device, images: torch.Tensor) -> dict:
     return out
 
 
+def bench_information(args, device) -> dict:
+    model = model_for("diag", args.latent_dim, device)
+    with torch.no_grad():
+        params = model.posterior.local_parameters(torch.randn(args.info_images, 512, device=device))
+    every = median_time(lambda: information(model, params), device, repeats=1, warmup=0)
+    subset = median_time(lambda: information(model, params, outer=args.info_outer), device, repeats=1, warmup=0)
+    return {"images": args.info_images, "outer": args.info_outer, "all_s": every, "subset_s": subset,
+            "speedup": every / subset}
+
+
 def print_table(results: dict) -> None:
     train, limit, data, rho, iw = (results[k] for k in ("train", "limit", "data_path", "rho_sampler", "iw_eval"))
     print(f"device: {results['device']}  (batch {results['settings']['batch_size']}, d={results['settings']['latent_dim']})")
@@ -191,6 +204,9 @@ def print_table(results: dict) -> None:
           f"{data['dataloader_epoch_s']:.2f} s/epoch: {data['speedup']:.1f}x faster")
     print("rho sampler speedup over a Python loop: "
           + ", ".join(f"d={d}: {v['speedup']:.1f}x" for d, v in rho.items()))
+    info = results["information"]
+    print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
+          f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iw-images", type=int, default=20, help="test images timed for the IW evaluation")
     parser.add_argument("--iw-chunk", type=int, default=200)
     parser.add_argument("--iw-batch-size", type=int, default=20)
+    parser.add_argument("--info-images", type=int, default=4000, help="images N of the I(x; z) measurement")
+    parser.add_argument("--info-outer", type=int, default=1000, help="its subset M (eval.information_images)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder with MNIST/raw/*-ubyte; default: synthetic MNIST-format files in a temp folder")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks that everything runs")
@@ -215,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.steps, args.data_steps, args.matmul_size = 1, 2, 2, 256
         args.sampler_dims, args.iw_samples, args.iw_images, args.iw_chunk = [4, 8], 20, 4, 10
+        args.info_images, args.info_outer = 40, 10
     device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             "data_path": bench_data_path(args, device, root),
             "rho_sampler": bench_rho_sampler(args, device),
             "iw_eval": bench_iw_eval(args, device, images),
+            "information": bench_information(args, device),
         }
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

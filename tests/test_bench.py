@@ -31,4 +31,5 @@ def test_bench_quick_writes_its_json(tmp_path):
         assert result["data_path"][key] > 0
     assert set(result["rho_sampler"]) == {"4", "8"}
     assert all(v["speedup"] > 0 for v in result["rho_sampler"].values())
-    assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout
+    assert result["information"]["speedup"] > 0 and result["information"]["outer"] == 10
+    assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout and "I(x; z) of 40" in proc.stdout

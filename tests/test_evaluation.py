@@ -216,7 +216,8 @@ def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained
     ckpt["config"]["decoder"] = ckpt["config"].pop("networks")
     torch.save(ckpt, old_run / "checkpoints" / "best.pt")
     config, _, model, _ = load_trained_run(old_run, ["eval.iw_samples=5"])
-    assert config["trainer"]["overwrite"] is False and config["objective"] == {"beta": 1.0, "free_bits": 0.0}
+    assert config["trainer"]["overwrite"] is False
+    assert config["objective"] == {"beta": 1.0, "free_bits": 0.0, "iw_samples": 1}
     assert config["eval"]["gaps"] is False and config["gaps"]["n_images"] == 1000
     assert config["eval"]["iw_samples"] == 5
     assert config["networks"]["hidden"] == [32, 32] and "decoder" not in config
