@@ -77,7 +77,7 @@ def test_a_beta_vae_trains_on_its_objective_and_reports_the_true_elbo(data_root,
     assert row["beta"] == 4.0
     assert row["train/loss"] > -(row["train/recon"] - row["train/kl"])  # the objective is not the ELBO ...
     assert abs(summary["test/elbo"] - (summary["test/recon"] - summary["test/kl"])) < 1e-3  # ... the report is
-    assert summary["config"]["objective"] == {"beta": 4.0, "free_bits": 0.5}
+    assert summary["config"]["objective"] == {"beta": 4.0, "free_bits": 0.5, "iw_samples": 1}
 
 
 def test_iwae_bound_with_one_sample_is_the_single_sample_elbo_and_its_mean_the_closed_form_elbo():
