@@ -192,7 +192,7 @@ def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (
     images = ", ".join(str(n) for n in sorted(milestones["n_images"].unique())) if "n_images" in milestones else "?"
     ks = ", ".join(str(int(k)) for k in sorted(milestones["test/iw_samples"].dropna().unique())) \
         if "test/iw_samples" in milestones else "?"
-    fig.suptitle(f"{label} of the model at each milestone, on the first {images} test images, K = {ks}", fontsize=9)
+    fig.suptitle(f"{label} of the model at each milestone\non the first {images} test images, K = {ks}", fontsize=9)
     return fig
 
 

@@ -71,3 +71,16 @@ def test_kl_bars_are_labelled_with_their_dimension_and_sample_grids_carry_a_titl
     titled = title_grid(grid, "samples from the prior: mnist, diag, seed 0")
     assert titled.shape[-2] == grid.shape[-2] + 24 and titled.shape[-1] == grid.shape[-1]
     assert titled[:, :24].min() < 0.5 and torch.equal(titled[:, 24:], grid)  # dark text on top of the same grid
+
+
+def test_budget_figure_title_fits_for_one_dataset():
+    from rhovae.plots import budget_curves
+
+    milestones = pd.DataFrame({"dataset": ["mnist"] * 4, "method": ["diag", "diag", "iaf", "iaf"],
+                               "epoch": [10, 100, 10, 100], "test/nll": [96.4, 89.6, 101.1, 90.8],
+                               "n_images": [2000] * 4, "test/iw_samples": [1000] * 4})
+    fig = budget_curves(milestones)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig._suptitle.get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and "K = 1000" in fig._suptitle.get_text()
