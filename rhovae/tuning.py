@@ -86,6 +86,14 @@ def load_tune_config(tune_overrides: Sequence[str], path: Path = CONFIG_DIR / "t
             raise ConfigError(f"tune.{key}={getattr(tune_cfg, key)} is not valid; accepted: an integer >= {least}")
     if not tune_cfg.posteriors or not tune_cfg.datasets:
         raise ConfigError("tune.posteriors and tune.datasets must each name at least one option")
+    from .data import DATASETS
+    from .posteriors import POSTERIORS
+
+    for key, names, known in (("posteriors", tune_cfg.posteriors, [*POSTERIORS, *POSTERIORS.settings]),
+                              ("datasets", tune_cfg.datasets, list(DATASETS))):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"tune.{key} has {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(known))}")
     return tune_cfg
 
 
@@ -174,12 +182,19 @@ def compose_run(overrides: Sequence[str]) -> DictConfig:
     """A run config composed from ``configs/`` exactly as ``train.py`` composes it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    from . import hydra_run  # noqa: F401 - registers the typed schema and the component options
+    from .hydra_run import check_override_keys  # importing it registers the typed schema and the components
 
+    check_override_keys(overrides)  # a typo is named with the closest known key, before Hydra composes
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        try:
+            return compose("config", overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(f"the run overrides {' '.join(overrides)} do not compose: "
+                              f"{str(err).splitlines()[0]}") from None
 
 
 def study_attributes(tune_cfg: TuneConfig, space: SearchSpace) -> dict[str, Any]:

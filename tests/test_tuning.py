@@ -122,6 +122,12 @@ def test_a_study_made_with_another_space_is_refused_and_left_unchanged(data_root
         tuning.load_tune_config(["tune.n_trial=3"])
     with pytest.raises(ConfigError, match=r"tune.pruner='hyperband' is not valid; accepted: median, halving"):
         tuning.load_tune_config(["tune.pruner=hyperband"])
+    with pytest.raises(ConfigError, match=r"tune.posteriors has 'nope'; accepted: diag, "):
+        tuning.load_tune_config(["tune.posteriors=[diag,nope]"])
+    tune_cfg.run.append("trainer.lrr=1")
+    with pytest.raises(ConfigError, match=r"trainer.lrr is not a key of the configuration; did you mean trainer.lr\?"):
+        tuning.tune(tune_cfg, url, progress=False)
+    assert (tmp_path / "studies.db").read_bytes() == before
 
 
 def test_a_tuned_run_takes_its_studys_best_settings(data_root, tmp_path):
