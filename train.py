@@ -26,7 +26,6 @@ from rhovae.hydra_run import (accept_renamed, check_known_keys, check_override_k
                               file_logs_held, given_keys, log_to_file, note_failed_job, sweep_record_kept,
                               with_saved_choices, write_hydra_record)
 from rhovae.trainer import TrainingInterrupted
-from rhovae.tuning import apply_tuned
 
 log = logging.getLogger("train")
 
@@ -47,7 +46,10 @@ def main(cfg: DictConfig) -> float:
     with file_logs_held() as release_file_log:
         try:
             check_known_keys(cfg, overrides)
-            apply_tuned(cfg, [o.split("=", 1)[0].lstrip("+~") for o in overrides])  # tuned=<study database>
+            if cfg.get("tuned"):  # tuned=<study database>: the best settings its study found for this run
+                from rhovae.tuning import apply_tuned  # Optuna is imported only by runs that need it
+
+                apply_tuned(cfg, [o.split("=", 1)[0].lstrip("+~") for o in overrides])
             summary = run_experiment(cfg, run_dir, sweep=sweep, given=given_keys(cfg, overrides), on_start=on_start)
         except TrainingInterrupted as err:
             log_to_file(log, logging.WARNING, f"interrupted: {err}")
