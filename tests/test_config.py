@@ -232,3 +232,27 @@ def test_configs_readme_documents_every_key_and_every_option_of_every_posterior(
         elif name == component:  # a named setting's row says "as <component>"
             missing += [f"posterior.{o} ({name})" for o in POSTERIORS.defaults(name) if f"`{o}`" not in rows[name]]
     assert not missing, missing
+
+
+def test_configs_readme_defaults_are_the_schemas():
+    """The default column of configs/README.md's key table is written by hand: it must say what schema.py says."""
+    import yaml
+
+    from helpers import CONFIGS
+    from rhovae.config import flatten
+    from rhovae.schema import section_defaults
+
+    defaults = flatten(section_defaults())
+    documented, wrong = 0, []
+    for line in (CONFIGS / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if not line.startswith("| `") or len(cells) < 3 or cells[0].strip("`") not in defaults:
+            continue
+        key, written = cells[0].strip("`"), yaml.safe_load(cells[1].strip("`"))
+        expected = defaults[key]
+        same = (float(written) == float(expected) if isinstance(expected, (int, float))
+                and not isinstance(expected, bool) and not isinstance(written, (bool, type(None))) else written == expected)
+        documented += 1
+        if not same:
+            wrong.append((key, cells[1], expected))
+    assert documented >= 40 and not wrong, wrong
