@@ -106,7 +106,8 @@ results.not_completed(runs)
 # %%
 histories = results.load_histories(runs, keys) if not WANDB_PROJECT else pd.DataFrame()
 if not histories.empty:
-    show(learning_curve_bands(histories, "val/elbo"), "validation ELBO against epoch, mean and sd over seeds, per method")
+    show(learning_curve_bands(histories, "val/elbo"),
+         "validation ELBO against epoch, mean and sd over seeds, per method")
     show(learning_curve_bands(histories, "val/kl"), "validation KL against epoch, mean and sd over seeds, per method")
 
 # %% [markdown]

@@ -127,7 +127,8 @@ class SearchSpace:
 
     def __init__(self, space: Mapping[str, Mapping[str, Any]]):
         if not space:
-            raise ConfigError("tune.space is empty; accepted: at least one key with a range (configs/tune/default.yaml)")
+            raise ConfigError("tune.space is empty; accepted: at least one key with a range "
+                              "(configs/tune/default.yaml)")
         self.space = {key: dict(spec) for key, spec in space.items()}
         for key, spec in self.space.items():
             kind = spec.get("type", "float")

@@ -250,8 +250,9 @@ def test_configs_readme_defaults_are_the_schemas():
             continue
         key, written = cells[0].strip("`"), yaml.safe_load(cells[1].strip("`"))
         expected = defaults[key]
-        same = (float(written) == float(expected) if isinstance(expected, (int, float))
-                and not isinstance(expected, bool) and not isinstance(written, (bool, type(None))) else written == expected)
+        numeric = isinstance(expected, (int, float)) and not isinstance(expected, bool)
+        same = float(written) == float(expected) if numeric and isinstance(written, (int, float, str)) \
+            else written == expected
         documented += 1
         if not same:
             wrong.append((key, cells[1], expected))
