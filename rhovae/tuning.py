@@ -228,30 +228,57 @@ def open_study(storage, name: str, tune_cfg: TuneConfig, space: SearchSpace, see
                                                                    constant_liar=True),
                                 pruner=make_pruner(tune_cfg))
     wanted = study_attributes(tune_cfg, space)
-    recorded = study.user_attrs
-    if not recorded:
+    if not study.user_attrs:
         for key, value in wanted.items():
             study.set_user_attr(key, value)
-    elif {k: recorded.get(k) for k in wanted} != wanted:
-        differ = [k for k in wanted if recorded.get(k) != wanted[k]]
-        raise ConfigError(f"study {name} in {storage.url if hasattr(storage, 'url') else storage} was made with a "
-                          f"different {', '.join(differ)}; nothing was changed. Use another tune.name (or "
-                          f"tune.storage) for a new search")
+    check_budget(name, study.user_attrs, wanted, storage.url)
     return study
+
+
+def check_budget(name: str, recorded: Mapping[str, Any], wanted: Mapping[str, Any], url: str) -> None:
+    """Refuse to continue a study whose recorded budget (``study_attributes``) is not this command's."""
+    differ = [k for k in wanted if recorded.get(k) != wanted[k]]
+    if differ:
+        raise ConfigError(f"study {name} in {url} was made with a different {', '.join(differ)}; nothing was "
+                          f"changed. Use another tune.name (or tune.storage) for a new search")
 
 
 def counted_trials(study: optuna.Study, states=COUNTED) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=states)
 
 
+@dataclass
+class PlannedStudy:
+    """One (dataset, posterior) of a search: the run overrides its trials start from, the run config they compose
+    to (before the sampled values), and the study's name, ``<dataset>-<method label>`` (what ``tuned=`` looks up)."""
+
+    overrides: list[str]
+    config: DictConfig
+    name: str
+
+
+def planned_studies(tune_cfg: TuneConfig) -> list[PlannedStudy]:
+    """Every study of ``tune_cfg`` in order (datasets, then posteriors), each run config composed once."""
+    from .posteriors import posterior_label
+
+    plans = []
+    for dataset in tune_cfg.datasets:
+        for posterior in tune_cfg.posteriors:
+            overrides = [*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}"]
+            config = compose_run(overrides)
+            method = posterior_label(OmegaConf.to_container(config.posterior, resolve=True))
+            plans.append(PlannedStudy(overrides, config, study_name(dataset, method)))
+    return plans
+
+
 class Objective:
     """One trial: compose, train ``epochs`` epochs with the project's training code, report the validation ELBO."""
 
-    def __init__(self, tune_cfg: TuneConfig, space: SearchSpace, dataset: str, posterior: str):
-        self.tune_cfg, self.space, self.dataset, self.posterior = tune_cfg, space, dataset, posterior
-        self.base = [*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}", f"trainer.epochs={tune_cfg.epochs}",
-                     "trainer.patience=null", "trainer.progress=false", "logger=none"]
-        self.keys = space.keys_for(compose_run(self.base))
+    def __init__(self, tune_cfg: TuneConfig, space: SearchSpace, plan: PlannedStudy):
+        self.tune_cfg, self.space = tune_cfg, space
+        self.base = [*plan.overrides, f"trainer.epochs={tune_cfg.epochs}", "trainer.patience=null",
+                     "trainer.progress=false", "logger=none"]
+        self.keys = space.keys_for(plan.config)
 
     def __call__(self, trial: optuna.Trial) -> float:
         from .config import validate_config
@@ -324,70 +351,51 @@ def run_study(study: optuna.Study, objective: Objective, n_trials: int, progress
         bar.close()
 
 
-def worker(tune_cfg: TuneConfig, url: str, index: int, threads: int | None, progress: bool) -> None:
+def worker(tune_cfg: TuneConfig, plans: Sequence[PlannedStudy], url: str, index: int, threads: int | None,
+           progress: bool) -> None:
     """One worker process: every study in order, each until its budget is used (workers share studies)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # finished_line reports every trial, failed ones too
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][tune] %(message)s")
     torch.set_num_threads(threads or 1)
     space = SearchSpace(tune_cfg.space)
     storage = make_storage(url)
-    for dataset in tune_cfg.datasets:
-        for posterior in tune_cfg.posteriors:
-            objective = Objective(tune_cfg, space, dataset, posterior)
-            study = open_study(storage, study_name(dataset, method_label(objective.base)), tune_cfg, space,
-                               tune_cfg.seed + index)
-            run_study(study, objective, tune_cfg.n_trials, progress)
+    for plan in plans:
+        study = open_study(storage, plan.name, tune_cfg, space, tune_cfg.seed + index)
+        run_study(study, Objective(tune_cfg, space, plan), tune_cfg.n_trials, progress)
 
 
-def method_label(overrides: Sequence[str]) -> str:
-    """The method label (``rhovae.posteriors.posterior_label``) of a run config, the study's name and what
-    ``tuned=`` looks up."""
-    from .posteriors import posterior_label
-
-    return posterior_label(OmegaConf.to_container(compose_run(overrides).posterior, resolve=True))
-
-
-def check_tuning(tune_cfg: TuneConfig, url: str) -> None:
+def check_tuning(tune_cfg: TuneConfig, url: str, plans: Sequence[PlannedStudy]) -> None:
     """Everything a tuning command could refuse, checked before any study is created or changed: the space against
     the composed configs, and the budget recorded in studies that already exist."""
     space = SearchSpace(tune_cfg.space)
-    configs, names = [], []
-    for dataset in tune_cfg.datasets:
-        for posterior in tune_cfg.posteriors:
-            overrides = [*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}"]
-            configs.append(compose_run(overrides))
-            names.append(study_name(dataset, method_label(overrides)))
-    space.check_keys(configs)
+    space.check_keys([plan.config for plan in plans])
     try:
         existing = set(optuna.get_all_study_names(url))
     except Exception:  # noqa: BLE001 - a database that does not exist yet holds no study
         existing = set()
     wanted = study_attributes(tune_cfg, space)
-    for name in names:
-        if name in existing:
-            recorded = optuna.load_study(study_name=name, storage=url).user_attrs
-            differ = [k for k in wanted if recorded.get(k) != wanted[k]]
-            if differ:
-                raise ConfigError(f"study {name} in {url} was made with a different {', '.join(differ)}; nothing "
-                                  f"was changed. Use another tune.name (or tune.storage) for a new search")
+    for plan in plans:
+        if plan.name in existing:
+            check_budget(plan.name, optuna.load_study(study_name=plan.name, storage=url).user_attrs, wanted, url)
 
 
-def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: bool = True) -> None:
-    """Run every study to its budget with ``tune.n_jobs`` worker processes (one in this process when 1)."""
+def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: bool = True) -> list[str]:
+    """Run every study to its budget with ``tune.n_jobs`` worker processes (one in this process when 1); return the
+    studies' names."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    check_tuning(tune_cfg, url)
+    plans = planned_studies(tune_cfg)
+    check_tuning(tune_cfg, url, plans)
     storage, space = make_storage(url), SearchSpace(tune_cfg.space)
-    for dataset in tune_cfg.datasets:  # every study and its budget record exist before workers race to make them
-        for posterior in tune_cfg.posteriors:
-            name = study_name(dataset, method_label([*tune_cfg.run, f"dataset={dataset}", f"posterior={posterior}"]))
-            open_study(storage, name, tune_cfg, space, tune_cfg.seed)
+    for plan in plans:  # every study and its budget record exist before workers race to make them
+        open_study(storage, plan.name, tune_cfg, space, tune_cfg.seed)
     if tune_cfg.n_jobs == 1:
-        worker(tune_cfg, url, 0, threads, progress)
-        return
-    from joblib import Parallel, delayed
+        worker(tune_cfg, plans, url, 0, threads, progress)
+    else:
+        from joblib import Parallel, delayed
 
-    Parallel(n_jobs=tune_cfg.n_jobs, backend="loky")(
-        delayed(worker)(tune_cfg, url, i, threads, progress and i == 0) for i in range(tune_cfg.n_jobs))
+        Parallel(n_jobs=tune_cfg.n_jobs, backend="loky")(
+            delayed(worker)(tune_cfg, plans, url, i, threads, progress and i == 0) for i in range(tune_cfg.n_jobs))
+    return [plan.name for plan in plans]
 
 
 # ---- results -----------------------------------------------------------------------------------------------

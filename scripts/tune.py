@@ -22,8 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rhovae.errors import RhovaeError  # noqa: E402
-from rhovae.tuning import (history_figure, load_tune_config, method_label, storage_url, study_name,  # noqa: E402
-                           tune, tuning_table)
+from rhovae.tuning import history_figure, load_tune_config, storage_url, tune, tuning_table  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -39,9 +38,7 @@ def main(argv: list[str]) -> int:
         print(f"tuning {', '.join(tune_cfg.posteriors)} on {', '.join(tune_cfg.datasets)}: {tune_cfg.n_trials} trials "
               f"of {tune_cfg.epochs} epochs each, {tune_cfg.pruner} pruner, {tune_cfg.n_jobs} worker(s); studies in "
               f"{url}", flush=True)
-        tune(tune_cfg, url)
-        names = [study_name(d, method_label([*tune_cfg.run, f"dataset={d}", f"posterior={p}"]))
-                 for d in tune_cfg.datasets for p in tune_cfg.posteriors]
+        names = tune(tune_cfg, url)
     except RhovaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

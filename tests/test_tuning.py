@@ -92,7 +92,7 @@ def test_a_trial_that_finds_no_slot_left_is_recorded_as_surplus_and_not_counted(
     space = tuning.SearchSpace(tune_cfg.space)
     s = tuning.open_study(tuning.make_storage(url), "mnist-diag", tune_cfg, space, 0)
     s.ask(), s.ask()  # two trials running in other workers hold both slots
-    s.optimize(tuning.Objective(tune_cfg, space, "mnist", "diag"), n_trials=1)
+    s.optimize(tuning.Objective(tune_cfg, space, tuning.planned_studies(tune_cfg)[0]), n_trials=1)
     last = s.trials[-1]
     assert last.state == TrialState.FAIL and last.user_attrs == {"surplus": True}
 
