@@ -399,10 +399,10 @@ def test_sylvester_householder_q_is_the_product_of_the_reflection_matrices():
 
 def test_sylvester_triangular_steps_alternate_identity_and_reversal():
     post = build_choice("sylvester_triangular", FEATURES, D).double()
-    none = torch.zeros(B, 0, dtype=torch.float64)
-    torch.testing.assert_close(post.q_matrix(none, 0), torch.eye(D, dtype=torch.float64))
+    qs = post.q_matrices(torch.zeros(B, post.flow_length, 0, dtype=torch.float64))
+    torch.testing.assert_close(qs[0], torch.eye(D, dtype=torch.float64))
     ramp = torch.arange(D, dtype=torch.float64)
-    torch.testing.assert_close(post.q_matrix(none, 1) @ ramp, ramp.flip(0))
+    torch.testing.assert_close(qs[1] @ ramp, ramp.flip(0))
 
 
 def test_sylvester_step_is_the_formula_and_saturated_diagonals_stay_invertible():

@@ -30,7 +30,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .ar1_normal import log1m_tanh_sq
@@ -40,12 +39,6 @@ from .flows import FlowPosterior, Step
 VARIANTS = ("orthogonal", "householder", "triangular")
 
 
-def log_cosh(x: torch.Tensor) -> torch.Tensor:
-    """log cosh(x) without overflow: |x| + log(1 + exp(-2|x|)) - log 2."""
-    x = x.abs()
-    return x + F.softplus(-2.0 * x) - 0.6931471805599453
-
-
 def sylvester_step(z: torch.Tensor, q: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, b: torch.Tensor,
                    diag1: torch.Tensor, diag2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """z' = z + Q R1 tanh(R2 Q^T z + b) and log|det dz'/dz|, broadcasting z ``[..., B, d]`` against the per-image
@@ -53,13 +46,14 @@ def sylvester_step(z: torch.Tensor, q: torch.Tensor, r1: torch.Tensor, r2: torch
     whose tanh are the diagonals of R1 and R2.
 
     Each factor of the determinant, 1 + h' tanh(a) tanh(c), is computed as the sum of non-negative terms
-    tanh^2(pre) + h' (1 + tanh(a) tanh(c)) with 1 + tanh(a) tanh(c) = cosh(a + c) / (cosh a cosh c), so saturated
+    tanh^2(pre) + h' (1 + tanh(a) tanh(c)) with 1 + tanh(a) tanh(c) = cosh(a + c) / (cosh a cosh c), whose log is
+    (log1m_tanh_sq(a) + log1m_tanh_sq(c) - log1m_tanh_sq(a + c)) / 2 (log(1 - tanh^2) = -2 log cosh), so saturated
     diagonals of opposite sign (tanh(a) tanh(c) = -1 in floating point) cannot cancel it to 0.
     """
     pre = ((z.unsqueeze(-2) @ q) @ r2.transpose(-1, -2)).squeeze(-2) + b  # (R2 Q^T z + b)^T = z^T Q R2^T + b^T
     act = torch.tanh(pre)
     out = z + ((act.unsqueeze(-2) @ r1.transpose(-1, -2)) @ q.transpose(-1, -2)).squeeze(-2)
-    one_plus_r1r2 = (log_cosh(diag1 + diag2) - log_cosh(diag1) - log_cosh(diag2)).exp()
+    one_plus_r1r2 = (0.5 * (log1m_tanh_sq(diag1) + log1m_tanh_sq(diag2) - log1m_tanh_sq(diag1 + diag2))).exp()
     det = act * act + log1m_tanh_sq(pre).exp() * one_plus_r1r2
     return out, det.log().sum(-1)
 
@@ -128,24 +122,25 @@ class SylvesterPosterior(FlowPosterior):
     def steps_from(self, params: torch.Tensor) -> list[Step]:
         m = self.width
         upper = torch.ones(m, m, dtype=torch.bool, device=params.device).triu(1)
+        pieces = params.unflatten(-1, (self.flow_length, sum(self.sizes))).split(self.sizes, dim=-1)
+        qs = self.q_matrices(pieces[-1])  # every step's Q in one batched computation
         steps = []
-        for k, chunk in enumerate(params.unflatten(-1, (self.flow_length, sum(self.sizes))).unbind(-2)):
-            full, diag1, diag2, b, raw_q = chunk.split(self.sizes, dim=-1)
+        for k, (full, diag1, diag2, b) in enumerate(zip(*(piece.unbind(-2) for piece in pieces[:-1]))):
             full = full.unflatten(-1, (m, m))
             r1 = torch.where(upper, full, 0.0) + torch.diag_embed(torch.tanh(diag1))
             r2 = torch.where(upper, full.transpose(-1, -2), 0.0) + torch.diag_embed(torch.tanh(diag2))
-            q = self.q_matrix(raw_q, k)
+            q = qs[..., k, :, :]
             steps.append(lambda z, q=q, r1=r1, r2=r2, b=b, d1=diag1, d2=diag2: sylvester_step(z, q, r1, r2, b, d1, d2))
         return steps
 
-    def q_matrix(self, raw: torch.Tensor, step: int) -> torch.Tensor:
-        """Q of one step from that step's slice of the head output ``[B, q_size]``: ``[B, d, M]`` (``[d, d]`` for the
-        triangular variant, the same for every image)."""
+    def q_matrices(self, raw: torch.Tensor) -> torch.Tensor:
+        """Q of every step from the steps' slices of the head output ``[B, K, q_size]``: ``[B, K, d, M]`` (``[K, d, d]``
+        for the triangular variant, the same for every image: the identity and the reversal, alternating)."""
         if self.variant == "orthogonal":
             return orthonormal_columns(raw.unflatten(-1, (self.latent_dim, self.width)))
         if self.variant == "householder":
             return householder_product(raw.unflatten(-1, (self.reflections, self.latent_dim)))
-        return self.permutations[step % 2].to(raw.dtype)
+        return self.permutations[torch.arange(self.flow_length) % 2].to(raw.dtype)
 
 
 POSTERIORS.add_setting("sylvester_householder", "sylvester", variant="householder")
