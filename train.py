@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from rhovae.errors import ConfigError, RhovaeError
 from rhovae.experiment import run_experiment
-from rhovae.hydra_run import (accept_renamed, check_known_keys, check_override_keys, failed_jobs_summarized,
+from rhovae.config.hydra_run import (accept_renamed, check_known_keys, check_override_keys, failed_jobs_summarized,
                               file_logs_held, given_keys, log_to_file, note_failed_job, sweep_record_kept,
                               with_saved_choices, write_hydra_record)
 from rhovae.trainer import TrainingInterrupted

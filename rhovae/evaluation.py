@@ -23,15 +23,15 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from .config.schema import EvalSettings
 from .data import ImageData, eval_batches
 from .information import information
-from .key_roles import ESTIMATION, VALIDATION_BATCHING, WORK_SPLIT
 from .pareto import UNRELIABLE, pareto_k_hat, tail_length
 from .vae import VAE
 
@@ -44,26 +44,6 @@ class EvaluationStopped(Exception):
 
 def _never() -> bool:
     return False
-
-
-@dataclass
-class EvalSettings:
-    """The ``eval`` section. Its marks (``rhovae.key_roles``) say which keys a resumed run may change."""
-
-    batch_size: int = field(default=1000, metadata=VALIDATION_BATCHING)
-    seed: int = 0
-    iw_samples: int = field(default=5000, metadata=ESTIMATION)
-    iw_chunk: int = field(default=200, metadata=WORK_SPLIT)
-    iw_batch_size: int = field(default=20, metadata=WORK_SPLIT)
-    mean_samples: int = field(default=100, metadata=ESTIMATION)
-    active_threshold: float = field(default=0.01, metadata=ESTIMATION)
-    # I(x; z) averages over the draws of the first this many test images, against the mixture of all (None: all)
-    information_images: Optional[int] = field(default=1000, metadata=ESTIMATION)
-    # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
-    gaps: bool = field(default=False, metadata=WORK_SPLIT)
-    # trainer.milestones score the first milestone_images test images, the NLL with milestone_iw_samples (0: none)
-    milestone_images: int = field(default=2000, metadata=WORK_SPLIT)
-    milestone_iw_samples: int = field(default=1000, metadata=WORK_SPLIT)
 
 
 @contextlib.contextmanager

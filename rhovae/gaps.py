@@ -35,29 +35,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from .data import eval_batches
+from .config.schema import GapSettings
 from .evaluation import EvaluationStopped, log_weight_summary, seeded_rng
 from .pareto import UNRELIABLE, pareto_k_hat
 from .vae import VAE, bernoulli_log_likelihood
-
-
-@dataclass
-class GapSettings:
-    n_images: int = 1000  # the first test images (the fixed test binarization)
-    elbo_samples: int = 100  # samples behind each ELBO estimate (amortized, and start and end of the optimization)
-    steps: int = 500  # Adam steps on each image's local parameters
-    lr: float = 1e-2
-    opt_samples: int = 8  # samples per Adam step
-    iw_samples: int = 5000  # K for log p(x), drawn from the locally optimized q
-    iw_chunk: int = 500
-    batch_size: int = 100  # images optimized together
-    seed: int = 0
 
 
 def elbo_estimate(model: VAE, x: torch.Tensor, params: torch.Tensor, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:

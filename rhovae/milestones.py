@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import save_atomic
-from .evaluation import EvalSettings, evaluate_elbo, importance_metrics, importance_weighted_estimates
+from .evaluation import evaluate_elbo, importance_metrics, importance_weighted_estimates
 from .tracking import append_jsonl, read_jsonl
 from .trainer import TrainingRun
 
@@ -31,9 +31,10 @@ def milestone_checkpoint(run_dir: Path, epoch: int) -> Path:
     return run_dir / "checkpoints" / f"epoch_{epoch}.pt"
 
 
-def evaluate_milestone(run: TrainingRun, settings: EvalSettings) -> dict[str, Any]:
-    """Save the current epoch's checkpoint and append its scores to ``milestones.jsonl``; return the row."""
-    epoch = run.state.epoch
+def evaluate_milestone(run: TrainingRun) -> dict[str, Any]:
+    """Save the current epoch's checkpoint and append its scores (the run's ``eval`` settings) to
+    ``milestones.jsonl``; return the row."""
+    epoch, settings = run.state.epoch, run.config.eval
     save_atomic(run.checkpoint(), milestone_checkpoint(run.run_dir, epoch))
     images = run.data.test[: settings.milestone_images]
     started = time.perf_counter()

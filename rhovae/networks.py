@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .registry import Registry
+from .config.components import Registry, check_option
 
 # Encoder/decoder pairs register here (``@NETWORKS.register("name")``); their keyword options are config keys.
 NETWORKS = Registry("networks")
@@ -25,6 +25,15 @@ for _name, _module in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": 
 
 def _activation(name: str) -> nn.Module:
     return ACTIVATIONS.build(name)
+
+
+def _check_sizes(key: str, sizes: Sequence[int]) -> None:
+    check_option(len(sizes) > 0 and all(isinstance(n, int) and n >= 1 for n in sizes), key, list(sizes),
+                 "a non-empty list of integers >= 1")
+
+
+def _check_activation(activation: str) -> None:
+    check_option(activation in ACTIVATIONS, "networks.activation", activation, ", ".join(ACTIVATIONS))
 
 
 def _mlp(sizes: Sequence[int], activation: str, last_activation: bool) -> nn.Sequential:
@@ -57,6 +66,8 @@ def mlp_pair(image_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[in
     """MLP encoder 784-h1-..-hk (features hk) and mirrored MLP decoder d-hk-..-h1-784."""
     n_pixels = math.prod(image_shape)
     hidden = list(hidden)
+    _check_sizes("networks.hidden", hidden)
+    _check_activation(activation)
     encoder = _mlp([n_pixels, *hidden], activation, last_activation=True)
     encoder.out_features = hidden[-1]
     decoder = _mlp([latent_dim, *reversed(hidden), n_pixels], activation, last_activation=False)
@@ -70,9 +81,12 @@ def conv_pair(image_shape: Sequence[int], latent_dim: int, *, channels: Sequence
     c_in, height, width = image_shape
     n_pixels = c_in * height * width
     channels = list(channels)
+    _check_sizes("networks.channels", channels)
+    check_option(isinstance(hidden, int) and hidden >= 1, "networks.hidden", hidden, "an integer >= 1")
+    _check_activation(activation)
     side = height // 2 ** len(channels)
-    if side * 2 ** len(channels) != height or height != width:
-        raise ValueError(f"conv networks need square images divisible by {2 ** len(channels)}, got {image_shape}")
+    check_option(side * 2 ** len(channels) == height and height == width, "networks.channels", channels,
+                 f"n layers with the image side a multiple of 2**n (images here: {height}x{width}; square only)")
     flat = channels[-1] * side * side
 
     enc_layers: list[nn.Module] = []

@@ -34,8 +34,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import flatten, in_sections
-from .schema import keys_with, upgrade
+from .config import NOT_FACTORS, flatten, in_sections, upgrade
 from .posteriors import posterior_label
 
 BASELINE = "diag"
@@ -61,8 +60,8 @@ METRICS = {
 PAIRED_METRICS = ("test/nll", "test/elbo")
 CONFIG = "config."  # prefix of the flattened config columns
 # Config keys that do not change what is being measured, so a sweep that varies them is still one method: the
-# seed (the replicate), how a run executes, and how evaluation batches its work (rhovae/key_roles.py).
-NOT_A_FACTOR = ("seed", *keys_with("is_factor", False))
+# seed (the replicate), how a run executes, and how evaluation batches its work (the flags of rhovae/config/schema.py).
+NOT_A_FACTOR = ("seed", *NOT_FACTORS)
 
 
 def resolve_user_path(path: str | Path, repo: Path) -> Path:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from .checkpoint import save_atomic
 from .data import ImageData, n_train_batches, train_batches
 from .errors import RhovaeError
-from .evaluation import EvalSettings, evaluate_elbo
+from .config import ObjectiveConfig, RunConfig, TrainerConfig, as_dict
+from .evaluation import evaluate_elbo
 from .pictures import image_grids
 from .tracking import NullLogger, append_jsonl
 from .vae import VAE
@@ -50,34 +51,6 @@ class TrainingInterrupted(RhovaeError):
 def interrupted(stop: Callable[[], bool], message: str) -> TrainingInterrupted:
     """The exception for a stop requested through ``stop`` (a ``StopRequest`` knows which signal it was)."""
     return TrainingInterrupted(message, getattr(stop, "exit_code", 143))
-
-
-@dataclass
-class TrainSettings:
-    """What ``fit`` reads: from ``trainer.*``, ``objective.*`` and ``logger.image_every`` (``from_config``)."""
-
-    epochs: int
-    batch_size: int
-    max_batches: int | None = None
-    kl_warmup_epochs: float = 0.0
-    beta: float = 1.0
-    free_bits: float = 0.0
-    iw_samples: int = 1
-    lr: float = 1e-3
-    lr_stage_epochs: tuple[int, ...] = ()
-    lr_stage_decay: float = 1.0
-    patience: int | None = None
-    progress: bool = True
-    image_every: int = 0
-    milestones: tuple[int, ...] = ()  # epochs after which ``fit`` calls its ``on_milestone``
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "TrainSettings":
-        """The settings of a resolved run config (a plain dict)."""
-        trainer = config["trainer"]
-        keys = ("epochs", "batch_size", "max_batches", "kl_warmup_epochs", "patience", "progress", "milestones", "lr",
-                "lr_stage_epochs", "lr_stage_decay")
-        return cls(**{k: trainer[k] for k in keys}, **config["objective"], image_every=config["logger"]["image_every"])
 
 
 @dataclass
@@ -118,15 +91,15 @@ def make_optimizer(model: torch.nn.Module, lr: float, eps: float = 1e-8) -> torc
     return torch.optim.Adam(model.parameters(), lr=lr, eps=eps, fused=True)
 
 
-def learning_rate(settings: "TrainSettings", epoch: int) -> float:
-    """The learning rate of ``epoch`` (from 1): ``settings.lr`` times ``lr_stage_decay`` to the power of the stage
+def learning_rate(trainer: TrainerConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (from 1): ``trainer.lr`` times ``lr_stage_decay`` to the power of the stage
     that epoch falls in (stage i lasts ``lr_stage_epochs[i]`` epochs; past the last stage its rate holds)."""
     stage, end = 0, 0
-    for stage, length in enumerate(settings.lr_stage_epochs):
+    for stage, length in enumerate(trainer.lr_stage_epochs):
         end += length
         if epoch <= end:
             break
-    return settings.lr * settings.lr_stage_decay ** stage
+    return trainer.lr * trainer.lr_stage_decay ** stage
 
 
 def kl_weight(step: int, steps_per_epoch: int, warmup_epochs: float, beta: float = 1.0) -> float:
@@ -147,10 +120,12 @@ def _check_finite(loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, epo
     )
 
 
-def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, settings: TrainSettings,
-                    state: TrainState, data_rng: torch.Generator, progress: EpochProgress | None = None,
+def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, trainer: TrainerConfig,
+                    objective: ObjectiveConfig, state: TrainState, data_rng: torch.Generator,
+                    progress: EpochProgress | None = None,
                     stop: Callable[[], bool] = lambda: False) -> dict[str, float] | EpochProgress:
-    """One pass over the training images, or the rest of one when ``progress`` is given.
+    """One pass over the training images, or the rest of one when ``progress`` is given, with the ``trainer``
+    section's batches, learning rate and warm-up, minimising the ``objective`` section's loss.
 
     Returns mean per-image train metrics (the ELBO with beta = 1), or, if ``stop()`` turns true after a
     step, the ``EpochProgress`` needed to finish the epoch later exactly as it would have run.
@@ -158,21 +133,21 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
     model.train()
     epoch = state.epoch + 1
     for group in optimizer.param_groups:  # computed from the epoch alone, so a resumed run follows the same schedule
-        group["lr"] = learning_rate(settings, epoch)
+        group["lr"] = learning_rate(trainer, epoch)
     started = time.perf_counter()
-    n_batches = n_train_batches(len(data.train), settings.batch_size, settings.max_batches)
+    n_batches = n_train_batches(len(data.train), trainer.batch_size, trainer.max_batches)
     if progress is None:
         order = torch.randperm(len(data.train), generator=data_rng, device=data.train.device)
         progress = EpochProgress(order=order, next_batch=0, sums=torch.zeros(3, device=data.train.device),
                                  n_images=0, elapsed_s=0.0)
-    batches = train_batches(data.train, settings.batch_size, order=progress.order, start=progress.next_batch,
-                            binarize=data_rng if data.dynamic else None, max_batches=settings.max_batches)
+    batches = train_batches(data.train, trainer.batch_size, order=progress.order, start=progress.next_batch,
+                            binarize=data_rng if data.dynamic else None, max_batches=trainer.max_batches)
     sums, n_images, beta = progress.sums, progress.n_images, progress.beta  # sums: recon, kl, loss per image
     bar = tqdm(batches, total=n_batches, initial=progress.next_batch, desc=f"epoch {epoch}", leave=False,
-               dynamic_ncols=True, disable=None if settings.progress else True)
+               dynamic_ncols=True, disable=None if trainer.progress else True)
     for i, x in enumerate(bar, start=progress.next_batch):
-        beta = kl_weight(state.step, n_batches, settings.kl_warmup_epochs, settings.beta)
-        loss, terms = model.loss(x, beta, settings.free_bits, settings.iw_samples)
+        beta = kl_weight(state.step, n_batches, trainer.kl_warmup_epochs, objective.beta)
+        loss, terms = model.loss(x, beta, objective.free_bits, objective.iw_samples)
         _check_finite(loss, terms.recon, terms.kl, epoch, state.step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,7 +189,8 @@ def restore_rng(rng: dict[str, Any], data_rng: torch.Generator) -> None:
 class TrainingRun:
     """One run's training: what ``fit`` trains, and what every checkpoint holds so the run carries on bit for bit.
 
-    ``config`` is the run's resolved config, saved in every checkpoint so the run can be rebuilt from it alone.
+    ``config`` is the run's typed config (``rhovae.config.load_config``): ``fit`` trains as its ``trainer``,
+    ``objective`` and ``eval`` sections say, and every checkpoint saves it so the run can be rebuilt from it alone.
     ``state`` and ``progress`` start a fresh run empty; ``restore`` puts a checkpoint's back.
     """
 
@@ -223,7 +199,7 @@ class TrainingRun:
     data: ImageData
     data_rng: torch.Generator
     run_dir: Path
-    config: dict[str, Any]
+    config: RunConfig
     state: TrainState = field(default_factory=TrainState)
     progress: EpochProgress | None = None  # an epoch stopped part-way, finished first
     provenance: dict[str, Any] = field(default_factory=dict)  # what this attempt runs on (rhovae.provenance)
@@ -232,7 +208,7 @@ class TrainingRun:
         """Model, optimizer, state, every random state, the config and the provenance of the attempt that wrote it;
         ``progress`` for a stop mid-epoch."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "state": asdict(self.state), "rng": capture_rng(self.data_rng), "config": self.config,
+                "state": asdict(self.state), "rng": capture_rng(self.data_rng), "config": as_dict(self.config),
                 "provenance": self.provenance, "epoch_progress": None if progress is None else asdict(progress)}
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -242,7 +218,9 @@ class TrainingRun:
         restore_rng(checkpoint["rng"], self.data_rng)
         self.state = TrainState(**checkpoint["state"])
         progress = checkpoint.get("epoch_progress")
-        self.progress = None if progress is None else EpochProgress(**progress)
+        # checkpoints are read onto the CPU: the stopped epoch's order and sums go to the data's device
+        self.progress = None if progress is None else EpochProgress(**{
+            k: v.to(self.data.train.device) if torch.is_tensor(v) else v for k, v in progress.items()})
 
 
 def training_finished(state: TrainState, epochs: int, patience: int | None) -> bool:
@@ -255,23 +233,24 @@ def resume_command(run_dir: Path) -> str:
     return f"python train.py trainer.resume=true hydra.run.dir={run_dir}"
 
 
-def fit(run: TrainingRun, settings: TrainSettings, evaluation: EvalSettings, *, tracker=None,
-        stop: Callable[[], bool] = lambda: False,
+def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: False,
         on_milestone: Callable[[TrainingRun], Mapping[str, Any]] | None = None) -> TrainState:
-    """Train ``run`` until ``settings.epochs`` (or early stopping); return its final ``TrainState``.
+    """Train ``run`` until ``trainer.epochs`` of its config (or early stopping); return its final ``TrainState``.
 
     A restored ``run`` (``TrainingRun.restore``) carries on where its checkpoint stopped. Every
-    ``settings.image_every`` epochs the tracker gets sample and reconstruction grids. When ``stop()`` turns
+    ``logger.image_every`` epochs the tracker gets sample and reconstruction grids. When ``stop()`` turns
     true, the exact position is checkpointed to ``last.pt`` and ``TrainingInterrupted`` is raised.
-    After each epoch of ``settings.milestones``, ``on_milestone(run)`` runs before ``last.pt`` moves past that
+    After each epoch of ``trainer.milestones``, ``on_milestone(run)`` runs before ``last.pt`` moves past that
     epoch (so a run killed during it redoes the epoch and the milestone on resume); what it returns is logged to
     the tracker.
     """
     tracker = tracker or NullLogger()
     model, data, state = run.model, run.data, run.state
+    trainer, evaluation, image_every = run.config.trainer, run.config.eval, run.config.logger.image_every
     ckpt_dir = run.run_dir / "checkpoints"
-    while not training_finished(state, settings.epochs, settings.patience):
-        result = train_one_epoch(model, run.optimizer, data, settings, state, run.data_rng, run.progress, stop)
+    while not training_finished(state, trainer.epochs, trainer.patience):
+        result = train_one_epoch(model, run.optimizer, data, trainer, run.config.objective, state, run.data_rng,
+                                 run.progress, stop)
         run.progress = None
         if isinstance(result, EpochProgress):
             save_atomic(run.checkpoint(result), ckpt_dir / "last.pt")
@@ -292,18 +271,18 @@ def fit(run: TrainingRun, settings: TrainSettings, evaluation: EvalSettings, *, 
         payload = run.checkpoint()
         if improved:
             save_atomic(payload, ckpt_dir / "best.pt")
-        if on_milestone is not None and state.epoch in settings.milestones:
+        if on_milestone is not None and state.epoch in trainer.milestones:
             tracker.log({f"milestone/{k}": v for k, v in on_milestone(run).items()}, step=state.epoch)
         save_atomic(payload, ckpt_dir / "last.pt")
         log.info("epoch %d/%d  train elbo %.2f  val elbo %.2f (recon %.2f, kl %.2f)  %.1fs%s", state.epoch,
-                 settings.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], row["epoch_s"],
+                 trainer.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], row["epoch_s"],
                  "  *best*" if improved else "")
-        if settings.image_every and state.epoch % settings.image_every == 0:
+        if image_every and state.epoch % image_every == 0:
             tracker.log_images(image_grids(model, data, evaluation.seed), step=state.epoch)
-        if stop() and state.epoch < settings.epochs:
+        if stop() and state.epoch < trainer.epochs:
             raise interrupted(stop, f"stop requested: epoch {state.epoch} is complete and saved to "
                                     f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
-        if settings.patience and state.epochs_since_best >= settings.patience:
+        if trainer.patience and state.epochs_since_best >= trainer.patience:
             log.info("early stopping: no val ELBO improvement for %d epochs (best %.2f at epoch %d)",
-                     settings.patience, state.best_val_elbo, state.best_epoch)
+                     trainer.patience, state.best_val_elbo, state.best_epoch)
     return state

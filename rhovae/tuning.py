@@ -186,7 +186,7 @@ def compose_run(overrides: Sequence[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .hydra_run import check_override_keys  # importing it registers the typed schema and the components
+    from .config.hydra_run import check_override_keys  # importing it registers the typed schema and the components
 
     check_override_keys(overrides)  # a typo is named with the closest known key, before Hydra composes
     GlobalHydra.instance().clear()
@@ -281,9 +281,9 @@ class Objective:
         self.keys = space.keys_for(plan.config)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from .config import validate_config
+        from .config import load_config, validate_config
         from .experiment import prepare
-        from .trainer import NonFiniteLossError, TrainSettings, TrainState, make_optimizer, train_one_epoch
+        from .trainer import NonFiniteLossError, TrainState, make_optimizer, train_one_epoch
 
         slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
         if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
@@ -291,23 +291,21 @@ class Objective:
             trial.study.stop()
             return math.nan  # recorded as failed, never counted
         values = self.space.suggest(trial, self.keys)
-        cfg = compose_run([*self.base, *(f"{k}={v}" for k, v in values.items())])
-        device = validate_config(cfg)
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = load_config(compose_run([*self.base, *(f"{k}={v}" for k, v in values.items())]))
+        device = validate_config(config)
         data, model = prepare(config, device)
-        optimizer = make_optimizer(model, config["trainer"]["lr"], config["trainer"]["adam_eps"])
-        settings, state = TrainSettings.from_config(config), TrainState()
-        data_rng = torch.Generator(device=device).manual_seed(config["seed"])
+        optimizer = make_optimizer(model, config.trainer.lr, config.trainer.adam_eps)
+        state = TrainState()
+        data_rng = torch.Generator(device=device).manual_seed(config.seed)
         best = -math.inf
         for epoch in range(1, self.tune_cfg.epochs + 1):
             try:
-                train_one_epoch(model, optimizer, data, settings, state, data_rng)
+                train_one_epoch(model, optimizer, data, config.trainer, config.objective, state, data_rng)
             except NonFiniteLossError as err:
                 trial.set_user_attr("pruned_because", str(err))
                 raise optuna.TrialPruned(str(err)) from None
             state.epoch = epoch
-            val = evaluate_elbo(model, data.val, batch_size=config["eval"]["batch_size"],
-                                eval_seed=config["eval"]["seed"])["elbo"]
+            val = evaluate_elbo(model, data.val, batch_size=config.eval.batch_size, eval_seed=config.eval.seed)["elbo"]
             best = max(best, val)
             trial.report(val, epoch)
             if trial.should_prune():

@@ -36,10 +36,10 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from rhovae.config import resolve_device
+from rhovae.config import load_config, resolve_device
 from rhovae.data import load_image_data, train_batches
 from rhovae.evaluation import importance_weighted_log_likelihood
-from rhovae.experiment import build_vae
+from rhovae.build import build_vae
 from rhovae.idx import write_dataset
 from rhovae.information import information
 from rhovae.posteriors import AR1Normal, POSTERIORS
@@ -68,8 +68,8 @@ def median_time(fn: Callable[[], None], device: torch.device, repeats: int, warm
 
 
 def model_for(posterior: str, latent_dim: int, device: torch.device) -> VAE:
-    config = {"latent_dim": latent_dim, "networks": {"name": "mlp", "hidden": [512, 512]},
-              "posterior": {"name": posterior}}
+    config = load_config({"latent_dim": latent_dim, "networks": {"name": "mlp", "hidden": [512, 512]},
+                          "posterior": {"name": posterior}, "dataset": {"name": "mnist"}, "logger": {"name": "none"}})
     torch.manual_seed(0)
     return build_vae(config, (1, 28, 28)).to(device)
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from rhovae.errors import RhovaeError
 from rhovae.evaluation import evaluate_test_set
-from rhovae.experiment import eval_settings, load_trained_run
+from rhovae.build import load_trained_run
 from rhovae.tracking import write_json_atomic
 
 
 def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", update_summary: bool = False) -> dict:
     config, data, model, ckpt = load_trained_run(run_dir, overrides, checkpoint)
-    metrics, _ = evaluate_test_set(model, data, eval_settings(config))
+    metrics, _ = evaluate_test_set(model, data, config.eval)
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"],
               "overrides": overrides, **metrics}
     write_json_atomic(run_dir / "evaluation.json", result)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rhovae.errors import RhovaeError
-from rhovae.experiment import gap_settings, load_trained_run, write_gaps
+from rhovae.build import load_trained_run, write_gaps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         config, data, model, _ = load_trained_run(args.run_dir, args.overrides, may_override=("gaps",))
         if existing and not args.overwrite:
             raise RhovaeError(f"{existing[0]} exists; nothing was changed. Pass --overwrite to replace it")
-        summary = write_gaps(model, data, gap_settings(config), args.run_dir, progress=config["trainer"]["progress"],
+        summary = write_gaps(model, data, config.gaps, args.run_dir, progress=config.trainer.progress,
                              overrides=args.overrides)
     except RhovaeError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from helpers import DATASET_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, compose, config_options
 from rhovae.config import validate_config
 from rhovae.errors import ConfigError
-from rhovae.experiment import build_vae, plan_run, run_experiment
+from rhovae.config import load_config
+from rhovae.build import build_vae
+from rhovae.experiment import plan_run, run_experiment
 from rhovae.networks import NETWORKS
 from rhovae.posteriors import POSTERIORS, posterior_label
 
@@ -48,11 +50,11 @@ def test_a_named_setting_is_the_label_however_its_options_were_chosen():
 def test_every_combination_composes_validates_and_builds(combo):
     overrides = [f"{group}={option}" for group, option in zip(GROUPS, combo)]
     cfg = compose(overrides)
-    assert validate_config(cfg) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert validate_config(load_config(cfg)) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for group, option in zip(GROUPS, combo):
         settings = POSTERIORS.settings if group == "posterior" else {}
         assert cfg[group].name == settings.get(option, (option,))[0]  # a named setting composes its component
-    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    model = build_vae(load_config(cfg), (1, 28, 28))
     assert model.elbo_terms(torch.zeros(2, 784)).elbo.shape == (2,)
 
 
@@ -74,19 +76,19 @@ def test_documented_overrides_apply():
                    "latent_dim=8", "seed=3", "trainer.epochs=2", "trainer.batch_size=64", "trainer.lr=3e-4",
                    "trainer.max_batches=5", "trainer.device=cpu", "trainer.kl_warmup_epochs=2",
                    "trainer.patience=4", "logger=wandb", "logger.mode=disabled"])
-    validate_config(cfg)
+    validate_config(load_config(cfg))
     assert (cfg.latent_dim, cfg.seed, cfg.trainer.epochs, cfg.trainer.batch_size) == (8, 3, 2, 64)
     assert (cfg.trainer.lr, cfg.trainer.max_batches, cfg.trainer.kl_warmup_epochs, cfg.trainer.patience) == (3e-4, 5, 2, 4)
 
 
 def test_posterior_knobs_can_be_overridden():
     cfg = compose(["posterior=iaf", "posterior.flow_length=8", "posterior.hidden=[16,16]", "latent_dim=6"])
-    validate_config(cfg)
-    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    validate_config(load_config(cfg))
+    model = build_vae(load_config(cfg), (1, 28, 28))
     assert len(model.posterior.steps) == 8
     assert model.posterior(torch.zeros(1, model.encoder.out_features)).rsample().shape == (1, 6)
     cfg = compose(["posterior=planar", "posterior.flow_length=3"])
-    assert build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28)).posterior.flow_length == 3
+    assert build_vae(load_config(cfg), (1, 28, 28)).posterior.flow_length == 3
 
 
 BAD = [
@@ -117,7 +119,7 @@ BAD = [
 def test_bad_values_fail_with_key_value_and_accepted(override, message):
     cfg = compose(override.split())
     with pytest.raises(ConfigError, match=message) as err:
-        validate_config(cfg)
+        validate_config(load_config(cfg))
     assert "accepted" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -143,10 +145,27 @@ def test_every_registered_component_is_a_typed_option_with_its_constructor_defau
 
 # Wrong options of a component are found when it is built, which ``plan_run`` does once, before the run writes.
 BUILD_ERRORS = [
-    ("networks.activation=swish", "activation='swish' is not known"),
+    ("networks.activation=swish", "networks.activation='swish' is not valid; accepted: relu"),
     ("+posterior.flows=3", "posterior='diag' has no option flows; accepted: min_std"),
     ("posterior=rho posterior.variant=typo", "posterior.variant='typo'.*paper, published_code"),
 ]
+
+
+NETWORK_ERRORS = [
+    ("mlp", {"hidden": [64, 0]}, r"networks.hidden=\[64, 0\] is not valid; accepted: a non-empty list of integers"),
+    ("mlp", {"hidden": []}, r"networks.hidden=\[\] is not valid"),
+    ("conv", {"channels": [8, 8, 8]}, r"networks.channels=\[8, 8, 8\].*multiple of 2\*\*n \(images here: 28x28"),
+    ("conv", {"hidden": 0}, "networks.hidden=0 is not valid; accepted: an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("name,options,message", NETWORK_ERRORS, ids=[str(e[:2]) for e in NETWORK_ERRORS])
+def test_network_pairs_check_their_own_options_with_one_line(name, options, message):
+    from rhovae.networks import build_networks
+
+    with pytest.raises(ConfigError, match=message) as err:
+        build_networks(name, (1, 28, 28), 4, **options)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("override,message", BUILD_ERRORS, ids=[b[0] for b in BUILD_ERRORS])
@@ -175,19 +194,19 @@ def test_a_run_builds_its_model_once_for_the_shape_of_its_data(data_root, tmp_pa
 
 def test_published_code_variant_composes_and_builds():
     cfg = compose(["posterior=rho", "posterior.variant=published_code"])
-    validate_config(cfg)
-    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    validate_config(load_config(cfg))
+    model = build_vae(load_config(cfg), (1, 28, 28))
     assert type(model.posterior).__name__ == "PublishedCodeRhoPosterior"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_refused():
     with pytest.raises(ConfigError, match="trainer.device='cuda' but no CUDA GPU"):
-        validate_config(compose(["trainer.device=cuda"]))
+        validate_config(load_config(compose(["trainer.device=cuda"])))
 
 
 def test_keys_marked_for_resume_and_tables_are_keys_of_the_composed_config():
-    """The marks of rhovae/key_roles.py name real keys, and only the ones meant (a sample of each side)."""
+    """The flags of rhovae/config/schema.py name real keys, and only the ones meant (a sample of each side)."""
     from rhovae.config import RESUMABLE_KEYS, flatten, in_sections
     from rhovae.results import NOT_A_FACTOR
 
@@ -203,8 +222,8 @@ def test_keys_marked_for_resume_and_tables_are_keys_of_the_composed_config():
 
 
 def test_the_old_decoder_name_is_read_as_networks_on_the_command_line_and_in_saved_configs(capsys):
-    from rhovae.hydra_run import accept_renamed
-    from rhovae.schema import upgrade
+    from rhovae.config.hydra_run import accept_renamed
+    from rhovae.config import upgrade
 
     argv = ["-m", "decoder=mlp,conv", "+decoder.dropout=0.1", "~decoder.activation", "posterior=rho",
             "decoder_like=1", "hydra.run.dir=decoder", "--cfg", "job"]
@@ -220,7 +239,7 @@ def test_configs_readme_documents_every_key_and_every_option_of_every_posterior(
     """configs/README.md is written by hand: this fails when a key or an option is added without a line there."""
     from helpers import CONFIGS
     from rhovae.config import flatten
-    from rhovae.schema import section_defaults
+    from rhovae.config import section_defaults
 
     text = (CONFIGS / "README.md").read_text()
     missing = [k for k in flatten(section_defaults()) if f"`{k}`" not in text]
@@ -240,7 +259,7 @@ def test_configs_readme_defaults_are_the_schemas():
 
     from helpers import CONFIGS
     from rhovae.config import flatten
-    from rhovae.schema import section_defaults
+    from rhovae.config import section_defaults
 
     defaults = flatten(section_defaults())
     documented, wrong = 0, []
@@ -257,3 +276,46 @@ def test_configs_readme_defaults_are_the_schemas():
         if not same:
             wrong.append((key, cells[1], expected))
     assert documented >= 40 and not wrong, wrong
+
+
+def test_configs_readme_lists_of_flagged_keys_are_the_schemas_flags():
+    """configs/README.md's lists of resumable keys and of keys that are not factors are the flags of schema.py."""
+    import re
+
+    from helpers import CONFIGS
+    from rhovae.config import NOT_FACTORS, RESUMABLE_KEYS
+
+    bullets = re.split(r"\n(?=- )|\n\n", (CONFIGS / "README.md").read_text())
+    for start, flagged in (("- resumable,", RESUMABLE_KEYS), ("- not a factor,", NOT_FACTORS)):
+        [bullet] = [b for b in bullets if b.startswith(start)]
+        listed = re.findall(r"`([\w.]+)`", bullet.split("them:", 1)[1])
+        assert sorted(listed) == sorted(flagged), (start, sorted(set(listed) ^ set(flagged)))
+
+
+@pytest.mark.slow
+def test_the_config_package_imports_neither_torch_nor_model_code():
+    """In a fresh interpreter: importing rhovae.config (and typing a saved config's sections) loads no torch."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+
+    code = ("import sys, rhovae.config as c; c.keys_with(c.schema.RESUMABLE, True); c.section_defaults(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(("
+            "'rhovae.posteriors', 'rhovae.evaluation', 'rhovae.vae', 'rhovae.networks', 'rhovae.data'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_resumed_config_takes_each_config_group_from_one_option(tmp_path):
+    """A run trained with logger=none, resumed by a command that leaves the logger at its default (wandb), keeps
+    its own logger; a command that switches it (logger=none on a wandb run) gets the new option whole."""
+    from rhovae.config import as_dict, resumed_config
+
+    plain = as_dict(load_config(compose(["logger=none"])))
+    wandb = as_dict(load_config(compose(["logger=wandb"])))
+    kept = resumed_config(plain, wandb, {"trainer.resume"}, tmp_path)
+    assert kept["logger"] == plain["logger"] and load_config(kept).logger.name == "none"
+    switched = resumed_config(wandb, plain, {"trainer.resume", "logger.name", "logger.image_every"}, tmp_path)
+    assert switched["logger"] == plain["logger"] and load_config(switched).logger.name == "none"

@@ -7,6 +7,7 @@ import math
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import (evaluate_elbo, importance_metrics, importance_weighted_estimates,
                                importance_weighted_log_likelihood, log_weight_summary, posterior_diagnostics)
 from rhovae.pareto import tail_length
-from rhovae.experiment import build_vae, load_data, load_trained_run, plan_run, run_experiment
+from rhovae.config import load_config
+from rhovae.build import build_vae, load_data, load_trained_run
+from rhovae.experiment import plan_run, run_experiment
 from rhovae.posteriors import build_posterior
 from rhovae.vae import VAE
 
@@ -85,8 +88,8 @@ def test_weight_summary_keeps_the_first_draws_and_the_largest_weights_across_chu
 def test_k_over_10_estimate_shows_the_bias_that_k_leaves(trained_run):
     """On a trained model the importance-weighted NLL falls with K in expectation: its K / 10 estimate is higher."""
     ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
-    data = load_data(ckpt["config"], torch.device("cpu"))
-    model = build_vae(ckpt["config"], data.image_shape)
+    data = load_data(load_config(ckpt["config"]), torch.device("cpu"))
+    model = build_vae(load_config(ckpt["config"]), data.image_shape)
     model.load_state_dict(ckpt["model"])
     metrics = importance_metrics(importance_weighted_estimates(model, data.test, n_samples=200, chunk=64), 200)
     assert metrics["nll_tenth_k"] > metrics["nll"]
@@ -104,8 +107,8 @@ def trained_run(data_root, tmp_path_factory):
 
 def test_iwae_is_non_decreasing_in_k_on_a_trained_model(trained_run):
     ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
-    data = load_data(ckpt["config"], torch.device("cpu"))
-    model = build_vae(ckpt["config"], data.image_shape)
+    data = load_data(load_config(ckpt["config"]), torch.device("cpu"))
+    model = build_vae(load_config(ckpt["config"]), data.image_shape)
     model.load_state_dict(ckpt["model"])
     means = {k: torch.stack([importance_weighted_log_likelihood(model, data.test, n_samples=k, chunk=100,
                                                                 eval_seed=s).mean() for s in range(4)]).mean()
@@ -199,8 +202,8 @@ def test_a_run_whose_checkpoint_names_the_decoder_section_resumes_in_todays_keys
     cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
                    "trainer.resume=true", "trainer.epochs=4"])
     plan = plan_run(cfg, run_dir, given={"trainer.resume", "trainer.epochs", "dataset.root", "logger.name"})
-    assert plan.checkpoint is not None and plan.config["networks"] == ckpt["config"]["decoder"]
-    assert "decoder" not in plan.config and plan.config["trainer"]["epochs"] == 4
+    assert plan.checkpoint is not None and asdict(plan.config.networks) == ckpt["config"]["decoder"]
+    assert not hasattr(plan.config, "decoder") and plan.config.trainer.epochs == 4
 
 
 def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained_run, tmp_path):
@@ -216,11 +219,11 @@ def test_runs_trained_before_newer_keys_existed_load_with_their_defaults(trained
     ckpt["config"]["decoder"] = ckpt["config"].pop("networks")
     torch.save(ckpt, old_run / "checkpoints" / "best.pt")
     config, _, model, _ = load_trained_run(old_run, ["eval.iw_samples=5"])
-    assert config["trainer"]["overwrite"] is False
-    assert config["objective"] == {"beta": 1.0, "free_bits": 0.0, "iw_samples": 1}
-    assert config["eval"]["gaps"] is False and config["gaps"]["n_images"] == 1000
-    assert config["eval"]["iw_samples"] == 5
-    assert config["networks"]["hidden"] == [32, 32] and "decoder" not in config
+    assert config.trainer.overwrite is False
+    assert asdict(config.objective) == {"beta": 1.0, "free_bits": 0.0, "iw_samples": 1}
+    assert config.eval.gaps is False and config.gaps.n_images == 1000
+    assert config.eval.iw_samples == 5
+    assert config.networks.hidden == [32, 32] and not hasattr(config, "decoder")
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:

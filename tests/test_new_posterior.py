@@ -10,10 +10,10 @@ import pytest
 from hydra.core.config_store import ConfigStore
 
 from helpers import TINY_OVERRIDES, compose
-from rhovae.config import validate_config
+from rhovae.config import load_config, validate_config
 from rhovae.errors import ConfigError
 from rhovae.experiment import run_experiment
-from rhovae.hydra_run import register_configs
+from rhovae.config.hydra_run import register_configs
 from rhovae.posteriors import POSTERIORS
 
 MODULE = '''
@@ -40,7 +40,7 @@ class FixedWidthPosterior(Posterior):
     def parameter_sizes(self):
         return [self.latent_dim]
 
-    def build(self, pieces):
+    def assemble(self, pieces):
         return Independent(Normal(pieces[0], torch.full_like(pieces[0], self.width)), 1)
 '''
 
@@ -63,7 +63,7 @@ def test_a_posterior_with_options_of_its_own_trains_with_no_other_edit(throwaway
     overrides = [f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
                  "trainer.epochs=1", "posterior=throwaway"]
     with pytest.raises(ConfigError, match=r"^posterior.width=-1.0 is not valid; accepted: a number > 0$"):
-        validate_config(compose([*overrides, "posterior.width=-1.0"]))
+        validate_config(load_config(compose([*overrides, "posterior.width=-1.0"])))
     summary = run_experiment(compose([*overrides, "posterior.width=0.3"]), tmp_path / "run")
     assert summary["status"] == "completed" and summary["method"] == "throwaway[width=0.3]"
     assert summary["test/nll"] < -summary["test/elbo"] + 5 and summary["config"]["posterior"]["shift"] == 0

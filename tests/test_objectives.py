@@ -125,24 +125,24 @@ def test_iwae_training_loss_is_the_negative_bound_and_refuses_a_kl_weight():
     torch.manual_seed(4)
     bound, recon, kl = model.iwae_bound(x, 5)
     assert torch.equal(loss, -bound.mean()) and torch.equal(terms.recon, recon) and torch.equal(terms.kl, kl)
-    from rhovae.config import validate_config
+    from rhovae.config import load_config, validate_config
     from rhovae.errors import ConfigError
 
     for extra, key in (("objective.beta=2", "objective.beta"), ("objective.free_bits=0.5", "objective.free_bits"),
                        ("trainer.kl_warmup_epochs=2", "trainer.kl_warmup_epochs")):
         with pytest.raises(ConfigError, match=rf"{key}=.* is not valid; accepted: .*with objective.iw_samples > 1"):
-            validate_config(compose(["objective.iw_samples=5", extra]))
+            validate_config(load_config(compose(["objective.iw_samples=5", extra])))
 
 
 def test_stepped_learning_rate_follows_the_iwae_schedule_and_a_constant_one_without_stages():
-    from rhovae.trainer import TrainSettings, learning_rate
+    from rhovae.config import TrainerConfig
+    from rhovae.trainer import learning_rate
 
     stages = [3 ** i for i in range(8)]
-    settings = TrainSettings(epochs=3280, batch_size=20, lr=1e-3, lr_stage_epochs=tuple(stages),
-                             lr_stage_decay=10 ** (-1 / 7))
+    settings = TrainerConfig(epochs=3280, batch_size=20, lr=1e-3, lr_stage_epochs=stages, lr_stage_decay=10 ** (-1 / 7))
     for i in range(8):  # 0.001 * 10^(-i/7) on the first and last epoch of stage i (Burda et al. 2015)
         first, last = sum(stages[:i]) + 1, sum(stages[:i + 1])
         for epoch in (first, last):
             assert learning_rate(settings, epoch) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-12)
     assert sum(stages) == 3280 and learning_rate(settings, 5000) == pytest.approx(1e-3 * 10 ** (-1))
-    assert learning_rate(TrainSettings(epochs=3, batch_size=20, lr=3e-4), 3) == 3e-4
+    assert learning_rate(TrainerConfig(epochs=3, batch_size=20, lr=3e-4), 3) == 3e-4

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from helpers import REPO, TINY_OVERRIDES, compose, subprocess_env, train
 from rhovae import results
 from rhovae.config import validate_config
-from rhovae.experiment import build_vae
+from rhovae.config import load_config
+from rhovae.build import build_vae
 
 SWEEP_OVERRIDES = [*TINY_OVERRIDES, "logger=none", "trainer.epochs=2", "trainer.milestones=[1,2]",
                    "eval.milestone_images=30", "eval.milestone_iw_samples=10"]
@@ -63,18 +64,18 @@ def test_paper_cpu_experiment_is_the_issue_budget_with_gaps():
     assert (params.seed, params.dataset, params.posterior) == ("0,1,2", "mnist,fmnist", "diag,rho,fullcov,planar,iaf")
     assert (cfg.latent_dim, cfg.networks.name, cfg.trainer.epochs, cfg.eval.iw_samples) == (32, "mlp", 20, 1000)
     assert cfg.eval.gaps is True and cfg.gaps.n_images == 500 and "paper_cpu_" in cfg.hydra.sweep.dir
-    validate_config(compose(["experiment=paper_cpu"]))
+    validate_config(load_config(compose(["experiment=paper_cpu"])))
 
 
 def test_rho_paper_experiment_is_the_papers_setup():
     overrides = ["experiment=rho_paper", "posterior=rho_published_code"]
     assert compose(overrides, hydra=True).hydra.sweeper.params.posterior == "diag,rho,rho_published_code"
     cfg = compose(overrides)
-    validate_config(cfg)
+    validate_config(load_config(cfg))
     assert (cfg.latent_dim, cfg.trainer.batch_size, cfg.trainer.lr, cfg.trainer.epochs) == (10, 128, 1e-3, 15)
     assert cfg.dataset.binarize == "none" and cfg.trainer.patience is None
     assert cfg.posterior.name == "rho" and cfg.posterior.variant == "published_code"
-    model = build_vae(OmegaConf.to_container(cfg, resolve=True), (1, 28, 28))
+    model = build_vae(load_config(cfg), (1, 28, 28))
     assert type(model.posterior).__name__ == "PublishedCodeRhoPosterior"
     assert [m.weight.shape for m in model.encoder if isinstance(m, torch.nn.Linear)] == [(400, 784)]  # 784-400-z
     assert [m.weight.shape for m in model.decoder if isinstance(m, torch.nn.Linear)] == [(400, 10), (784, 400)]
@@ -84,8 +85,8 @@ def test_iwae_paper_experiment_is_the_papers_protocol_and_its_short_version_the_
     cfg = compose(["experiment=iwae_paper"], hydra=True)
     assert cfg.hydra.sweeper.params["objective.iw_samples"] == "1,5,50"
     cfg = compose(["experiment=iwae_paper", "objective.iw_samples=5"])
-    validate_config(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = load_config(cfg)
+    validate_config(config)
     model = build_vae(config, (1, 28, 28))
     linear = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
     assert [m.weight.shape for m in linear] == [(200, 784), (200, 200)]  # 784-200-200-50, tanh
@@ -94,7 +95,7 @@ def test_iwae_paper_experiment_is_the_papers_protocol_and_its_short_version_the_
     assert sum(cfg.trainer.lr_stage_epochs) == cfg.trainer.epochs == 3280
     assert cfg.trainer.lr_stage_decay == pytest.approx(10 ** (-1 / 7))
     short = compose(["experiment=iwae_paper_short"])
-    validate_config(short)
+    validate_config(load_config(short))
     same = ("latent_dim", "networks", "trainer.batch_size", "trainer.adam_eps", "trainer.lr", "dataset")
     assert all(OmegaConf.select(short, k) == OmegaConf.select(cfg, k) for k in same)
     assert short.trainer.epochs == 2 and short.trainer.max_batches == 100
@@ -118,7 +119,7 @@ def test_joblib_launcher_config_runs_one_thread_per_job():
     assert get_class(launcher._target_).__name__ == "JoblibLauncher" and launcher.n_jobs == 2
     cfg = compose(["launcher=joblib"])
     assert cfg.trainer.threads == 1
-    validate_config(cfg)
+    validate_config(load_config(cfg))
 
 
 @pytest.mark.slow

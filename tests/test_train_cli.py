@@ -14,7 +14,8 @@ from PIL import Image
 
 from helpers import DATASET_NAMES, FLOW_NAMES, NETWORK_NAMES, POSTERIOR_NAMES, TINY_OVERRIDES, train
 from rhovae.checkpoint import load_checkpoint
-from rhovae.experiment import build_vae
+from rhovae.config import load_config
+from rhovae.build import build_vae
 from rhovae.vae import count_parameters
 from rhovae.tracking import read_jsonl
 
@@ -74,7 +75,7 @@ def test_smoke_run_writes_every_output(sweep, posterior, dataset, decoder):
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert best["state"]["epoch"] == summary["best_epoch"] and last["state"]["epoch"] == EPOCHS
     assert best["config"]["posterior"]["name"] == posterior
-    model = build_vae(best["config"], (1, 28, 28))  # a checkpoint rebuilds its model from its own config
+    model = build_vae(load_config(best["config"]), (1, 28, 28))  # a checkpoint rebuilds its model from its own config
     model.load_state_dict(best["model"])
     assert count_parameters(model) == summary["n_params"]
 
@@ -163,7 +164,7 @@ def test_the_old_decoder_group_name_is_read_as_networks_with_a_warning(tmp_path)
     ("posterior.flow_length=4", "Key 'flow_length' not in 'DiagPosteriorConfig'"),
 ])
 def test_hydra_refuses_wrong_types_and_keys_of_another_option(tmp_path, override, complaint):
-    """The typed configs (rhovae/schema.py): Hydra's own message names the key, before any folder exists."""
+    """The typed configs (rhovae/config/schema.py): Hydra's own message names the key, before any folder exists."""
     proc = train([*override.split(), "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert complaint in proc.stderr and f"full_key: {override.split()[-1].split('=')[0]}" in proc.stderr
@@ -172,13 +173,14 @@ def test_hydra_refuses_wrong_types_and_keys_of_another_option(tmp_path, override
 
 @pytest.mark.slow  # W&B and jupytext start helper processes
 def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
+    from rhovae.config import load_config
     from rhovae.experiment import build_tracker
 
     monkeypatch.chdir(tmp_path)
     config = {"dataset": {"name": "fmnist", "root": "/data"}, "posterior": {"name": "rho"},
               "networks": {"name": "conv"}, "latent_dim": 8,
               "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": ["extra"]}}
-    tracker = build_tracker(config, tmp_path)
+    tracker = build_tracker(load_config(config), tmp_path)
     try:
         assert tracker.run.group == "fmnist-rho"
         assert set(tracker.run.tags) == {"fmnist", "rho", "conv", "extra"}
@@ -193,13 +195,14 @@ def test_wandb_run_gets_group_tags_and_resolved_config(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # W&B and jupytext start helper processes
 def test_wandb_groups_tell_variants_apart_and_tag_the_sweep(tmp_path, monkeypatch):
+    from rhovae.config import load_config
     from rhovae.experiment import build_tracker
 
     monkeypatch.chdir(tmp_path)
     config = {"dataset": {"name": "mnist"}, "networks": {"name": "mlp"}, "latent_dim": 4,
               "posterior": {"name": "rho", "min_std": 1e-4, "variant": "published_code"},
               "logger": {"name": "wandb", "project": "rhovae-test", "mode": "offline", "tags": []}}
-    tracker = build_tracker(config, tmp_path, sweep="paper_2026-01-01_00-00-00")
+    tracker = build_tracker(load_config(config), tmp_path, sweep="paper_2026-01-01_00-00-00")
     try:
         assert tracker.run.group == "mnist-rho_published_code"
         assert "paper_2026-01-01_00-00-00" in tracker.run.tags

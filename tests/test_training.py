@@ -10,7 +10,9 @@ import torch
 from helpers import TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo
-from rhovae.experiment import build_vae, load_data, run_experiment
+from rhovae.config import load_config
+from rhovae.build import build_vae, load_data
+from rhovae.experiment import run_experiment
 from rhovae.milestones import keep_saved_milestones
 from rhovae.posteriors import DiagonalPosterior
 from rhovae.tracking import append_jsonl, read_jsonl
@@ -123,11 +125,11 @@ def test_milestones_score_the_model_of_that_epoch_without_changing_training(data
     assert [(row["epoch"], row["n_images"], row["test/iw_samples"]) for row in rows] == [(1, 30, 25), (3, 30, 25)]
     ckpt = load_checkpoint(tmp_path / "marked" / "checkpoints" / "epoch_1.pt")
     assert ckpt["state"]["epoch"] == 1
-    config = ckpt["config"]
+    config = load_config(ckpt["config"])
     data = load_data(config, torch.device("cpu"))
     model = build_vae(config, data.image_shape)
     model.load_state_dict(ckpt["model"])
-    again = evaluate_elbo(model, data.test[:30], batch_size=config["eval"]["batch_size"], eval_seed=0)
+    again = evaluate_elbo(model, data.test[:30], batch_size=config.eval.batch_size, eval_seed=0)
     assert rows[0]["test/elbo"] == pytest.approx(again["elbo"], abs=1e-9)  # the epoch-1 model, not the last one
     assert rows[0]["test/elbo"] != rows[1]["test/elbo"]
     assert rows[1]["test/nll"] <= -rows[1]["test/elbo"] + 5

@@ -2,7 +2,7 @@
 
 Every module of this package is imported here, and each registers its posteriors in ``POSTERIORS``: adding a
 posterior is one new module, with no edit here; it is an option of the ``posterior`` config group at once
-(``rhovae.schema.component_config``).
+(``rhovae.config.components.component_config``).
 """
 
 from __future__ import annotations

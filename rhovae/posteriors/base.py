@@ -4,7 +4,7 @@ A posterior is an ``nn.Module`` whose ``forward`` turns encoder features ``h`` o
 distribution over ``z`` with event shape ``[d]``, in two steps: ``local_parameters(h)`` gives the per-image vector
 ``[B, P]`` its heads produce and ``distribution(params)`` builds q from that vector alone. Its constructor takes
 ``(in_features, latent_dim)`` and typed keyword options with defaults, which are its config keys (the typed option
-of its config group is made from them, ``rhovae.schema``), and it is registered with
+of its config group is made from them, ``rhovae.config.components``), and it is registered with
 ``@POSTERIORS.register("name")``. The VAE then only calls the two methods below:
 
 * ``rsample_with_log_prob(q, sample_shape)``: reparametrized samples ``[*sample_shape, B, d]`` together with
@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
-from ..errors import ConfigError
-from ..registry import Registry
+from ..config.components import Registry, check_option as check_component_option
 
 # Every posterior registers itself here (``@POSTERIORS.register("name")``) in its own module of this package;
 # ``rhovae.posteriors`` imports all of them, so a new module is picked up with no other edit.
@@ -45,7 +44,7 @@ class Posterior(nn.Module):
 
     def forward(self, h: torch.Tensor) -> Distribution:
         """q(z|x) for encoder features ``h``: the distribution of the heads' outputs."""
-        return self.build(self.heads(h))
+        return self.assemble(self.heads(h))
 
     def local_parameters(self, h: torch.Tensor) -> torch.Tensor:
         """Everything q(z|x) of one image depends on besides shared weights, as one vector per image ``[B, P]``:
@@ -58,7 +57,7 @@ class Posterior(nn.Module):
 
     def distribution(self, params: torch.Tensor) -> Distribution:
         """q(z|x) from local parameters ``[B, P]`` alone (shared weights, such as a flow's MADE, may enter)."""
-        return self.build(split_parameters(params, self.parameter_sizes()))
+        return self.assemble(split_parameters(params, self.parameter_sizes()))
 
     def heads(self, h: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         """The per-image pieces of the local parameters, each ``[B, size]`` (sizes: ``parameter_sizes``).
@@ -72,7 +71,7 @@ class Posterior(nn.Module):
     def parameter_sizes(self) -> list[int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def build(self, pieces: list[torch.Tensor]) -> Distribution:  # pragma: no cover - abstract
+    def assemble(self, pieces: list[torch.Tensor]) -> Distribution:  # pragma: no cover - abstract
         """q(z|x) from the pieces ``heads`` returns. ``forward`` passes the heads' outputs themselves, not slices of
         their concatenation, so training never pays for the concatenation ``local_parameters`` needs."""
         raise NotImplementedError
@@ -128,8 +127,7 @@ def check_option(ok: bool, key: str, value: Any, accepted: str) -> None:
     """A posterior's own range check of one of its options: a one-line ``ConfigError`` naming the key
     (``posterior.<key>``), the bad value and what is accepted. Constructors check their options, so a new posterior
     needs no edit anywhere else."""
-    if not ok:
-        raise ConfigError(f"posterior.{key}={value!r} is not valid; accepted: {accepted}")
+    check_component_option(ok, f"posterior.{key}", value, accepted)
 
 
 def check_min_std(min_std: float) -> None:

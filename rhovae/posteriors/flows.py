@@ -107,8 +107,8 @@ class FlowPosterior(Posterior):
     def parameter_sizes(self) -> list[int]:
         return [*self.base.parameter_sizes(), self.step_size]
 
-    def build(self, pieces: list[torch.Tensor]) -> FlowDistribution:
-        return FlowDistribution(self.base.build(pieces[:-1]), self.steps_from(pieces[-1]))
+    def assemble(self, pieces: list[torch.Tensor]) -> FlowDistribution:
+        return FlowDistribution(self.base.assemble(pieces[:-1]), self.steps_from(pieces[-1]))
 
     @property
     def step_head(self) -> nn.Linear:  # pragma: no cover - abstract

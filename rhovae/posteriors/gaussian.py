@@ -35,7 +35,7 @@ class DiagonalPosterior(Posterior):
     def parameter_sizes(self) -> list[int]:
         return [self.latent_dim, self.latent_dim]
 
-    def build(self, pieces: list[torch.Tensor]) -> Independent:
+    def assemble(self, pieces: list[torch.Tensor]) -> Independent:
         loc, raw_std = pieces
         std = positive_std(raw_std, self.min_std)
         return Independent(Normal(loc, std, validate_args=False), 1, validate_args=False)
@@ -70,7 +70,7 @@ class RhoPosterior(Posterior):
         std = positive_std(raw_std.squeeze(-1), self.min_std)
         return loc, rho_atanh.squeeze(-1), 2.0 * std.log()
 
-    def build(self, pieces: list[torch.Tensor]) -> AR1Normal:
+    def assemble(self, pieces: list[torch.Tensor]) -> AR1Normal:
         loc, rho_atanh, log_scale = self.decode(pieces)
         return AR1Normal(loc, log_scale=log_scale, rho_atanh=rho_atanh, validate_args=False)
 
@@ -132,7 +132,7 @@ class FullCovPosterior(Posterior):
         d = self.latent_dim
         return [d, d, d * (d - 1) // 2]
 
-    def build(self, pieces: list[torch.Tensor]) -> MultivariateNormal:
+    def assemble(self, pieces: list[torch.Tensor]) -> MultivariateNormal:
         loc, raw_std, off_diagonal = pieces
         std = positive_std(raw_std, self.min_std)
         rows, cols = self._rows_cols

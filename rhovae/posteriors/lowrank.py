@@ -53,7 +53,7 @@ class LowRankPosterior(Posterior):
     def parameter_sizes(self) -> list[int]:
         return [self.latent_dim, self.latent_dim, self.latent_dim * self.rank]
 
-    def build(self, pieces: list[torch.Tensor]) -> LowRankMultivariateNormal:
+    def assemble(self, pieces: list[torch.Tensor]) -> LowRankMultivariateNormal:
         loc, raw_std, factor = pieces
         std = positive_std(raw_std, self.min_std)
         return LowRankMultivariateNormal(loc, factor.unflatten(-1, (self.latent_dim, self.rank)), std * std,

@@ -41,7 +41,7 @@ class RandomWalkNormal(MultivariateNormal):
 class PublishedCodeRhoPosterior(RhoPosterior):
     """The rho heads with the published code's sampler and training KL (see the module docstring)."""
 
-    def build(self, pieces: list[torch.Tensor]) -> RandomWalkNormal:
+    def assemble(self, pieces: list[torch.Tensor]) -> RandomWalkNormal:
         loc, rho_atanh, log_scale = self.decode(pieces)
         return RandomWalkNormal(loc, log_scale, rho_atanh)
 

@@ -106,7 +106,7 @@ class ScaledRhoPosterior(Posterior):
     def parameter_sizes(self) -> list[int]:
         return [self.latent_dim, self.latent_dim, 1]
 
-    def build(self, pieces: list[torch.Tensor]) -> ScaledAR1Normal:
+    def assemble(self, pieces: list[torch.Tensor]) -> ScaledAR1Normal:
         loc, raw_std, rho_atanh = pieces
         return ScaledAR1Normal(loc, positive_std(raw_std, self.min_std).log(), rho_atanh.squeeze(-1))
 

@@ -16,11 +16,11 @@ from typing import Callable, Iterator
 from hydra.core.config_store import ConfigStore
 
 from rhovae.data import DATASETS
-from rhovae.hydra_run import register_configs
+from rhovae.config.hydra_run import register_configs
 from rhovae.networks import NETWORKS
 from rhovae.posteriors import POSTERIORS, FlowPosterior, build_posterior
 
-register_configs()  # the typed configs configs/config.yaml builds on (importing rhovae.hydra_run did it already)
+register_configs()  # the typed configs configs/config.yaml builds on (importing rhovae.config.hydra_run did it already)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -103,6 +103,6 @@ NETWORK_NAMES = sorted(NETWORKS)
 
 def config_options(group: str) -> list[str]:
     """The options of a config group: its YAML files in ``configs/<group>/`` and its typed options in Hydra's
-    ConfigStore (one per registered component, ``rhovae.hydra_run.register_configs``)."""
+    ConfigStore (one per registered component, ``rhovae.config.hydra_run.register_configs``)."""
     stored = ConfigStore.instance().repo.get(group, {})
     return sorted({p.stem for p in (CONFIGS / group).glob("*.yaml")} | {Path(name).stem for name in stored})

@@ -1,4 +1,5 @@
-"""One way to name and build components: posteriors, encoder/decoder pairs and datasets each have a ``Registry``.
+"""One way to name, configure and build components: posteriors, encoder/decoder pairs and datasets each have a
+``Registry``.
 
 A component registers itself where it is defined::
 
@@ -7,20 +8,27 @@ A component registers itself where it is defined::
 
 and is then a choice of its config group (``posterior=diag``), built with one-line errors that name the accepted
 names or options. Its options and their defaults are the keyword arguments of its constructor: ``defaults(name)``
-reads them, so method labels and config checks never keep a second copy.
+reads them and ``component_config`` turns them into the typed dataclass of the config group option, so method
+labels, config checks and Hydra never keep a second copy. Range checks of the options live in the constructor.
 
 A named setting is a component with some options fixed, offered as a choice of its own so a sweep can list it
 beside the others, and used as the method label of every run with those options::
 
     POSTERIORS.add_setting("rho_published_code", "rho", variant="published_code")
+
+``group_registries`` finds the registries of the config groups; it imports the component modules (and with them
+torch) only when it is called, so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
-from typing import Any, Callable, Iterator, Mapping
+import typing
+from dataclasses import field, make_dataclass
+from typing import Any, Callable, Iterator, List, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Registry(Mapping[str, Callable[..., Any]]):
@@ -74,20 +82,20 @@ class Registry(Mapping[str, Callable[..., Any]]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _factory(self, name: str) -> Callable[..., Any]:
+    def factory(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:
             raise ConfigError(f"{self.kind}={name!r} is not known; accepted: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
     def defaults(self, name: str) -> dict[str, Any]:
         """The options of ``name`` (keyword arguments with a default, or keyword-only) and their defaults."""
-        params = inspect.signature(self._factory(name)).parameters.values()
+        params = inspect.signature(self.factory(name)).parameters.values()
         return {p.name: (None if p.default is p.empty else p.default) for p in params
                 if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
         """``registry[name](*args, **options)``, naming the accepted names or options when they are wrong."""
-        factory = self._factory(name)
+        factory = self.factory(name)
         accepted = self.defaults(name)
         unknown = sorted(set(options) - set(accepted))
         if unknown:
@@ -99,3 +107,61 @@ class Registry(Mapping[str, Callable[..., Any]]):
 def _same(value: Any, default: Any) -> bool:
     """Equality of a config value and a default, where a config's list stands for a signature's tuple."""
     return value == (list(default) if isinstance(default, tuple) else default)
+
+
+def check_option(ok: bool, key: str, value: Any, accepted: str) -> None:
+    """A component's own range check of one of its options, made in its constructor: a one-line ``ConfigError``
+    naming the key (``networks.hidden``), the bad value and what is accepted."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not valid; accepted: {accepted}")
+
+
+def group_registries() -> dict[str, Registry]:
+    """The registry of each config group whose options are registered components, by group name."""
+    from ..data import DATASETS
+    from ..networks import NETWORKS
+    from ..posteriors import POSTERIORS
+
+    return {"posterior": POSTERIORS, "networks": NETWORKS, "dataset": DATASETS}
+
+
+def _config_type(hint: Any) -> Any:
+    """A constructor's annotation as OmegaConf accepts it: sequences become lists."""
+    origin = typing.get_origin(hint)
+    if origin in (collections.abc.Sequence, list, tuple):
+        return List[typing.get_args(hint)[0]] if typing.get_args(hint) else List[Any]
+    return hint
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return field(default_factory=lambda: list(value))
+    return value
+
+
+_CONFIG_CLASSES: dict[tuple[str, str], type] = {}
+
+
+def component_config(registry: Registry, name: str) -> type:
+    """The dataclass of component ``name``'s config group option: ``name`` plus its constructor's options, typed
+    (a named setting is an instance of its component's, ``setting_config``). One class per component and process,
+    made at its first use."""
+    if (registry.kind, name) not in _CONFIG_CLASSES:
+        _CONFIG_CLASSES[registry.kind, name] = _make_component_config(registry, name)
+    return _CONFIG_CLASSES[registry.kind, name]
+
+
+def setting_config(registry: Registry, label: str) -> Any:
+    """The config group option of the named setting ``label``: its component's dataclass, its options fixed."""
+    component, fixed = registry.settings[label]
+    return component_config(registry, component)(**fixed)
+
+
+def _make_component_config(registry: Registry, name: str) -> type:
+    factory = registry.factory(name)
+    hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    fields = [("name", str, name)]
+    for option, default in registry.defaults(name).items():
+        fields.append((option, _config_type(hints.get(option, Any)), _default(default)))
+    title = "".join(part.title() for part in name.split("_"))
+    return make_dataclass(f"{title}{registry.kind.split('.')[0].title()}Config", fields)

@@ -1,7 +1,7 @@
 """What ``train.py`` needs from Hydra beyond composing the config: Hydra glue, kept out of the rest of the package.
 
 * ``register_configs``, run when this module is imported (by ``train.py``, the tests, and every job process of a
-  sweep): the typed configuration of ``rhovae.schema`` in Hydra's ConfigStore, as the schema ``rhovae_schema``
+  sweep): the typed configuration of ``rhovae.config.schema`` in Hydra's ConfigStore, as the schema ``rhovae_schema``
   that ``configs/config.yaml`` starts from, and one option per registered posterior and named setting of one
   (group ``posterior``), network pair (``networks``), dataset (``dataset``) and logger (``logger``).
 * ``accept_renamed``: a command line that uses a group's old name (``decoder=conv``) under its new one, with a
@@ -41,11 +41,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .config import flatten, reject_unknown_keys
-from .data import DATASETS
-from .networks import NETWORKS
-from .posteriors import POSTERIORS
-from .schema import LOGGER_CONFIGS, RENAMED_SECTIONS, DatasetConfig, RunConfig, component_config
+from .components import component_config, group_registries, setting_config
+from .keys import flatten, reject_unknown_keys
+from .load import COMPONENT_GROUPS
+from .saved import RENAMED_SECTIONS
+from .schema import GROUP_SCHEMAS, LOGGER_CONFIGS, RunConfig
 
 _MISSING = object()
 
@@ -54,13 +54,16 @@ def register_configs() -> None:
     """Store the typed configuration and every registered component as a config group option."""
     store = ConfigStore.instance()
     store.store(name="rhovae_schema", node=RunConfig)
-    for group, registry in (("posterior", POSTERIORS), ("networks", NETWORKS)):
+    registries = group_registries()
+    for group in ("posterior", "networks"):
+        registry = registries[group]
         for name in registry:
             store.store(group=group, name=name, node=component_config(registry, name))
-        for label, (name, fixed) in registry.settings.items():
-            store.store(group=group, name=label, node=component_config(registry, name)(**fixed))
-    for name in DATASETS:
-        store.store(group="dataset", name=name, node=DatasetConfig(name=name))
+        for label in registry.settings:
+            store.store(group=group, name=label, node=setting_config(registry, label))
+    for group, schema in GROUP_SCHEMAS.items():
+        for name in registries[group]:
+            store.store(group=group, name=name, node=schema(name=name))
     for name, node in LOGGER_CONFIGS.items():
         store.store(group="logger", name=name, node=node)
 
@@ -86,25 +89,21 @@ def accept_renamed(argv: Sequence[str]) -> list[str]:
     return renamed
 
 
-GROUP_REGISTRIES = {"posterior": POSTERIORS, "networks": NETWORKS}
-GROUPS = ("dataset", "posterior", "networks", "logger")
-
-
 def _group_keys(group: str) -> set[str]:
     """Every key any option of ``group`` has (a key none has is a typo whatever the option chosen)."""
-    if group == "dataset":
-        return {f.name for f in dataclasses.fields(DatasetConfig)}
+    if group in GROUP_SCHEMAS:
+        return {f.name for f in dataclasses.fields(GROUP_SCHEMAS[group])}
     if group == "logger":
         return {f.name for node in LOGGER_CONFIGS.values() for f in dataclasses.fields(node)}
-    registry = GROUP_REGISTRIES[group]
+    registry = group_registries()[group]
     return {"name", *(option for name in registry for option in registry.defaults(name))}
 
 
 def known_keys() -> set[str]:
     """The dotted keys a command line may set without ``+``: the schema's, and those of any group option."""
     sections = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False))
-    fixed = {k for k in sections if k.split(".")[0] not in GROUPS}
-    return fixed | {f"{group}.{key}" for group in GROUPS for key in _group_keys(group)}
+    fixed = {k for k in sections if k.split(".")[0] not in COMPONENT_GROUPS}
+    return fixed | {f"{group}.{key}" for group in COMPONENT_GROUPS for key in _group_keys(group)}
 
 
 def check_override_keys(argv: Sequence[str]) -> None:

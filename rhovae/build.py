@@ -1,0 +1,69 @@
+"""What a run is made of, built from its typed config: the model, the data, a finished run re-loaded, and the
+inference-gap analysis written beside a run. ``rhovae.experiment`` and the scripts (``evaluate.py``, ``gaps.py``,
+``bench.py``) build through these, so a model is always rebuilt exactly as its run built it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import RunConfig, component_options, load_config, rescoring_config, validate_config
+from .data import ImageData, load_image_data
+from .gaps import GapSettings, inference_gaps
+from .networks import build_networks
+from .posteriors import build_posterior
+from .tracking import write_json_atomic
+from .vae import VAE
+
+log = logging.getLogger(__name__)
+
+
+def build_vae(config: RunConfig, image_shape) -> VAE:
+    """The VAE ``config`` describes, freshly initialised, for images of ``image_shape``."""
+    encoder, decoder = build_networks(config.networks.name, image_shape, config.latent_dim,
+                                      **component_options(config.networks))
+    posterior = build_posterior(config.posterior.name, encoder.out_features, config.latent_dim,
+                                **component_options(config.posterior))
+    return VAE(encoder, posterior, decoder, config.latent_dim)
+
+
+def load_data(config: RunConfig, device: torch.device) -> ImageData:
+    """The train, validation and test images of ``config.dataset``, on ``device``."""
+    ds = config.dataset
+    return load_image_data(ds.name, ds.root, binarize=ds.binarize, val_size=ds.val_size,
+                           binarize_seed=ds.binarize_seed, download=ds.download, device=device)
+
+
+def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
+                     may_override: Sequence[str] = ("eval",)):
+    """A finished run's config (its checkpoint's, with ``overrides`` on top: ``rhovae.config.rescoring_config``
+    says which keys may change), device, data and trained model. Returns ``(config, data, model, checkpoint)``."""
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    config = load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir))
+    device = validate_config(config)
+    data = load_data(config, device)
+    model = build_vae(config, data.image_shape).to(device)
+    model.load_state_dict(ckpt["model"])
+    return config, data, model, ckpt
+
+
+def write_gaps(model: VAE, data: ImageData, settings: GapSettings, run_dir: Path, *, progress: bool = False,
+               stop: Callable[[], bool] = lambda: False, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The inference-gap analysis of the first ``settings.n_images`` test images: ``gaps.json`` (with the
+    ``overrides`` a script applied to the run's config) and ``gaps.npz``."""
+    images = data.test[: settings.n_images]
+    log.info("inference gaps on %d test images: %d Adam steps each, log p(x) with K=%d", len(images),
+             settings.steps, settings.iw_samples)
+    summary, arrays = inference_gaps(model, images, settings, progress=progress, stop=stop)
+    summary["overrides"] = list(overrides)
+    write_json_atomic(run_dir / "gaps.json", summary)
+    np.savez(run_dir / "gaps.npz", **{k: v.numpy() for k, v in arrays.items()})
+    log.info("approximation gap %.2f, amortization gap %.2f nats (log p(x) %.2f, ELBO %.2f -> %.2f locally)",
+             summary["approximation_gap"], summary["amortization_gap"], summary["log_px"],
+             summary["elbo_amortized"], summary["elbo_local"])
+    return summary

@@ -1,0 +1,200 @@
+"""The typed configuration: every key of a run, its type, its one default and its two flags, as dataclasses.
+
+``rhovae.config.hydra_run`` registers these with Hydra's ConfigStore and ``configs/config.yaml`` builds on them, so
+Hydra refuses a key that does not exist and a value of the wrong type (``trainer.epochs=many``) before a run
+starts; ``rhovae.config.checks`` adds the range checks. The YAML files in ``configs/`` pick and switch (groups,
+experiments, launchers); an experiment states the values its protocol is defined by, even where they equal today's
+default, so that a new default never changes a published protocol.
+
+The four component groups (``dataset``, ``posterior``, ``networks``, ``logger``) are typed by the option chosen:
+``DatasetConfig``, a logger's dataclass here, or the dataclass ``rhovae.config.components.component_config`` reads
+from a registered component's constructor.
+
+Most keys define what a run measures. A key made with ``key_field`` may carry two flags, read by the resume rules
+and the result tables through ``keys_with`` so that no list of keys is kept by hand:
+
+* ``resumable``: a resumed run may take a new value (how it executes, how long it trains, how its final scores
+  are estimated);
+* ``factor=False``: runs that differ in it are not different methods (how a run executes, how the test evaluation
+  batches its work, an analysis added on top).
+
+A section field carrying a flag (``logger``, ``gaps``) flags every key inside it. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+from omegaconf import MISSING, OmegaConf
+
+RESUMABLE = "may_change_on_resume"
+FACTOR = "is_factor"
+
+
+def key_field(default: Any = MISSING, *, resumable: bool = False, factor: bool = True,
+              default_factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with the two flags of a config key (their defaults mark a key that defines the method)."""
+    metadata = {RESUMABLE: resumable, FACTOR: factor}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = key_field(100, resumable=True)
+    batch_size: int = 128
+    lr: float = 1.0e-3
+    max_batches: Optional[int] = None  # cap on batches per epoch (smoke runs); None = the whole training set
+    device: str = key_field("auto", resumable=True, factor=False)  # auto | cpu | cuda
+    # torch CPU threads; None = torch's default (launcher=joblib sets 1 per job)
+    threads: Optional[int] = key_field(None, resumable=True, factor=False)
+    kl_warmup_epochs: float = 0  # the KL weight rises linearly 0 -> objective.beta over this many epochs
+    adam_eps: float = 1.0e-8  # Adam's epsilon (the IWAE paper used 1e-4)
+    # a stepped learning rate: stage i lasts lr_stage_epochs[i] epochs at lr * lr_stage_decay^i (the last stage's
+    # rate holds after the list ends); empty = a constant lr
+    lr_stage_epochs: List[int] = field(default_factory=list)
+    lr_stage_decay: float = 1.0
+    # stop after this many epochs without a better val ELBO; None = never
+    patience: Optional[int] = key_field(10, resumable=True)
+    # tqdm bar per epoch (hidden automatically when stderr is not a terminal)
+    progress: bool = key_field(True, resumable=True, factor=False)
+    # continue the run in hydra.run.dir from its checkpoints/last.pt, with its saved config
+    resume: bool = key_field(False, resumable=True, factor=False)
+    # start afresh in a folder that already holds a run, deleting that run's outputs
+    overwrite: bool = key_field(False, resumable=True, factor=False)
+    # epochs after which the model of that epoch is saved and scored into milestones.jsonl (rhovae/milestones.py)
+    milestones: List[int] = key_field(resumable=True, factor=False, default_factory=list)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What training minimises; every reported ELBO, NLL and gap is the true bound whatever is set here."""
+
+    beta: float = 1.0  # weight on the KL (beta-VAE: beta > 1)
+    free_bits: float = 0.0  # lambda in nats: sum over KL groups of max(lambda, batch-mean KL); 0 = the plain ELBO
+    # k of the importance-weighted bound trained (IWAE, Burda et al. 2015): log mean_k p(x, z_k) / q(z_k | x);
+    # 1 = the ELBO with the posterior's KL
+    iw_samples: int = 1
+
+
+@dataclass
+class EvalSettings:
+    """The ``eval`` section: how the validation and the final test evaluation score a model (rhovae.evaluation)."""
+
+    batch_size: int = key_field(1000, factor=False)  # also batches the per-epoch validation: fixed once a run started
+    seed: int = 0
+    iw_samples: int = key_field(5000, resumable=True)
+    iw_chunk: int = key_field(200, resumable=True, factor=False)
+    iw_batch_size: int = key_field(20, resumable=True, factor=False)
+    mean_samples: int = key_field(100, resumable=True)
+    active_threshold: float = key_field(0.01, resumable=True)
+    # I(x; z) averages over the draws of the first this many test images, against the mixture of all (None: all)
+    information_images: Optional[int] = key_field(1000, resumable=True)
+    # then also the inference-gap analysis (rhovae.gaps, the run's gaps.* settings)
+    gaps: bool = key_field(False, resumable=True, factor=False)
+    # trainer.milestones score the first milestone_images test images, the NLL with milestone_iw_samples (0: none)
+    milestone_images: int = key_field(2000, resumable=True, factor=False)
+    milestone_iw_samples: int = key_field(1000, resumable=True, factor=False)
+
+
+@dataclass
+class GapSettings:
+    """The ``gaps`` section: the inference-gap analysis (rhovae.gaps, scripts/gaps.py, eval.gaps=true)."""
+
+    n_images: int = 1000  # the first test images (the fixed test binarization)
+    elbo_samples: int = 100  # samples behind each ELBO estimate (amortized, and start and end of the optimization)
+    steps: int = 500  # Adam steps on each image's local parameters
+    lr: float = 1e-2
+    opt_samples: int = 8  # samples per Adam step
+    iw_samples: int = 5000  # K for log p(x), drawn from the locally optimized q
+    iw_chunk: int = 500
+    batch_size: int = 100  # images optimized together
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # torchvision layout: <root>/MNIST/raw/*-ubyte
+    root: str = key_field("${oc.env:RHOVAE_DATA,./data}", resumable=True, factor=False)
+    # fetch into root when the files are missing (internet)
+    download: bool = key_field(True, resumable=True, factor=False)
+    binarize: str = "dynamic"  # dynamic | static | none (continuous targets)
+    binarize_seed: int = 0  # seeds static binarization and the fixed val/test binarization
+    val_size: int = 10_000  # the last val_size training images are the validation set
+
+
+@dataclass
+class WandbLoggerConfig:
+    """Weights & Biases, offline by default: no account needed; ``wandb sync`` uploads later."""
+
+    name: str = "wandb"
+    project: str = "rhovae"
+    entity: Optional[str] = None
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # offline | online | disabled
+    tags: List[str] = field(default_factory=list)  # added to the automatic tags <dataset>, <posterior>, <networks>
+    image_every: int = 5  # log sample/reconstruction grids every N epochs; 0 = only at the end
+    verbose: bool = False  # true shows W&B's own console output
+
+
+@dataclass
+class NoLoggerConfig:
+    """Local files only (metrics.jsonl, summary.json, PNGs); W&B is never imported."""
+
+    name: str = "none"
+    image_every: int = 0
+
+
+LOGGER_CONFIGS = {"wandb": WandbLoggerConfig, "none": NoLoggerConfig}
+
+
+@dataclass
+class RunConfig:
+    """The root of a run's config; the four component groups hold the dataclass of the option chosen for each."""
+
+    seed: int = 0
+    latent_dim: int = 32
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    gaps: GapSettings = key_field(resumable=True, factor=False, default_factory=GapSettings)
+    dataset: Any = MISSING
+    posterior: Any = MISSING
+    networks: Any = MISSING  # the encoder/decoder pair
+    logger: Any = key_field(resumable=True, factor=False)
+    # a study database of scripts/tune.py (outputs/tune/<name>.db): the run takes its study's best settings
+    tuned: Optional[str] = None
+
+
+# the dataclass of a group whose options all share one (the others are typed by the option chosen)
+GROUP_SCHEMAS = {"dataset": DatasetConfig}
+
+
+def keys_with(flag: str, value: bool) -> tuple[str, ...]:
+    """The dotted keys (or whole sections) of a run's config whose field sets ``flag`` (``RESUMABLE`` or
+    ``FACTOR``) to ``value``. Only keys made with ``key_field`` carry flags; sections are walked into."""
+    found: list[str] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}{f.name}"
+            if f.metadata.get(flag) == value:
+                found.append(key)
+                continue
+            inner = GROUP_SCHEMAS.get(key) or (hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None)
+            if inner is not None:
+                walk(inner, f"{key}.")
+
+    walk(RunConfig, "")
+    return tuple(found)
+
+
+def section_defaults() -> dict[str, Any]:
+    """The defaults of every key outside the component groups, as a plain nested dict (``${...}`` unresolved)."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(RunConfig))
+    return {k: v for k, v in defaults.items() if v != MISSING}
