@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose, folder_digest, subprocess_env
+from helpers import (FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose, flows_in_slow_tier, folder_digest,
+                     subprocess_env)
 from helpers.models import P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import (evaluate_elbo, importance_metrics, importance_weighted_estimates,
@@ -25,7 +26,7 @@ from rhovae.experiment import plan_run, run_experiment
 from rhovae.posteriors import build_posterior
 from rhovae.vae import VAE
 
-@pytest.mark.parametrize("posterior", POSTERIOR_NAMES)
+@pytest.mark.parametrize("posterior", flows_in_slow_tier(POSTERIOR_NAMES))
 def test_iwae_converges_to_exact_log_likelihood_while_elbo_stays_below(posterior):
     model = tiny_vae(posterior)
     images = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 1]],

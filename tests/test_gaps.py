@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import POSTERIOR_NAMES, REPO, TINY_OVERRIDES, folder_digest, subprocess_env, train
+from helpers import POSTERIOR_NAMES, flows_in_slow_tier, REPO, TINY_OVERRIDES, folder_digest, subprocess_env, train
 from helpers.models import D, P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.gaps import GapSettings, inference_gaps
 from rhovae.posteriors import build_posterior
@@ -41,7 +41,7 @@ def test_a_decoder_that_ignores_z_has_no_approximation_gap_and_an_exact_log_px()
     assert summary["approximation_gap"] == pytest.approx(arrays["approximation_gap"].mean().item())
 
 
-@pytest.mark.parametrize("posterior", POSTERIOR_NAMES)
+@pytest.mark.parametrize("posterior", flows_in_slow_tier(POSTERIOR_NAMES))
 def test_gaps_order_and_log_px_match_grid_integration_in_two_dimensions(posterior):
     """elbo_amortized <= elbo_local <= log p(x) per image within Monte Carlo error, and log_px is the grid's value."""
     model = tiny_vae(posterior)

@@ -34,6 +34,7 @@ def states(url: str, name: str) -> list[TrialState]:
     return [t.state for t in study(url, name).get_trials(deepcopy=False)]
 
 
+@pytest.mark.slow  # trains several tiny trials: seconds
 def test_every_posterior_gets_the_same_space_and_budget_and_a_poor_trial_is_pruned(data_root, tmp_path):
     tune_cfg, url = tiny_tune(data_root, tmp_path)
     space = tuning.SearchSpace(tune_cfg.space)
@@ -130,6 +131,7 @@ def test_a_study_made_with_another_space_is_refused_and_left_unchanged(data_root
     assert (tmp_path / "studies.db").read_bytes() == before
 
 
+@pytest.mark.slow  # trains several tiny trials: seconds
 def test_a_tuned_run_takes_its_studys_best_settings(data_root, tmp_path):
     tune_cfg, url = tiny_tune(data_root, tmp_path, n_trials=2, epochs=1)
     tuning.tune(tune_cfg, url, progress=False)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pytest
 from hydra.core.config_store import ConfigStore
 
 from rhovae.data import DATASETS
@@ -98,6 +99,12 @@ FLOW_NAMES = [n for n in POSTERIOR_NAMES if n in FLOW_CHOICES]
 GAUSSIAN_CHOICES = [n for n in POSTERIOR_CHOICES if n not in FLOW_CHOICES]  # closed-form KL, exact log_prob
 GAUSSIAN_NAMES = [n for n in POSTERIOR_NAMES if n in GAUSSIAN_CHOICES]
 DATASET_NAMES = sorted(DATASETS)
+
+
+def flows_in_slow_tier(names: list[str]) -> list:
+    """``names`` as pytest parameters with the flows marked slow: an estimator check of a flow costs seconds (Monte
+    Carlo densities through K steps), so the quick tier checks the other families and the full suite all of them."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in FLOW_CHOICES else n for n in names]
 NETWORK_NAMES = sorted(NETWORKS)
 
 
