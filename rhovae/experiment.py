@@ -15,6 +15,7 @@ Everything lands in ``run_dir``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -187,7 +188,7 @@ def opening_summary(plan: RunPlan, sweep: str | None) -> dict[str, Any]:
              len(plan.data.train), len(plan.data.val), len(plan.data.test))
     return {
         "status": "running", "dataset": config.dataset.name, "posterior": config.posterior.name,
-        "method": posterior_label(as_dict(config)["posterior"]), "sweep": sweep, "networks": config.networks.name,
+        "method": posterior_label(dataclasses.asdict(config.posterior)), "sweep": sweep, "networks": config.networks.name,
         "seed": config.seed, "latent_dim": config.latent_dim, "binarize": config.dataset.binarize,
         "n_params": n_params, "device": str(device), "provenance": provenance(device),
     }

@@ -41,8 +41,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .data import eval_batches
 from .config.schema import GapSettings
+from .data import eval_batches
 from .evaluation import EvaluationStopped, log_weight_summary, seeded_rng
 from .pareto import UNRELIABLE, pareto_k_hat
 from .vae import VAE, bernoulli_log_likelihood

@@ -17,7 +17,7 @@ from .config.components import Registry, check_option
 
 # Encoder/decoder pairs register here (``@NETWORKS.register("name")``); their keyword options are config keys.
 NETWORKS = Registry("networks")
-ACTIVATIONS = Registry("activation")
+ACTIVATIONS = Registry("networks.activation")
 for _name, _module in {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh,
                        "softplus": nn.Softplus}.items():
     ACTIVATIONS.add(_name, _module)
@@ -30,10 +30,6 @@ def _activation(name: str) -> nn.Module:
 def _check_sizes(key: str, sizes: Sequence[int]) -> None:
     check_option(len(sizes) > 0 and all(isinstance(n, int) and n >= 1 for n in sizes), key, list(sizes),
                  "a non-empty list of integers >= 1")
-
-
-def _check_activation(activation: str) -> None:
-    check_option(activation in ACTIVATIONS, "networks.activation", activation, ", ".join(ACTIVATIONS))
 
 
 def _mlp(sizes: Sequence[int], activation: str, last_activation: bool) -> nn.Sequential:
@@ -67,7 +63,6 @@ def mlp_pair(image_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[in
     n_pixels = math.prod(image_shape)
     hidden = list(hidden)
     _check_sizes("networks.hidden", hidden)
-    _check_activation(activation)
     encoder = _mlp([n_pixels, *hidden], activation, last_activation=True)
     encoder.out_features = hidden[-1]
     decoder = _mlp([latent_dim, *reversed(hidden), n_pixels], activation, last_activation=False)
@@ -83,7 +78,6 @@ def conv_pair(image_shape: Sequence[int], latent_dim: int, *, channels: Sequence
     channels = list(channels)
     _check_sizes("networks.channels", channels)
     check_option(isinstance(hidden, int) and hidden >= 1, "networks.hidden", hidden, "an integer >= 1")
-    _check_activation(activation)
     side = height // 2 ** len(channels)
     check_option(side * 2 ** len(channels) == height and height == width, "networks.channels", channels,
                  f"n layers with the image side a multiple of 2**n (images here: {height}x{width}; square only)")

@@ -85,7 +85,7 @@ def test_mlp_sizes_and_parameter_count():
 def test_unknown_network_and_activation_are_config_errors():
     with pytest.raises(ConfigError, match="networks='resnet' is not known; accepted: conv, mlp"):
         build_networks("resnet", (1, 28, 28), 4)
-    with pytest.raises(ConfigError, match="networks.activation='swish' is not valid; accepted: relu"):
+    with pytest.raises(ConfigError, match="networks.activation='swish' is not known; accepted: elu, gelu, relu"):
         build_networks("mlp", (1, 28, 28), 4, activation="swish")
 
 

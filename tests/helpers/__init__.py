@@ -99,13 +99,13 @@ FLOW_NAMES = [n for n in POSTERIOR_NAMES if n in FLOW_CHOICES]
 GAUSSIAN_CHOICES = [n for n in POSTERIOR_CHOICES if n not in FLOW_CHOICES]  # closed-form KL, exact log_prob
 GAUSSIAN_NAMES = [n for n in POSTERIOR_NAMES if n in GAUSSIAN_CHOICES]
 DATASET_NAMES = sorted(DATASETS)
+NETWORK_NAMES = sorted(NETWORKS)
 
 
 def flows_in_slow_tier(names: list[str]) -> list:
     """``names`` as pytest parameters with the flows marked slow: an estimator check of a flow costs seconds (Monte
     Carlo densities through K steps), so the quick tier checks the other families and the full suite all of them."""
     return [pytest.param(n, marks=pytest.mark.slow) if n in FLOW_CHOICES else n for n in names]
-NETWORK_NAMES = sorted(NETWORKS)
 
 
 def config_options(group: str) -> list[str]:
