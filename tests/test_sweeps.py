@@ -67,6 +67,18 @@ def test_paper_cpu_experiment_is_the_issue_budget_with_gaps():
     validate_config(load_config(compose(["experiment=paper_cpu"])))
 
 
+def test_step_gradient_ablation_is_the_fullcov_ablation_protocol_over_the_flows():
+    ablation = compose(["experiment=step_gradient_ablation"], hydra=True)
+    fullcov = compose(["experiment=fullcov_ablation"], hydra=True)
+    assert (ablation.hydra.sweeper.params.seed, ablation.hydra.sweeper.params.posterior) == ("0,1,2", "diag,planar,iaf")
+    assert "step_gradient_ablation_" in ablation.hydra.sweep.dir
+    for key in ("latent_dim", "networks", "dataset", "trainer", "eval"):
+        assert ablation[key] == fullcov[key], key
+    stopped = load_config(compose(["experiment=step_gradient_ablation", "posterior=iaf", "posterior.step_gradient=0"]))
+    validate_config(stopped)
+    assert stopped.posterior.step_gradient == 0 and stopped.trainer.epochs == 20 and stopped.eval.iw_samples == 500
+
+
 def test_rho_paper_experiment_is_the_papers_setup():
     overrides = ["experiment=rho_paper", "posterior=rho_published_code"]
     assert compose(overrides, hydra=True).hydra.sweeper.params.posterior == "diag,rho,rho_published_code"
