@@ -28,13 +28,28 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     ``logits`` ``[..., P]`` broadcast against ``x``.
 
     sum_j x_j l_j - softplus(l_j), with softplus(l) = max(l, 0) + log(1 + exp(-|l|)) written out: torch's CPU
-    kernels for ``binary_cross_entropy_with_logits``, ``softplus`` and ``log1p`` are not vectorized, and this form
-    is 2.5 times faster on one core, which takes a fifth off the time of an importance-weighted NLL.
-    Where exp(-|l|) is below float precision, log(1 + .) rounds it to 0: at most 6e-8 nats per pixel in float32.
+    kernels for ``binary_cross_entropy_with_logits``, ``softplus`` and ``log1p`` are not vectorized on every CPU, and
+    this form is 2.5 times faster on one core of an AMD EPYC. Where exp(-|l|) is below float precision, log(1 + .)
+    rounds it to 0: at most 6e-8 nats per pixel in float32.
+
+    The data term is a dot product per row. For logits with sample dimensions before the batch (``[K, B, P]``
+    against ``x`` ``[B, P]``, the importance-weighted NLL) einsum makes it one batched matrix-vector product, 3 times
+    faster than multiply-and-sum; for logits shaped like ``x`` (training) einsum makes B tiny matrix products, and
+    multiply-and-sum is 10 times faster. Without autograd (evaluation) the softplus runs in place, the same
+    operations in the same order (so the same bits) with half the memory traffic: 1.8 times faster on the NLL's
+    ``[200, 100, 784]`` chunks (``scripts/bench.py``).
     """
     x = x.to(logits.dtype)
-    softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
-    return torch.einsum("...p,...p->...", logits, x) - softplus.sum(-1)
+    if logits.shape == x.shape:
+        data = (logits * x).sum(-1)
+    else:
+        data = torch.einsum("...p,...p->...", logits, x)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
+    else:
+        softplus = logits.abs().neg_().exp_().add_(1).log_()
+        softplus += logits.clamp(min=0)
+    return data - softplus.sum(-1)
 
 
 @dataclass

@@ -29,6 +29,19 @@ def test_bernoulli_log_likelihood_matches_torch_distribution():
     assert bernoulli_log_likelihood(logits_s, x).shape == (5, 4)
 
 
+@pytest.mark.parametrize("shape", [(6, 784), (5, 6, 784)], ids=["like x", "samples before the batch"])
+def test_bernoulli_log_likelihood_is_the_same_with_and_without_autograd(shape):
+    """Evaluation's in-place softplus gives training's bits, and neither path touches the logits."""
+    torch.manual_seed(2)
+    logits, x = 4 * torch.randn(shape), torch.bernoulli(torch.rand(6, 784))
+    kept = logits.clone()
+    with torch.no_grad():
+        without = bernoulli_log_likelihood(logits, x)
+    with_autograd = bernoulli_log_likelihood(logits.clone().requires_grad_(), x)
+    assert torch.equal(without, with_autograd.detach()) and torch.equal(logits, kept)
+    torch.testing.assert_close(without, Bernoulli(logits=logits).log_prob(x).sum(-1))
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0, 300.0])
 def test_bernoulli_log_likelihood_is_exact_for_saturated_logits_and_soft_targets(scale):
     """The written-out softplus must not overflow or lose the large terms, and x may be a grey level."""
