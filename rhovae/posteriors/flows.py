@@ -64,23 +64,37 @@ class FlowDistribution(Distribution):
         raise NotImplementedError("a flow scores only its own samples: use rsample_with_log_prob")
 
 
-def planar_step(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-    """f(z) = z + u_hat tanh(w^T z + b) and log|det df/dz|, broadcasting z ``[..., B, d]`` against u, w ``[B, d]``.
+def planar_constants(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a planar map needs besides z: u_hat and softplus(w^T u), for any number of maps at once (u, w
+    ``[..., d]``), so that K maps cost one set of small operations instead of K.
 
-    u_hat is built as (u without its component along w) + m(w^T u) w / |w|^2, projecting twice so that a u
-    almost parallel to w leaves no rounding residue along w. det = 1 + (1 - tanh^2) w^T u_hat with
-    w^T u_hat = softplus(w^T u) - 1, computed as the sum of non-negative terms
-    tanh^2 + (1 - tanh^2) softplus(w^T u), which cannot cancel to 0 in floating point.
+    u_hat is built as (u without its component along w) + m(w^T u) w / |w|^2 with m(a) = softplus(a) - 1, projecting
+    twice so that a u almost parallel to w leaves no rounding residue along w; then w^T u_hat = m(w^T u) >= -1.
     """
     w_sq = (w * w).sum(-1, keepdim=True)
     alpha = (u * w).sum(-1, keepdim=True)
     u_perp = u - alpha / w_sq * w
     u_perp = u_perp - (u_perp * w).sum(-1, keepdim=True) / w_sq * w  # again: drops the rounding residue along w
-    u_hat = u_perp + (F.softplus(alpha) - 1.0) / w_sq * w
+    softplus_alpha = F.softplus(alpha)
+    return u_perp + (softplus_alpha - 1.0) / w_sq * w, softplus_alpha
+
+
+def planar_map(z: torch.Tensor, u_hat: torch.Tensor, w: torch.Tensor, b: torch.Tensor, softplus_alpha: torch.Tensor):
+    """f(z) = z + u_hat tanh(w^T z + b) and log|det df/dz|, broadcasting z ``[..., B, d]`` against u_hat, w ``[B, d]``.
+
+    det = 1 + (1 - tanh^2) w^T u_hat with w^T u_hat = softplus(w^T u) - 1, computed as the sum of non-negative terms
+    tanh^2 + (1 - tanh^2) softplus(w^T u), which cannot cancel to 0 in floating point.
+    """
     pre = (w * z).sum(-1, keepdim=True) + b
     act = torch.tanh(pre)
-    det = act * act + log1m_tanh_sq(pre).exp() * F.softplus(alpha)
+    det = act * act + log1m_tanh_sq(pre).exp() * softplus_alpha
     return z + u_hat * act, det.log().squeeze(-1)
+
+
+def planar_step(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
+    """One planar map from its raw (u, w, b): ``planar_constants`` then ``planar_map``."""
+    u_hat, softplus_alpha = planar_constants(u, w)
+    return planar_map(z, u_hat, w, b, softplus_alpha)
 
 
 class FlowPosterior(Posterior):
@@ -159,7 +173,8 @@ class PlanarPosterior(FlowPosterior):
     def steps_from(self, params: torch.Tensor) -> list[Step]:
         d = self.latent_dim
         u, w, b = params.unflatten(-1, (self.flow_length, 2 * d + 1)).split([d, d, 1], dim=-1)
-        return [(lambda z, k=k: planar_step(z, u[..., k, :], w[..., k, :], b[..., k, :]))
+        u_hat, softplus_alpha = planar_constants(u, w)  # every map's at once: [B, K, d] and [B, K, 1]
+        return [(lambda z, k=k: planar_map(z, u_hat[..., k, :], w[..., k, :], b[..., k, :], softplus_alpha[..., k, :]))
                 for k in range(self.flow_length)]
 
 
