@@ -120,6 +120,15 @@ def _check_finite(loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, epo
     )
 
 
+def training_loss(model: VAE, compile: bool) -> Callable[..., tuple[torch.Tensor, Any]]:
+    """``model.loss``, or with ``compile`` its ``torch.compile`` version. Inductor's own random numbers are switched
+    off (``fallback_random``), so a compiled run draws exactly what an eager one draws and resumes bit for bit.
+    Wrapping again each epoch is free: compiled code is cached on the method's code, guarded by the model."""
+    if not compile:
+        return model.loss
+    return torch.compile(model.loss, options={"fallback_random": True})
+
+
 def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, trainer: TrainerConfig,
                     objective: ObjectiveConfig, state: TrainState, data_rng: torch.Generator,
                     progress: EpochProgress | None = None,
@@ -145,9 +154,10 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
     sums, n_images, beta = progress.sums, progress.n_images, progress.beta  # sums: recon, kl, loss per image
     bar = tqdm(batches, total=n_batches, initial=progress.next_batch, desc=f"epoch {epoch}", leave=False,
                dynamic_ncols=True, disable=None if trainer.progress else True)
+    loss_of = training_loss(model, trainer.compile)
     for i, x in enumerate(bar, start=progress.next_batch):
         beta = kl_weight(state.step, n_batches, trainer.kl_warmup_epochs, objective.beta)
-        loss, terms = model.loss(x, beta, objective.free_bits, objective.iw_samples)
+        loss, terms = loss_of(x, beta, objective.free_bits, objective.iw_samples)
         _check_finite(loss, terms.recon, terms.kl, epoch, state.step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,17 +3,23 @@
     python scripts/bench.py                       # CPU or the default CUDA device; about 2-4 minutes on 2 cores
     python scripts/bench.py --device cuda --out outputs/bench_gpu.json
     python scripts/bench.py --quick               # tiny settings, seconds (what the test suite runs)
+    python scripts/bench.py --compile             # adds the compiled training step (about 30 s per posterior)
 
 Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped data:
 
-1. training throughput of each posterior, and its step time as a ratio to ``diag`` in the same run;
+1. training throughput of each posterior, and its step time as a ratio to ``diag`` in the same run; with
+   ``--compile``, also the step through ``torch.compile`` (``trainer.compile``) and its speedup over eager,
+   timed interleaved with the eager step so that both see the same machine;
 2. the hardware limit: matmul FLOPs of a training epoch (counted by torch's FlopCounterMode) divided by the
    measured throughput of a large square matmul, and the diag epoch as a multiple of it;
 3. the project's data path (uint8 tensor on the device, indexed batches, on-device binarization) against
    a torch DataLoader over the torchvision dataset with ``transforms.ToTensor()`` per image, same model;
 4. the vectorized rho sampler against a Python loop over latent dimensions, at several d;
 5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior;
-6. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
+6. the Bernoulli log-likelihood, the pixel term of both: at the NLL's chunk shape without autograd, its in-place
+   softplus against the same formula out of place; at the training shape with autograd, its multiply-and-sum data
+   term against einsum;
+7. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
    (``eval.information_images``; the mixture is over all N in both).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
@@ -43,8 +49,8 @@ from rhovae.build import build_vae
 from rhovae.idx import write_dataset
 from rhovae.information import information
 from rhovae.posteriors import AR1Normal, POSTERIORS
-from rhovae.trainer import make_optimizer
-from rhovae.vae import VAE
+from rhovae.trainer import make_optimizer, training_loss
+from rhovae.vae import VAE, bernoulli_log_likelihood
 
 EPOCH_IMAGES = 60_000
 
@@ -74,9 +80,12 @@ def model_for(posterior: str, latent_dim: int, device: torch.device) -> VAE:
     return build_vae(config, (1, 28, 28)).to(device)
 
 
-def training_step(model: VAE, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], None]:
+def training_step(model: VAE, optimizer: torch.optim.Optimizer,
+                  compile: bool = False) -> Callable[[torch.Tensor], None]:
+    loss_of = training_loss(model, compile)
+
     def step(x: torch.Tensor) -> None:
-        loss, _ = model.loss(x)
+        loss, _ = loss_of(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -84,19 +93,32 @@ def training_step(model: VAE, optimizer: torch.optim.Optimizer) -> Callable[[tor
 
 
 def bench_training(args, device, images: torch.Tensor) -> dict:
-    """Steps on pre-binarized batches already on the device: the model's cost alone."""
+    """Steps on pre-binarized batches already on the device: the model's cost alone. With ``--compile`` the
+    compiled step of each posterior is timed in the same repeats as its eager step, alternating."""
     out = {}
     batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
                for i in range(args.steps)]
-    for name in POSTERIORS:
-        model = model_for(name, args.latent_dim, device)
-        step = training_step(model, make_optimizer(model, lr=1e-3))
-        seconds = median_time(lambda: [step(x) for x in batches], device, args.repeats, warmup=1)
-        per_step = seconds / args.steps
+    for name in args.posteriors:
+        variants = {"eager": False, "compiled": True} if args.compile else {"eager": False}
+        steps = {}
+        for variant, compile in variants.items():
+            model = model_for(name, args.latent_dim, device)
+            steps[variant] = training_step(model, make_optimizer(model, lr=1e-3), compile)
+            steps[variant](batches[0])  # compiles here, outside the timing
+        times = {variant: [] for variant in steps}
+        for _ in range(args.repeats):
+            for variant, step in steps.items():
+                times[variant].append(median_time(lambda: [step(x) for x in batches], device, 1, warmup=0))
+        per_step = statistics.median(times["eager"]) / args.steps
         out[name] = {"step_ms": 1e3 * per_step, "images_per_s": args.batch_size / per_step,
                      "epoch_s": EPOCH_IMAGES / args.batch_size * per_step}
+        if args.compile:
+            compiled = statistics.median(times["compiled"]) / args.steps
+            out[name].update(compiled_step_ms=1e3 * compiled, compile_speedup=per_step / compiled)
     for name in out:
         out[name]["ratio_vs_diag"] = out[name]["step_ms"] / out["diag"]["step_ms"]
+        if args.compile:
+            out[name]["compiled_ratio_vs_diag"] = out[name]["compiled_step_ms"] / out["diag"]["compiled_step_ms"]
     return out
 
 
@@ -172,13 +194,44 @@ def bench_rho_sampler(args, device) -> dict:
 def bench_iw_eval(args, device, images: torch.Tensor) -> dict:
     out = {}
     subset = images[: args.iw_images]
-    for name in POSTERIORS:
+    for name in args.posteriors:
         model = model_for(name, args.latent_dim, device)
         seconds = median_time(lambda: importance_weighted_log_likelihood(
             model, subset, n_samples=args.iw_samples, chunk=args.iw_chunk, batch_size=args.iw_batch_size),
             device, repeats=1, warmup=0)
         out[name] = {"images_per_s": len(subset) / seconds, "k": args.iw_samples}
     return out
+
+
+def out_of_place_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``bernoulli_log_likelihood``'s formula with every intermediate a new tensor (its autograd form)."""
+    softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
+    return torch.einsum("...p,...p->...", logits, x) - softplus.sum(-1)
+
+
+def bench_likelihood(args, device) -> dict:
+    """The pixel term at the NLL's chunk shape (no autograd) and at the training shape (forward and backward)."""
+    x = torch.bernoulli(torch.full((args.iw_batch_size, 784), 0.3, device=device))
+    logits = 4 * torch.randn(args.iw_chunk, args.iw_batch_size, 784, device=device)
+    with torch.no_grad():
+        in_place = median_time(lambda: bernoulli_log_likelihood(logits, x), device, args.repeats)
+        out_of_place = median_time(lambda: out_of_place_log_likelihood(logits, x), device, args.repeats)
+    x = torch.bernoulli(torch.full((args.batch_size, 784), 0.3, device=device))
+    logits = (4 * torch.randn(args.batch_size, 784, device=device)).requires_grad_()
+    reps = 20
+
+    def training(data_term):
+        def run():
+            for _ in range(reps):
+                softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
+                (data_term(logits, x) - softplus.sum(-1)).sum().backward()
+        return median_time(run, device, args.repeats) / reps
+
+    mul_sum = training(lambda l, x: (l * x).sum(-1))
+    einsum = training(lambda l, x: torch.einsum("...p,...p->...", l, x))
+    return {"eval_in_place_ms": 1e3 * in_place, "eval_out_of_place_ms": 1e3 * out_of_place,
+            "eval_speedup": out_of_place / in_place, "train_mul_sum_us": 1e6 * mul_sum, "train_einsum_us": 1e6 * einsum,
+            "train_speedup": einsum / mul_sum}
 
 
 def bench_information(args, device) -> dict:
@@ -193,17 +246,27 @@ def bench_information(args, device) -> dict:
 
 def print_table(results: dict) -> None:
     train, limit, data, rho, iw = (results[k] for k in ("train", "limit", "data_path", "rho_sampler", "iw_eval"))
+    compiled = "compile_speedup" in train["diag"]
     print(f"device: {results['device']}  (batch {results['settings']['batch_size']}, d={results['settings']['latent_dim']})")
-    print(f"\n{'posterior':<10}{'images/s':>12}{'epoch s':>10}{'vs diag':>9}{'IW img/s':>11}")
+    print(f"\n{'posterior':<22}{'images/s':>10}{'epoch s':>9}{'vs diag':>9}{'IW img/s':>10}"
+          + (f"{'compiled ms':>13}{'speedup':>9}{'vs diag':>9}" if compiled else ""))
     for name in train:
-        print(f"{name:<10}{train[name]['images_per_s']:>12.0f}{train[name]['epoch_s']:>10.2f}"
-              f"{train[name]['ratio_vs_diag']:>8.2f}x{iw[name]['images_per_s']:>11.2f}")
+        row = train[name]
+        print(f"{name:<22}{row['images_per_s']:>10.0f}{row['epoch_s']:>9.2f}{row['ratio_vs_diag']:>8.2f}x"
+              f"{iw[name]['images_per_s']:>10.2f}"
+              + (f"{row['compiled_step_ms']:>13.2f}{row['compile_speedup']:>8.2f}x"
+                 f"{row['compiled_ratio_vs_diag']:>8.2f}x" if compiled else ""))
     print(f"\nmatmul {limit['matmul_gflops']:.1f} GFLOP/s; a training step is {limit['step_gflop']:.3f} GFLOP; "
           f"epoch limit {limit['epoch_limit_s']:.2f} s; diag epoch = {limit['diag_epoch_over_limit']:.2f}x the limit")
     print(f"data path: project {data['project_epoch_s']:.2f} s/epoch, DataLoader+ToTensor "
           f"{data['dataloader_epoch_s']:.2f} s/epoch: {data['speedup']:.1f}x faster")
     print("rho sampler speedup over a Python loop: "
           + ", ".join(f"d={d}: {v['speedup']:.1f}x" for d, v in rho.items()))
+    ll = results["likelihood"]
+    print(f"Bernoulli log-likelihood: NLL chunk {ll['eval_in_place_ms']:.1f} ms in place, "
+          f"{ll['eval_out_of_place_ms']:.1f} ms out of place ({ll['eval_speedup']:.2f}x); training step "
+          f"{ll['train_mul_sum_us']:.0f} us with "
+          f"multiply-and-sum, {ll['train_einsum_us']:.0f} us with einsum ({ll['train_speedup']:.1f}x)")
     info = results["information"]
     print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
           f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
@@ -227,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info-outer", type=int, default=1000, help="its subset M (eval.information_images)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder with MNIST/raw/*-ubyte; default: synthetic MNIST-format files in a temp folder")
+    parser.add_argument("--posteriors", nargs="+", default=list(POSTERIORS), choices=list(POSTERIORS),
+                        metavar="NAME", help="posteriors to time (diag is always included: the ratios are to it)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the training step through torch.compile (trainer.compile)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks that everything runs")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench.json"))
     args = parser.parse_args(argv)
@@ -234,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.steps, args.data_steps, args.matmul_size = 1, 2, 2, 256
         args.sampler_dims, args.iw_samples, args.iw_images, args.iw_chunk = [4, 8], 20, 4, 10
         args.info_images, args.info_outer = 40, 10
+    args.posteriors = ["diag", *(name for name in dict.fromkeys(args.posteriors) if name != "diag")]
     device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "data_path": bench_data_path(args, device, root),
             "rho_sampler": bench_rho_sampler(args, device),
             "iw_eval": bench_iw_eval(args, device, images),
+            "likelihood": bench_likelihood(args, device),
             "information": bench_information(args, device),
         }
     print_table(results)

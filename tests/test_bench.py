@@ -33,3 +33,30 @@ def test_bench_quick_writes_its_json(tmp_path):
     assert all(v["speedup"] > 0 for v in result["rho_sampler"].values())
     assert result["information"]["speedup"] > 0 and result["information"]["outer"] == 10
     assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout and "I(x; z) of 40" in proc.stdout
+    assert "compiled_step_ms" not in result["train"]["diag"] and result["likelihood"]["eval_speedup"] > 0
+
+
+def test_bench_compiled_step_and_likelihood_rows(tmp_path):
+    """--compile times the compiled step beside the eager one; --posteriors keeps diag, the ratios' reference."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--device", "cpu", "--compile",
+                           "--posteriors", "planar", "--out", str(out)], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["train"]) == ["diag", "planar"] and list(result["iw_eval"]) == ["diag", "planar"]
+    for name in ("diag", "planar"):
+        for key in ("compiled_step_ms", "compile_speedup", "compiled_ratio_vs_diag"):
+            assert result["train"][name][key] > 0, (name, key)
+    assert result["train"]["diag"]["compiled_ratio_vs_diag"] == 1.0
+    for key in ("eval_in_place_ms", "eval_out_of_place_ms", "eval_speedup", "train_mul_sum_us", "train_einsum_us",
+                "train_speedup"):
+        assert result["likelihood"][key] > 0, key
+    assert "compiled ms" in proc.stdout and "Bernoulli log-likelihood" in proc.stdout
+
+
+def test_bench_refuses_an_unknown_posterior_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--posteriors", "planr",
+                           "--out", str(tmp_path / "b.json")], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'planr'" in proc.stderr and not (tmp_path / "b.json").exists()

@@ -72,6 +72,19 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+CXX_COMPILERS = ("c++", "g++", "clang++")
+
+
+def check_compiler(device) -> None:
+    """``trainer.compile`` on the CPU needs a C++ compiler (inductor writes C++ kernels): refuse in one line
+    instead of failing at the first training step."""
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(cxx) for cxx in CXX_COMPILERS):
+        raise ConfigError(f"trainer.compile=true needs a C++ compiler on the CPU (none of {', '.join(CXX_COMPILERS)} "
+                          "is on PATH); install one or set trainer.compile=false")
+
+
 def validate_config(config: RunConfig):
     """Raise ``ConfigError`` on the first bad value; return the ``torch.device`` the run will use."""
     from ..data import BINARIZE_MODES, DATASETS
@@ -118,4 +131,7 @@ def validate_config(config: RunConfig):
     _int_at_least(config, "logger.image_every", 0)
     if config.logger.name == "wandb":
         _one_of(config, "logger.mode", WANDB_MODES)
-    return resolve_device(config.trainer.device)
+    device = resolve_device(config.trainer.device)
+    if config.trainer.compile:
+        check_compiler(device)
+    return device
