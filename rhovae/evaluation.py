@@ -90,8 +90,13 @@ class WeightSummary:
     top: torch.Tensor
 
 
+# the precision of the decoder's matrix products in the importance-weighted NLL (``eval.iw_precision``)
+IW_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def log_weight_summary(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
-                       before_chunk: Callable[[], None] = lambda: None, n_prefix: int = 0) -> WeightSummary:
+                       before_chunk: Callable[[], None] = lambda: None, n_prefix: int = 0,
+                       decoder_dtype: torch.dtype = torch.float32) -> WeightSummary:
     """``WeightSummary`` of ``n_samples`` draws z_k ~ ``q`` for each image of ``x``, reduced with running logsumexps
     (and a running top-M) over chunks of at most ``chunk`` samples, so memory does not grow with K.
 
@@ -105,7 +110,7 @@ def log_weight_summary(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: in
     keep = min(tail_length(n_samples) + 1, n_samples)
     for start in range(0, n_samples, chunk):
         before_chunk()
-        log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q).double()
+        log_w = model.log_importance_weights(x, min(chunk, n_samples - start), q, decoder_dtype).double()
         first = torch.logaddexp(first, torch.logsumexp(log_w, dim=0))
         second = torch.logaddexp(second, torch.logsumexp(2 * log_w, dim=0))
         if start < n_prefix:
@@ -128,20 +133,23 @@ class ImportanceEstimates:
 
 def importance_weighted_log_likelihood(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
                                        batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
-                                       stop: Callable[[], bool] = _never) -> torch.Tensor:
+                                       stop: Callable[[], bool] = _never, precision: str = "float32") -> torch.Tensor:
     """Per-image estimates of log p(x) from ``n_samples`` importance samples, shape ``[N]``."""
     return importance_weighted_estimates(model, images, n_samples=n_samples, chunk=chunk, batch_size=batch_size,
-                                         eval_seed=eval_seed, progress=progress, stop=stop).log_px
+                                         eval_seed=eval_seed, progress=progress, stop=stop,
+                                         precision=precision).log_px
 
 
 def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples: int, chunk: int = 500,
                                   batch_size: int = 100, eval_seed: int = 0, progress: bool = False,
-                                  stop: Callable[[], bool] = _never) -> ImportanceEstimates:
+                                  stop: Callable[[], bool] = _never, precision: str = "float32") -> ImportanceEstimates:
     """Per-image log p(x) from ``n_samples`` importance samples, with the diagnostics of ``ImportanceEstimates``.
 
     Each image is encoded once; its K log-weights are reduced over chunks of at most ``chunk`` samples, so memory
     grows with ``chunk * batch_size``, not with K. With ``progress`` a tqdm bar counts images (hidden when stderr is
     not a terminal); ``stop()`` is polled before every chunk of samples and raises ``EvaluationStopped``.
+    ``precision`` (``IW_PRECISIONS``) is that of the decoder's matrix products; everything else is float32 and the
+    reductions over samples float64.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -156,7 +164,7 @@ def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples
     with bar, evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
             summaries.append(log_weight_summary(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check,
-                                                n_prefix=n_samples // 10))
+                                                n_prefix=n_samples // 10, decoder_dtype=IW_PRECISIONS[precision]))
             done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))
     log_mean, log_mean_sq, log_mean_prefix, top = (torch.cat(parts) for parts in
@@ -242,7 +250,8 @@ def evaluate_test_set(model: VAE, data: ImageData, settings: EvalSettings, *, pr
         start = time.perf_counter()
         estimates = importance_weighted_estimates(model, data.test, n_samples=settings.iw_samples,
                                                   chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,
-                                                  eval_seed=settings.seed, progress=progress, stop=stop)
+                                                  eval_seed=settings.seed, progress=progress, stop=stop,
+                                                  precision=settings.iw_precision)
         metrics.update({f"test/{k}": v for k, v in importance_metrics(estimates, settings.iw_samples).items()})
         metrics["test/iw_eval_s"] = time.perf_counter() - start
     return metrics, means

@@ -44,7 +44,7 @@ def evaluate_milestone(run: TrainingRun) -> dict[str, Any]:
     if settings.milestone_iw_samples > 0:
         estimates = importance_weighted_estimates(run.model, images, n_samples=settings.milestone_iw_samples,
                                                   chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,
-                                                  eval_seed=settings.seed)
+                                                  eval_seed=settings.seed, precision=settings.iw_precision)
         row.update({f"test/{k}": v for k, v in importance_metrics(estimates, settings.milestone_iw_samples).items()})
     row["eval_s"] = time.perf_counter() - started
     append_jsonl(run.run_dir / MILESTONES, row)

@@ -96,14 +96,19 @@ class VAE(nn.Module):
         groups = self.posterior.kl_groups(q, z, log_q, prior, kl) if kl_groups else None
         return ElboTerms(recon=recon, kl=kl, objective_kl=self.posterior.objective_kl(q, kl), kl_groups=groups)
 
-    def log_importance_weights(self, x: torch.Tensor, n_samples: int, q: Distribution | None = None) -> torch.Tensor:
+    def log_importance_weights(self, x: torch.Tensor, n_samples: int, q: Distribution | None = None,
+                               decoder_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for ``n_samples`` draws z_k ~ q(z|x): shape ``[n_samples, B]``.
 
-        Pass ``q`` to reuse an already-encoded posterior when drawing several chunks of samples.
+        Pass ``q`` to reuse an already-encoded posterior when drawing several chunks of samples. With
+        ``decoder_dtype=torch.bfloat16`` the decoder's matrix products run under bfloat16 autocast and its logits
+        return to float32 before the likelihood, whose sum over pixels stays in float32.
         """
         q = self.posterior_of(x) if q is None else q
         z, log_q = self.posterior.rsample_with_log_prob(q, (n_samples,))
-        return bernoulli_log_likelihood(self.decoder(z), x) + self.prior().log_prob(z) - log_q
+        with torch.autocast(z.device.type, dtype=decoder_dtype, enabled=decoder_dtype != torch.float32):
+            logits = self.decoder(z)
+        return bernoulli_log_likelihood(logits.float(), x) + self.prior().log_prob(z) - log_q
 
     def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
              iw_samples: int = 1) -> tuple[torch.Tensor, ElboTerms]:

@@ -15,7 +15,9 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
 3. the project's data path (uint8 tensor on the device, indexed batches, on-device binarization) against
    a torch DataLoader over the torchvision dataset with ``transforms.ToTensor()`` per image, same model;
 4. the vectorized rho sampler against a Python loop over latent dimensions, at several d;
-5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior;
+5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior, as a
+   fraction of the rate the decoder's matrix products alone allow at the measured matmul throughput, and in
+   bfloat16 (``eval.iw_precision``) where this device has it natively;
 6. the Bernoulli log-likelihood, the pixel term of both: at the NLL's chunk shape without autograd, its in-place
    softplus against the same formula out of place; at the training shape with autograd, its multiply-and-sum data
    term against einsum;
@@ -43,6 +45,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from rhovae.config import load_config, resolve_device
+from rhovae.config.checks import check_bfloat16
+from rhovae.errors import ConfigError
 from rhovae.data import load_image_data, train_batches
 from rhovae.evaluation import importance_weighted_log_likelihood
 from rhovae.build import build_vae
@@ -191,15 +195,37 @@ def bench_rho_sampler(args, device) -> dict:
     return out
 
 
-def bench_iw_eval(args, device, images: torch.Tensor) -> dict:
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``eval.iw_precision=bfloat16`` would be accepted here (native bfloat16 matrix products)."""
+    try:
+        check_bfloat16(device)
+    except ConfigError:
+        return False
+    return True
+
+
+def bench_iw_eval(args, device, images: torch.Tensor, matmul_gflops: float) -> dict:
+    """Test images per second of the importance-weighted NLL, against the rate at which the decoder's matrix
+    products alone would run at the measured matmul throughput; in bfloat16 too where that is native."""
     out = {}
     subset = images[: args.iw_images]
+    precisions = ["float32", "bfloat16"] if native_bfloat16(device) else ["float32"]
     for name in args.posteriors:
         model = model_for(name, args.latent_dim, device)
-        seconds = median_time(lambda: importance_weighted_log_likelihood(
-            model, subset, n_samples=args.iw_samples, chunk=args.iw_chunk, batch_size=args.iw_batch_size),
-            device, repeats=1, warmup=0)
-        out[name] = {"images_per_s": len(subset) / seconds, "k": args.iw_samples}
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model.decoder(torch.zeros(args.iw_chunk, args.latent_dim, device=device))
+        limit = matmul_gflops * 1e9 / (counter.get_total_flops() / args.iw_chunk * args.iw_samples)
+        out[name] = {"k": args.iw_samples, "images_per_s_limit": limit}
+        for precision in precisions:
+            seconds = median_time(lambda: importance_weighted_log_likelihood(
+                model, subset, n_samples=args.iw_samples, chunk=args.iw_chunk, batch_size=args.iw_batch_size,
+                precision=precision), device, repeats=1, warmup=0)
+            prefix = "" if precision == "float32" else "bfloat16_"
+            out[name][f"{prefix}images_per_s"] = len(subset) / seconds
+        out[name]["fraction_of_limit"] = out[name]["images_per_s"] / limit
+        if "bfloat16_images_per_s" in out[name]:
+            out[name]["bfloat16_speedup"] = out[name]["bfloat16_images_per_s"] / out[name]["images_per_s"]
     return out
 
 
@@ -256,6 +282,12 @@ def print_table(results: dict) -> None:
               f"{iw[name]['images_per_s']:>10.2f}"
               + (f"{row['compiled_step_ms']:>13.2f}{row['compile_speedup']:>8.2f}x"
                  f"{row['compiled_ratio_vs_diag']:>8.2f}x" if compiled else ""))
+    print(f"\nimportance-weighted NLL (K = {iw['diag']['k']}): images/s and the fraction of the decoder's matmul limit")
+    for name, row in iw.items():
+        bf16 = (f"; bfloat16 {row['bfloat16_images_per_s']:.2f} img/s ({row['bfloat16_speedup']:.2f}x)"
+                if "bfloat16_speedup" in row else "")
+        print(f"  {name:<22}{row['images_per_s']:>8.2f} img/s = {row['fraction_of_limit']:.0%} of "
+              f"{row['images_per_s_limit']:.1f}{bf16}")
     print(f"\nmatmul {limit['matmul_gflops']:.1f} GFLOP/s; a training step is {limit['step_gflop']:.3f} GFLOP; "
           f"epoch limit {limit['epoch_limit_s']:.2f} s; diag epoch = {limit['diag_epoch_over_limit']:.2f}x the limit")
     print(f"data path: project {data['project_epoch_s']:.2f} s/epoch, DataLoader+ToTensor "
@@ -311,15 +343,16 @@ def main(argv: list[str] | None = None) -> int:
             write_dataset(root, "mnist", n_train=EPOCH_IMAGES, n_test=1000)
         images = torch.randint(0, 256, (args.steps * args.batch_size, 784), dtype=torch.uint8, device=device)
         train = bench_training(args, device, images)
+        limit = bench_limit(args, device, train["diag"]["epoch_s"])
         results = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "torch": torch.__version__,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "train": train,
-            "limit": bench_limit(args, device, train["diag"]["epoch_s"]),
+            "limit": limit,
             "data_path": bench_data_path(args, device, root),
             "rho_sampler": bench_rho_sampler(args, device),
-            "iw_eval": bench_iw_eval(args, device, images),
+            "iw_eval": bench_iw_eval(args, device, images, limit["matmul_gflops"]),
             "likelihood": bench_likelihood(args, device),
             "information": bench_information(args, device),
         }

@@ -39,8 +39,8 @@ def test_bench_quick_writes_its_json(tmp_path):
 def test_bench_compiled_step_and_likelihood_rows(tmp_path):
     """--compile times the compiled step beside the eager one; --posteriors keeps diag, the ratios' reference."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--device", "cpu", "--compile",
-                           "--posteriors", "planar", "--out", str(out)], env=subprocess_env(), capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--device", "cpu",
+                           "--compile", "--posteriors", "planar", "--out", str(out)], env=subprocess_env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

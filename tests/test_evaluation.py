@@ -17,6 +17,7 @@ from helpers import (FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose,
                      subprocess_env)
 from helpers.models import P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.checkpoint import load_checkpoint
+from rhovae.errors import ConfigError
 from rhovae.evaluation import (evaluate_elbo, importance_metrics, importance_weighted_estimates,
                                importance_weighted_log_likelihood, log_weight_summary, posterior_diagnostics)
 from rhovae.pareto import tail_length
@@ -117,6 +118,28 @@ def test_iwae_is_non_decreasing_in_k_on_a_trained_model(trained_run):
     assert means[1] < means[10] < means[100]
     elbo = evaluate_elbo(model, data.test)["elbo"]
     assert abs(means[1].item() - elbo) < 2.0  # K = 1 is the ELBO itself, up to Monte Carlo noise
+
+
+def test_a_bfloat16_decoder_moves_the_nll_by_rounding_only(trained_run):
+    """The same draws through a decoder under bfloat16 autocast: every image's estimate moves (the path is taken),
+    by far less than the Monte Carlo noise of an NLL, and the reductions stay in float64."""
+    _, data, model, _ = load_trained_run(trained_run)
+    estimates = {precision: importance_weighted_estimates(model, data.test, n_samples=200, chunk=64, eval_seed=3,
+                                                          precision=precision) for precision in ("float32", "bfloat16")}
+    f32, bf16 = estimates["float32"].log_px, estimates["bfloat16"].log_px
+    assert bf16.dtype == torch.float64 and (bf16 != f32).all()
+    assert (bf16 - f32).abs().max() < 0.5 and abs((bf16 - f32).mean()) < 0.05
+    assert abs((bf16 - f32).mean()) < estimates["float32"].mc_variance.sum().sqrt() / len(f32) + 0.01
+
+
+def test_bfloat16_evaluation_is_refused_where_it_would_be_emulated(data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
+                   "eval.iw_precision=bfloat16"])
+    with pytest.raises(ConfigError, match=r"^eval.iw_precision='bfloat16' needs native bfloat16 .*accepted here: "
+                                          r"float32$"):
+        run_experiment(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.slow
@@ -253,3 +276,36 @@ def test_rescoring_scripts_refuse_keys_that_change_the_model_and_record_what_the
     (run / "gaps.json").write_text("{}")  # an earlier analysis: a typo is still reported first, as a typo
     done = _script("gaps", str(run), "gaps.n_image=4")
     assert done.returncode == 1 and "did you mean gaps.n_images?" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_precision_check_pairs_float32_and_bfloat16_without_touching_the_run(trained_run, tmp_path):
+    before = folder_digest(trained_run)
+    out = tmp_path / "check.json"
+    proc = _script("precision_check", str(trained_run), "--images", "30", "--samples", "40", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["images"], row["samples"]) == (30, 40) and "paired difference" in proc.stdout
+    assert row["difference"] == pytest.approx(row["nll_bfloat16"] - row["nll_float32"], abs=1e-9)
+    assert 0 < row["largest_change"] < 0.5 and row["difference_se"] > 0 and row["nll_mc_se"] > 0
+    assert folder_digest(trained_run) == before
+    bad = _script("precision_check", str(trained_run), "--images", "0")
+    assert bad.returncode == 2 and "--images must be an integer >= 1, got 0" in bad.stderr
+
+
+def test_the_test_nll_and_the_milestones_use_the_configured_precision(data_root, tmp_path, monkeypatch):
+    from rhovae import evaluation, milestones
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # accepted on any CPU for this test
+    used = []
+    for module in (evaluation, milestones):
+        original = module.importance_weighted_estimates
+
+        def recording(*args, original=original, where=module.__name__, **kwargs):
+            used.append((where, kwargs["precision"]))
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, "importance_weighted_estimates", recording)
+    run_experiment(compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
+                            "trainer.epochs=1", "trainer.milestones=[1]", "eval.milestone_images=10",
+                            "eval.milestone_iw_samples=5", "eval.iw_precision=bfloat16"]), tmp_path)
+    assert used == [("rhovae.milestones", "bfloat16"), ("rhovae.evaluation", "bfloat16")]
