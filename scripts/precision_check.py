@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         for run_dir in args.run_dirs:
             row = paired_check(run_dir, args.images, args.samples)
             rows.append(row)
+            if args.out is not None:  # after every run, so that an interrupted check keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(rows, indent=2) + "\n")
             print(f"{run_dir}: NLL float32 {row['nll_float32']:.3f} ({row['seconds_float32']:.0f} s), bfloat16 "
                   f"{row['nll_bfloat16']:.3f} ({row['seconds_bfloat16']:.0f} s, {row['speedup']:.2f}x faster); "
                   f"paired difference {row['difference']:+.4f} +- {row['difference_se']:.4f} nats (largest per "
@@ -65,9 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     except RhovaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
