@@ -21,7 +21,9 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
 6. the Bernoulli log-likelihood, the pixel term of both: at the NLL's chunk shape without autograd, its in-place
    softplus against the same formula out of place; at the training shape with autograd, its multiply-and-sum data
    term against einsum;
-7. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
+7. one training step of the IWAE paper's model (``experiment=iwae_paper``: batch 20, k = 1 and 5), eager and
+   compiled;
+8. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
    (``eval.information_images``; the mixture is over all N in both).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
@@ -123,6 +125,40 @@ def bench_training(args, device, images: torch.Tensor) -> dict:
         out[name]["ratio_vs_diag"] = out[name]["step_ms"] / out["diag"]["step_ms"]
         if args.compile:
             out[name]["compiled_ratio_vs_diag"] = out[name]["compiled_step_ms"] / out["diag"]["compiled_step_ms"]
+    return out
+
+
+def bench_iwae_step(args, device) -> dict:
+    """One training step of the IWAE paper's model (784-200-200-50 tanh, diag, batch 20, Adam eps 1e-4;
+    ``experiment=iwae_paper``) with the ELBO (k = 1) and the IWAE bound (k = 5), eager and, with ``--compile``,
+    compiled: at this size the per-step overhead, not the matrix products, sets the time."""
+    config = load_config({"latent_dim": 50, "networks": {"name": "mlp", "hidden": [200, 200], "activation": "tanh"},
+                          "posterior": {"name": "diag"}, "dataset": {"name": "mnist"}, "logger": {"name": "none"}})
+    x = torch.bernoulli(torch.full((20, 784), 0.3, device=device))
+    reps = args.steps * 5
+    out = {}
+    for k in (1, 5):
+        steps = {}
+        for variant, compile in ({"eager": False, "compiled": True} if args.compile else {"eager": False}).items():
+            torch.manual_seed(0)
+            model = build_vae(config, (1, 28, 28)).to(device)
+            optimizer = make_optimizer(model, lr=1e-3, eps=1e-4)
+            loss_of = training_loss(model, compile)
+
+            def step(model=model, optimizer=optimizer, loss_of=loss_of):
+                loss, _ = loss_of(x, 1.0, 0.0, k)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            step()  # compiles here, outside the timing
+            steps[variant] = step
+        times = {variant: [] for variant in steps}
+        for _ in range(args.repeats):
+            for variant, step in steps.items():
+                times[variant].append(median_time(lambda: [step() for _ in range(reps)], device, 1, warmup=0) / reps)
+        out[f"k{k}"] = {f"{variant}_step_ms": 1e3 * statistics.median(t) for variant, t in times.items()}
+        if args.compile:
+            out[f"k{k}"]["compile_speedup"] = out[f"k{k}"]["eager_step_ms"] / out[f"k{k}"]["compiled_step_ms"]
     return out
 
 
@@ -299,6 +335,11 @@ def print_table(results: dict) -> None:
           f"{ll['eval_out_of_place_ms']:.1f} ms out of place ({ll['eval_speedup']:.2f}x); training step "
           f"{ll['train_mul_sum_us']:.0f} us with "
           f"multiply-and-sum, {ll['train_einsum_us']:.0f} us with einsum ({ll['train_speedup']:.1f}x)")
+    iwae = results["iwae_step"]
+    print("IWAE paper's model (batch 20), one training step: " + "; ".join(
+        f"k = {k[1:]}: {row['eager_step_ms']:.2f} ms eager"
+        + (f", {row['compiled_step_ms']:.2f} ms compiled ({row['compile_speedup']:.2f}x)" if "compile_speedup" in row
+           else "") for k, row in iwae.items()))
     info = results["information"]
     print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
           f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
@@ -354,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "rho_sampler": bench_rho_sampler(args, device),
             "iw_eval": bench_iw_eval(args, device, images, limit["matmul_gflops"]),
             "likelihood": bench_likelihood(args, device),
+            "iwae_step": bench_iwae_step(args, device),
             "information": bench_information(args, device),
         }
     print_table(results)

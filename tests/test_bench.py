@@ -34,14 +34,15 @@ def test_bench_quick_writes_its_json(tmp_path):
     assert result["information"]["speedup"] > 0 and result["information"]["outer"] == 10
     assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout and "I(x; z) of 40" in proc.stdout
     assert "compiled_step_ms" not in result["train"]["diag"] and result["likelihood"]["eval_speedup"] > 0
+    assert set(result["iwae_step"]) == {"k1", "k5"} and "compile_speedup" not in result["iwae_step"]["k1"]
 
 
 def test_bench_compiled_step_and_likelihood_rows(tmp_path):
     """--compile times the compiled step beside the eager one; --posteriors keeps diag, the ratios' reference."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--device", "cpu",
-                           "--compile", "--posteriors", "planar", "--out", str(out)], env=subprocess_env(), capture_output=True,
-                          text=True, timeout=600)
+                           "--compile", "--posteriors", "planar", "--out", str(out)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert list(result["train"]) == ["diag", "planar"] and list(result["iw_eval"]) == ["diag", "planar"]
@@ -52,7 +53,10 @@ def test_bench_compiled_step_and_likelihood_rows(tmp_path):
     for key in ("eval_in_place_ms", "eval_out_of_place_ms", "eval_speedup", "train_mul_sum_us", "train_einsum_us",
                 "train_speedup"):
         assert result["likelihood"][key] > 0, key
+    for k in ("k1", "k5"):
+        assert result["iwae_step"][k]["compile_speedup"] > 0 and result["iwae_step"][k]["eager_step_ms"] > 0
     assert "compiled ms" in proc.stdout and "Bernoulli log-likelihood" in proc.stdout
+    assert "IWAE paper's model" in proc.stdout
 
 
 def test_bench_refuses_an_unknown_posterior_in_one_line(tmp_path):
