@@ -14,7 +14,8 @@ read results through this module, so the paper table and the notebook cannot dis
   Student-t confidence interval over seeds, and how many seeds would find a 0.5-nat difference 80% of the time at
   that spread (``seeds_needed``, a paired power calculation).
 * ``load_histories(runs)``: the per-epoch ``metrics.jsonl`` rows of every completed run, for learning curves.
-* ``load_milestones(runs)``: the ``milestones.jsonl`` rows of every run, for NLL against training budget.
+* ``load_milestones(runs)``: the ``milestones.jsonl`` rows of every run, for NLL against training budget;
+  ``budget_table(milestones)`` puts them side by side, an epoch per row.
 * ``budget(runs)`` and ``provenance_differences(runs)``: what budget made a table, and what its runs ran on where
   they differ.
 * ``load_wandb_runs(project)``: the same run table from the W&B API instead of local folders.
@@ -251,6 +252,16 @@ def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd
             frames.append(rows.assign(**{k: run[k] for k in keys}, seed=run["seed"], run=run["run"],
                                       status=run["status"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, "seed", "run", "epoch"])
+
+
+def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataFrame:
+    """``metric`` at each milestone epoch: one row per epoch, one column per (dataset, method), the mean over the
+    seeds that reached it (runs still training included, so a curve can be read while it grows)."""
+    columns = [k for k in ("dataset", "method") if k in milestones]
+    table = milestones.pivot_table(index="epoch", columns=columns, values=metric, aggfunc="mean")
+    table.columns = [" ".join(str(part) for part in column) if isinstance(column, tuple) else str(column)
+                     for column in table.columns]
+    return table.reset_index()
 
 
 PROVENANCE = "provenance."  # prefix of the provenance columns (rhovae/provenance.py)

@@ -12,7 +12,8 @@ Writes into the sweep folder:
     results.tex   the same two tables for a paper (booktabs)
     results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
     gaps.png      when runs have a gaps.json: approximation and amortization gaps stacked per method
-    budget.png    when runs have milestones (trainer.milestones): test NLL against epochs trained per method
+    budget.png    when runs have milestones (trainer.milestones): test NLL against epochs trained per method (and
+                  the same numbers as a table in results.md)
 
 results.md opens with the budget the runs share (epochs, batches, K, gap images), says when they differ, marks a
 smoke run (trainer.max_batches), and names what the runs ran on wherever that differs (torch, CPU, threads, commit).
@@ -64,6 +65,12 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
         md += [f"## Paired differences against {baseline} (same dataset and seed; 95% t interval)", "",
                "Negative NLL differences and positive ELBO differences favour the method.", "",
                shown_diffs.to_markdown(index=False), ""]
+    milestones = results.load_milestones(runs, keys)
+    has_budget = not milestones.empty and "test/nll" in milestones
+    if has_budget:
+        images, k = milestones["n_images"].max(), milestones["test/iw_samples"].max()
+        md += [f"## Test NLL at each milestone (first {images} test images, K = {k}; mean over seeds, runs still "
+               "training included)", "", results.budget_table(milestones).to_markdown(index=False, floatfmt=".2f"), ""]
     if not left_out.empty:
         md += ["## Runs not included", "", left_out.to_markdown(index=False), ""]
     paths["md"].write_text("\n".join(md))
@@ -78,8 +85,7 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
     if "gaps/approximation_gap mean" in table and table["gaps/approximation_gap mean"].notna().any():
         paths["gaps"] = sweep_dir / "gaps.png"
         save_figure(gap_bars(table[table["gaps/approximation_gap mean"].notna()]), paths["gaps"])
-    milestones = results.load_milestones(runs, keys)
-    if not milestones.empty and "test/nll" in milestones:
+    if has_budget:
         paths["budget"] = sweep_dir / "budget.png"
         save_figure(budget_curves(milestones), paths["budget"])
     return paths

@@ -186,6 +186,7 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     assert runs["config.dataset.root"].nunique() == 1 and "oc.env" not in runs["config.dataset.root"].iloc[0]
     md = (sweep / "results.md").read_text()
     assert "4 of 5 runs completed" in md and "4_mnist_rho_s2" in md and "unfinished" in md
+    assert "## Test NLL at each milestone (first 30 test images, K = 10;" in md and "mnist diag" in md
 
     by = {(s["method"], s["seed"]): s for s in summaries(tiny_sweep)}
     for method in ("diag", "rho"):
@@ -239,6 +240,8 @@ def test_budget_milestones_and_provenance_of_a_table(tmp_path):
     milestones = results.load_milestones(table, ["dataset", "method"])
     assert sorted(zip(milestones["method"], milestones["epoch"], milestones["test/nll"])) == [
         ("diag", 10, 100.0), ("diag", 20, 95.0), ("iaf", 10, 101.0), ("iaf", 20, 96.0)]
+    assert results.budget_table(milestones).to_dict("list") == {"epoch": [10, 20], "mnist diag": [100.0, 95.0],
+                                                                "mnist iaf": [101.0, 96.0]}
     from rhovae.plots import budget_curves
     fig = budget_curves(milestones)
     assert "2000 test images, K = 1000" in fig._suptitle.get_text() and len(fig.axes[0].lines) >= 2
