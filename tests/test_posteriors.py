@@ -363,6 +363,17 @@ def test_rho_scaled_contains_diag_and_rho_and_its_kl_is_the_closed_form():
         torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64))))
 
 
+def test_full_covariance_kl_to_a_diagonal_gaussian_is_torchs_multivariate_kl():
+    torch.manual_seed(1)
+    diagonal = torch.rand(B, D, dtype=torch.float64) + 0.1
+    tril = torch.randn(B, D, D, dtype=torch.float64).tril(-1) + torch.diag_embed(diagonal)
+    q = MultivariateNormal(torch.randn(B, D, dtype=torch.float64), scale_tril=tril)
+    prior = Independent(Normal(torch.randn(D, dtype=torch.float64), torch.rand(D, dtype=torch.float64) + 0.5), 1)
+    as_full = MultivariateNormal(prior.mean, covariance_matrix=torch.diag_embed(prior.variance))
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, prior),
+                               torch.distributions.kl._kl_multivariatenormal_multivariatenormal(q, as_full))
+
+
 def test_lowrank_kl_to_any_diagonal_gaussian_is_the_full_covariance_kl():
     torch.manual_seed(0)
     q = LowRankMultivariateNormal(torch.randn(B, D, dtype=torch.float64), torch.randn(B, D, 2, dtype=torch.float64),

@@ -164,8 +164,15 @@ def mvn_rsample_with_log_prob(q: MultivariateNormal, sample_shape=torch.Size()):
 
 @register_kl(MultivariateNormal, Independent)
 def _kl_mvn_diagonal_normal(q: MultivariateNormal, prior: Independent) -> torch.Tensor:
-    """KL(N(mu, Sigma) || N(m, diag(v))): torch's MultivariateNormal KL, with the diagonal Gaussian written as a
-    MultivariateNormal. Registered, so every Gaussian posterior reaches its closed form through ``kl_divergence``."""
+    """KL(N(mu, L L^T) || N(m, diag(v))) in closed form: (sum_i (L L^T)_ii / v_i + sum_i (mu_i - m_i)^2 / v_i - d
+    + sum_i log v_i - 2 sum_i log L_ii) / 2, where (L L^T)_ii is the squared norm of row i of L. Registered, so every
+    Gaussian posterior reaches it through ``kl_divergence``. Written out rather than taken from torch's
+    MultivariateNormal KL, which needs no triangular solve against a diagonal but does one, and which
+    ``torch.compile`` cannot trace (``trainer.compile``)."""
     diagonal = diagonal_normal(prior, "MultivariateNormal")
-    prior_mvn = MultivariateNormal(diagonal.loc, scale_tril=torch.diag_embed(diagonal.scale), validate_args=False)
-    return kl_divergence(q, prior_mvn)
+    var = diagonal.scale.pow(2)
+    scale_tril = q.scale_tril
+    trace = (scale_tril.pow(2).sum(-1) / var).sum(-1)
+    mahalanobis = ((q.loc - diagonal.loc).pow(2) / var).sum(-1)
+    log_det_ratio = var.log().sum(-1) - 2 * scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + mahalanobis - q.loc.shape[-1] + log_det_ratio)
