@@ -36,8 +36,8 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     against ``x`` ``[B, P]``, the importance-weighted NLL) einsum makes it one batched matrix-vector product, 3 times
     faster than multiply-and-sum; for logits shaped like ``x`` (training) einsum makes B tiny matrix products, and
     multiply-and-sum is 10 times faster. Without autograd (evaluation) the softplus runs in place, the same
-    operations in the same order (so the same bits) with half the memory traffic: 1.8 times faster on the NLL's
-    ``[200, 100, 784]`` chunks (``scripts/bench.py``).
+    operations in the same order (so the same bits) with half the memory traffic: 1.4 to 1.8 times faster on the
+    NLL's chunks (``scripts/bench.py``).
     """
     x = x.to(logits.dtype)
     if logits.shape == x.shape:

@@ -95,7 +95,7 @@ class EvalSettings:
     iw_chunk: int = key_field(200, resumable=True, factor=False)
     iw_batch_size: int = key_field(20, resumable=True, factor=False)
     # the decoder's matrix products in the importance-weighted NLL (test and milestones): float32 or bfloat16
-    # (autocast; 1.8x faster on a CPU with AMX, the NLL unchanged within 0.01 nats: README, Speed)
+    # (autocast; a 1.6x to 2.3x faster NLL on a CPU with AMX, which moved it by under 0.002 nats: README, Speed)
     iw_precision: str = key_field("float32", resumable=True)
     mean_samples: int = key_field(100, resumable=True)
     active_threshold: float = key_field(0.01, resumable=True)
