@@ -69,8 +69,10 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
     has_budget = not milestones.empty and "test/nll" in milestones
     if has_budget:
         images, k = milestones["n_images"].max(), milestones["test/iw_samples"].max()
+        budget = results.budget_table(milestones)
+        formats = ["g", *[".2f"] * (budget.shape[1] - 1)]  # epochs as integers, NLLs to two decimals
         md += [f"## Test NLL at each milestone (first {images} test images, K = {k}; mean over seeds, runs still "
-               "training included)", "", results.budget_table(milestones).to_markdown(index=False, floatfmt=".2f"), ""]
+               "training included)", "", budget.to_markdown(index=False, floatfmt=formats), ""]
     if not left_out.empty:
         md += ["## Runs not included", "", left_out.to_markdown(index=False), ""]
     paths["md"].write_text("\n".join(md))
