@@ -3,7 +3,7 @@
     python scripts/bench.py                       # CPU or the default CUDA device; about 2-4 minutes on 2 cores
     python scripts/bench.py --device cuda --out outputs/bench_gpu.json
     python scripts/bench.py --quick               # tiny settings, seconds (what the test suite runs)
-    python scripts/bench.py --compile             # adds the compiled training step (about 30 s per posterior)
+    python scripts/bench.py --compile             # adds the compiled training steps (a compilation per model)
 
 Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped data:
 
