@@ -23,6 +23,12 @@ def standard_normal_prior(latent_dim: int, device=None, dtype=None) -> Independe
     return Independent(Normal(loc, torch.ones_like(loc)), 1)
 
 
+def written_out_softplus(logits: torch.Tensor) -> torch.Tensor:
+    """softplus(l) = max(l, 0) + log(1 + exp(-|l|)), every intermediate a new tensor (autograd's form; see
+    ``bernoulli_log_likelihood`` for why it is written out)."""
+    return logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
+
+
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x|z) summed over pixels for Bernoulli pixels with the given logits (x may be continuous in [0, 1]);
     ``logits`` ``[..., P]`` broadcast against ``x``.
@@ -45,7 +51,7 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     else:
         data = torch.einsum("...p,...p->...", logits, x)
     if torch.is_grad_enabled() and logits.requires_grad:
-        softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
+        softplus = written_out_softplus(logits)
     else:
         softplus = logits.abs().neg_().exp_().add_(1).log_()
         softplus += logits.clamp(min=0)

@@ -56,7 +56,7 @@ from rhovae.idx import write_dataset
 from rhovae.information import information
 from rhovae.posteriors import AR1Normal, POSTERIORS
 from rhovae.trainer import make_optimizer, training_loss
-from rhovae.vae import VAE, bernoulli_log_likelihood
+from rhovae.vae import VAE, bernoulli_log_likelihood, written_out_softplus
 
 EPOCH_IMAGES = 60_000
 
@@ -86,16 +86,30 @@ def model_for(posterior: str, latent_dim: int, device: torch.device) -> VAE:
     return build_vae(config, (1, 28, 28)).to(device)
 
 
-def training_step(model: VAE, optimizer: torch.optim.Optimizer,
-                  compile: bool = False) -> Callable[[torch.Tensor], None]:
+def training_step(model: VAE, optimizer: torch.optim.Optimizer, compile: bool = False,
+                  iw_samples: int = 1) -> Callable[[torch.Tensor], None]:
     loss_of = training_loss(model, compile)
 
     def step(x: torch.Tensor) -> None:
-        loss, _ = loss_of(x)
+        loss, _ = loss_of(x, iw_samples=iw_samples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
+
+
+def step_variants(args) -> dict[str, bool]:
+    """The training steps to time: eager, and with ``--compile`` also compiled (``trainer.compile``)."""
+    return {"eager": False, "compiled": True} if args.compile else {"eager": False}
+
+
+def interleaved_medians(runs: dict[str, Callable[[], None]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each run, timed in turn within every repeat so that all see the same machine."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(median_time(run, device, 1, warmup=0))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_training(args, device, images: torch.Tensor) -> dict:
@@ -105,21 +119,18 @@ def bench_training(args, device, images: torch.Tensor) -> dict:
     batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
                for i in range(args.steps)]
     for name in args.posteriors:
-        variants = {"eager": False, "compiled": True} if args.compile else {"eager": False}
-        steps = {}
-        for variant, compile in variants.items():
+        runs = {}
+        for variant, compile in step_variants(args).items():
             model = model_for(name, args.latent_dim, device)
-            steps[variant] = training_step(model, make_optimizer(model, lr=1e-3), compile)
-            steps[variant](batches[0])  # compiles here, outside the timing
-        times = {variant: [] for variant in steps}
-        for _ in range(args.repeats):
-            for variant, step in steps.items():
-                times[variant].append(median_time(lambda: [step(x) for x in batches], device, 1, warmup=0))
-        per_step = statistics.median(times["eager"]) / args.steps
+            step = training_step(model, make_optimizer(model, lr=1e-3), compile)
+            step(batches[0])  # compiles here, outside the timing
+            runs[variant] = lambda step=step: [step(x) for x in batches]
+        seconds = interleaved_medians(runs, device, args.repeats)
+        per_step = seconds["eager"] / args.steps
         out[name] = {"step_ms": 1e3 * per_step, "images_per_s": args.batch_size / per_step,
                      "epoch_s": EPOCH_IMAGES / args.batch_size * per_step}
         if args.compile:
-            compiled = statistics.median(times["compiled"]) / args.steps
+            compiled = seconds["compiled"] / args.steps
             out[name].update(compiled_step_ms=1e3 * compiled, compile_speedup=per_step / compiled)
     for name in out:
         out[name]["ratio_vs_diag"] = out[name]["step_ms"] / out["diag"]["step_ms"]
@@ -138,25 +149,15 @@ def bench_iwae_step(args, device) -> dict:
     reps = args.steps * 5
     out = {}
     for k in (1, 5):
-        steps = {}
-        for variant, compile in ({"eager": False, "compiled": True} if args.compile else {"eager": False}).items():
+        runs = {}
+        for variant, compile in step_variants(args).items():
             torch.manual_seed(0)
             model = build_vae(config, (1, 28, 28)).to(device)
-            optimizer = make_optimizer(model, lr=1e-3, eps=1e-4)
-            loss_of = training_loss(model, compile)
-
-            def step(model=model, optimizer=optimizer, loss_of=loss_of):
-                loss, _ = loss_of(x, 1.0, 0.0, k)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            step()  # compiles here, outside the timing
-            steps[variant] = step
-        times = {variant: [] for variant in steps}
-        for _ in range(args.repeats):
-            for variant, step in steps.items():
-                times[variant].append(median_time(lambda: [step() for _ in range(reps)], device, 1, warmup=0) / reps)
-        out[f"k{k}"] = {f"{variant}_step_ms": 1e3 * statistics.median(t) for variant, t in times.items()}
+            step = training_step(model, make_optimizer(model, lr=1e-3, eps=1e-4), compile, iw_samples=k)
+            step(x)  # compiles here, outside the timing
+            runs[variant] = lambda step=step: [step(x) for _ in range(reps)]
+        seconds = interleaved_medians(runs, device, args.repeats)
+        out[f"k{k}"] = {f"{variant}_step_ms": 1e3 * s / reps for variant, s in seconds.items()}
         if args.compile:
             out[f"k{k}"]["compile_speedup"] = out[f"k{k}"]["eager_step_ms"] / out[f"k{k}"]["compiled_step_ms"]
     return out
@@ -267,8 +268,7 @@ def bench_iw_eval(args, device, images: torch.Tensor, matmul_gflops: float) -> d
 
 def out_of_place_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``bernoulli_log_likelihood``'s formula with every intermediate a new tensor (its autograd form)."""
-    softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
-    return torch.einsum("...p,...p->...", logits, x) - softplus.sum(-1)
+    return torch.einsum("...p,...p->...", logits, x) - written_out_softplus(logits).sum(-1)
 
 
 def bench_likelihood(args, device) -> dict:
@@ -285,8 +285,7 @@ def bench_likelihood(args, device) -> dict:
     def training(data_term):
         def run():
             for _ in range(reps):
-                softplus = logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
-                (data_term(logits, x) - softplus.sum(-1)).sum().backward()
+                (data_term(logits, x) - written_out_softplus(logits).sum(-1)).sum().backward()
         return median_time(run, device, args.repeats) / reps
 
     mul_sum = training(lambda l, x: (l * x).sum(-1))
