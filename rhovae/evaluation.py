@@ -33,7 +33,7 @@ from .config.schema import EvalSettings
 from .data import ImageData, eval_batches
 from .information import information
 from .pareto import UNRELIABLE, pareto_k_hat, tail_length
-from .vae import VAE
+from .vae import PRECISIONS, VAE
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,6 @@ class WeightSummary:
     top: torch.Tensor
 
 
-# the precision of the decoder's matrix products in the importance-weighted NLL (``eval.iw_precision``)
-IW_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def log_weight_summary(model: VAE, x: torch.Tensor, q, n_samples: int, chunk: int,
                        before_chunk: Callable[[], None] = lambda: None, n_prefix: int = 0,
                        decoder_dtype: torch.dtype = torch.float32) -> WeightSummary:
@@ -148,7 +144,7 @@ def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples
     Each image is encoded once; its K log-weights are reduced over chunks of at most ``chunk`` samples, so memory
     grows with ``chunk * batch_size``, not with K. With ``progress`` a tqdm bar counts images (hidden when stderr is
     not a terminal); ``stop()`` is polled before every chunk of samples and raises ``EvaluationStopped``.
-    ``precision`` (``IW_PRECISIONS``) is that of the decoder's matrix products; everything else is float32 and the
+    ``precision`` (``rhovae.vae.PRECISIONS``) is that of the decoder's matrix products; everything else is float32 and the
     reductions over samples float64.
     """
     if n_samples < 1:
@@ -164,7 +160,7 @@ def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples
     with bar, evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
             summaries.append(log_weight_summary(model, x, model.posterior_of(x), n_samples, chunk, before_chunk=check,
-                                                n_prefix=n_samples // 10, decoder_dtype=IW_PRECISIONS[precision]))
+                                                n_prefix=n_samples // 10, decoder_dtype=PRECISIONS[precision]))
             done += len(x)  # counted here: a bar hidden off a terminal counts nothing
             bar.update(len(x))
     log_mean, log_mean_sq, log_mean_prefix, top = (torch.cat(parts) for parts in

@@ -28,7 +28,7 @@ from .config import ObjectiveConfig, RunConfig, TrainerConfig, as_dict
 from .evaluation import evaluate_elbo
 from .pictures import image_grids
 from .tracking import NullLogger, append_jsonl
-from .vae import VAE
+from .vae import PRECISIONS, VAE
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,10 @@ def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageDat
     bar = tqdm(batches, total=n_batches, initial=progress.next_batch, desc=f"epoch {epoch}", leave=False,
                dynamic_ncols=True, disable=None if trainer.progress else True)
     loss_of = training_loss(model, trainer.compile)
+    network_dtype = PRECISIONS[trainer.precision]
     for i, x in enumerate(bar, start=progress.next_batch):
         beta = kl_weight(state.step, n_batches, trainer.kl_warmup_epochs, objective.beta)
-        loss, terms = loss_of(x, beta, objective.free_bits, objective.iw_samples)
+        loss, terms = loss_of(x, beta, objective.free_bits, objective.iw_samples, network_dtype)
         _check_finite(loss, terms.recon, terms.kl, epoch, state.step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

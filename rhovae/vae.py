@@ -17,6 +17,16 @@ from torch.distributions import Distribution, Independent, Normal
 from .posteriors import Posterior
 
 
+# what the networks' matrix products may run in: ``trainer.precision`` (training) and ``eval.iw_precision`` (the
+# importance-weighted NLL's decoder)
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def networks_in(dtype: torch.dtype, device: torch.device):
+    """Autocast to ``dtype`` for an encoder's or decoder's matrix products (nothing for float32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def standard_normal_prior(latent_dim: int, device=None, dtype=None) -> Independent:
     """p(z) = N(0, I_d) as ``Independent(Normal(0, 1), 1)``: the form the posteriors register KLs against."""
     loc = torch.zeros(latent_dim, device=device, dtype=dtype)
@@ -88,15 +98,27 @@ class VAE(nn.Module):
         ref = next(self.parameters())
         return standard_normal_prior(self.latent_dim, device=ref.device, dtype=ref.dtype)
 
-    def posterior_of(self, x: torch.Tensor) -> Distribution:
-        return self.posterior(self.encoder(x))
+    def posterior_of(self, x: torch.Tensor, network_dtype: torch.dtype = torch.float32) -> Distribution:
+        """q(z|x). With ``network_dtype=torch.bfloat16`` the encoder's matrix products run under bfloat16 autocast;
+        its features return to float32 before the posterior's heads, which run in float32."""
+        with networks_in(network_dtype, x.device):
+            features = self.encoder(x)
+        return self.posterior(features.float())
 
-    def elbo_terms(self, x: torch.Tensor, kl_groups: bool = False) -> ElboTerms:
+    def decode(self, z: torch.Tensor, network_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The decoder's logits for ``z``, always float32 (its matrix products under autocast to ``network_dtype``),
+        so that the likelihood's sum over pixels runs in float32."""
+        with networks_in(network_dtype, z.device):
+            logits = self.decoder(z)
+        return logits.float()
+
+    def elbo_terms(self, x: torch.Tensor, kl_groups: bool = False,
+                   network_dtype: torch.dtype = torch.float32) -> ElboTerms:
         """Single-sample reconstruction term and the posterior's KL, per image (with ``kl_groups``, also the KL
-        split into the posterior's free-bits groups)."""
-        q = self.posterior_of(x)
+        split into the posterior's free-bits groups); the networks' matrix products in ``network_dtype``."""
+        q = self.posterior_of(x, network_dtype)
         z, log_q = self.posterior.rsample_with_log_prob(q)
-        recon = bernoulli_log_likelihood(self.decoder(z), x)
+        recon = bernoulli_log_likelihood(self.decode(z, network_dtype), x)
         prior = self.prior()
         kl = self.posterior.kl(q, z, log_q, prior)
         groups = self.posterior.kl_groups(q, z, log_q, prior, kl) if kl_groups else None
@@ -112,12 +134,10 @@ class VAE(nn.Module):
         """
         q = self.posterior_of(x) if q is None else q
         z, log_q = self.posterior.rsample_with_log_prob(q, (n_samples,))
-        with torch.autocast(z.device.type, dtype=decoder_dtype, enabled=decoder_dtype != torch.float32):
-            logits = self.decoder(z)
-        return bernoulli_log_likelihood(logits.float(), x) + self.prior().log_prob(z) - log_q
+        return bernoulli_log_likelihood(self.decode(z, decoder_dtype), x) + self.prior().log_prob(z) - log_q
 
-    def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
-             iw_samples: int = 1) -> tuple[torch.Tensor, ElboTerms]:
+    def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, iw_samples: int = 1,
+             network_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ElboTerms]:
         """The training objective and the detached terms (whose ``kl`` is always the true one).
 
         -(recon - beta * kl) averaged over the batch (beta-VAE for beta != 1). With ``free_bits`` = lambda > 0,
@@ -125,24 +145,27 @@ class VAE(nn.Module):
         over the posterior's KL groups, so a group whose batch-mean KL is below lambda gets no KL gradient.
         With ``iw_samples`` = k > 1, the importance-weighted bound of Burda et al. (2015),
         -mean_batch log (1/k) sum_k p(x, z_k) / q(z_k|x) (``iwae_bound``); its terms are then the k samples' mean
-        reconstruction and Monte Carlo KL, whose difference is an ELBO estimate.
+        reconstruction and Monte Carlo KL, whose difference is an ELBO estimate. ``network_dtype`` is that of the
+        encoder's and decoder's matrix products (``trainer.precision``); the heads, the sampling, the likelihood and
+        the KL stay float32.
         """
         if iw_samples > 1:
-            bound, recon, kl = self.iwae_bound(x, iw_samples)
+            bound, recon, kl = self.iwae_bound(x, iw_samples, network_dtype)
             return -bound.mean(), ElboTerms(recon=recon.detach(), kl=kl.detach())
-        terms = self.elbo_terms(x, kl_groups=free_bits > 0)
+        terms = self.elbo_terms(x, kl_groups=free_bits > 0, network_dtype=network_dtype)
         if free_bits > 0:
             loss = -terms.recon.mean() + beta * terms.kl_groups.mean(0).clamp(min=free_bits).sum()
         else:
             loss = -(terms.recon - beta * terms.objective_kl).mean()
         return loss, ElboTerms(recon=terms.recon.detach(), kl=terms.kl.detach())
 
-    def iwae_bound(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def iwae_bound(self, x: torch.Tensor, k: int,
+                   network_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """L_k = log (1/k) sum_k w_k per image with w_k = p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), and the mean over
         the k samples of log p(x|z_k) and of log q(z_k|x) - log p(z_k); all ``[B]``."""
-        q = self.posterior_of(x)
+        q = self.posterior_of(x, network_dtype)
         z, log_q = self.posterior.rsample_with_log_prob(q, (k,))
-        recon = bernoulli_log_likelihood(self.decoder(z), x)
+        recon = bernoulli_log_likelihood(self.decode(z, network_dtype), x)
         kl = log_q - self.prior().log_prob(z)
         return torch.logsumexp(recon - kl, dim=0) - math.log(k), recon.mean(0), kl.mean(0)
 

@@ -8,10 +8,12 @@
 Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped data:
 
 1. training throughput of each posterior, and its step time as a ratio to ``diag`` in the same run; with
-   ``--compile``, also the step through ``torch.compile`` (``trainer.compile``) and its speedup over eager,
-   timed interleaved with the eager step so that both see the same machine;
-2. the hardware limit: matmul FLOPs of a training epoch (counted by torch's FlopCounterMode) divided by the
-   measured throughput of a large square matmul, and the diag epoch as a multiple of it;
+   ``--compile``, also the step through ``torch.compile`` (``trainer.compile``), and where this device has native
+   bfloat16 the step with the networks in bfloat16 (``trainer.precision``), each with its speedup over eager,
+   timed interleaved with the eager step so that all see the same machine;
+2. the hardware limit: float32 matmul FLOPs of a training epoch (counted by torch's FlopCounterMode) divided by
+   the measured throughput of a large square float32 matmul, and the diag epoch (float32; bfloat16 where timed) as
+   a multiple of it;
 3. the project's data path (uint8 tensor on the device, indexed batches, on-device binarization) against
    a torch DataLoader over the torchvision dataset with ``transforms.ToTensor()`` per image, same model;
 4. the vectorized rho sampler against a Python loop over latent dimensions, at several d;
@@ -22,7 +24,7 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
    softplus against the same formula out of place; at the training shape with autograd, its multiply-and-sum data
    term against einsum;
 7. one training step of the IWAE paper's model (``experiment=iwae_paper``: batch 20, k = 1 and 5), eager and
-   compiled;
+   in the variants of 1;
 8. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
    (``eval.information_images``; the mixture is over all N in both).
 
@@ -86,21 +88,37 @@ def model_for(posterior: str, latent_dim: int, device: torch.device) -> VAE:
     return build_vae(config, (1, 28, 28)).to(device)
 
 
-def training_step(model: VAE, optimizer: torch.optim.Optimizer, compile: bool = False,
-                  iw_samples: int = 1) -> Callable[[torch.Tensor], None]:
+def training_step(model: VAE, optimizer: torch.optim.Optimizer, compile: bool = False, iw_samples: int = 1,
+                  network_dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], None]:
     loss_of = training_loss(model, compile)
 
     def step(x: torch.Tensor) -> None:
-        loss, _ = loss_of(x, iw_samples=iw_samples)
+        loss, _ = loss_of(x, iw_samples=iw_samples, network_dtype=network_dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
 
 
-def step_variants(args) -> dict[str, bool]:
-    """The training steps to time: eager, and with ``--compile`` also compiled (``trainer.compile``)."""
-    return {"eager": False, "compiled": True} if args.compile else {"eager": False}
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``bfloat16`` would be accepted here for ``trainer.precision`` and ``eval.iw_precision`` (native
+    bfloat16 matrix products)."""
+    try:
+        check_bfloat16(device)
+    except ConfigError:
+        return False
+    return True
+
+
+def step_variants(args, device: torch.device) -> dict[str, dict]:
+    """The training steps to time, as ``training_step`` options: eager float32; with ``--compile`` also compiled
+    (``trainer.compile``); where bfloat16 is native also eager with the networks in bfloat16 (``trainer.precision``)."""
+    variants = {"eager": {}}
+    if args.compile:
+        variants["compiled"] = {"compile": True}
+    if native_bfloat16(device):
+        variants["bfloat16"] = {"network_dtype": torch.bfloat16}
+    return variants
 
 
 def interleaved_medians(runs: dict[str, Callable[[], None]], device: torch.device, repeats: int) -> dict[str, float]:
@@ -113,29 +131,32 @@ def interleaved_medians(runs: dict[str, Callable[[], None]], device: torch.devic
 
 
 def bench_training(args, device, images: torch.Tensor) -> dict:
-    """Steps on pre-binarized batches already on the device: the model's cost alone. With ``--compile`` the
-    compiled step of each posterior is timed in the same repeats as its eager step, alternating."""
+    """Steps on pre-binarized batches already on the device: the model's cost alone. Each posterior's other step
+    variants (``step_variants``: compiled, bfloat16) are timed in the same repeats as its eager step, alternating,
+    and reported as ``<variant>_step_ms``, ``<variant>_speedup`` over eager and ``<variant>_ratio_vs_diag``."""
     out = {}
     batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
                for i in range(args.steps)]
+    variants = step_variants(args, device)
     for name in args.posteriors:
         runs = {}
-        for variant, compile in step_variants(args).items():
+        for variant, options in variants.items():
             model = model_for(name, args.latent_dim, device)
-            step = training_step(model, make_optimizer(model, lr=1e-3), compile)
+            step = training_step(model, make_optimizer(model, lr=1e-3), **options)
             step(batches[0])  # compiles here, outside the timing
             runs[variant] = lambda step=step: [step(x) for x in batches]
         seconds = interleaved_medians(runs, device, args.repeats)
         per_step = seconds["eager"] / args.steps
         out[name] = {"step_ms": 1e3 * per_step, "images_per_s": args.batch_size / per_step,
                      "epoch_s": EPOCH_IMAGES / args.batch_size * per_step}
-        if args.compile:
-            compiled = seconds["compiled"] / args.steps
-            out[name].update(compiled_step_ms=1e3 * compiled, compile_speedup=per_step / compiled)
+        for variant in list(variants)[1:]:
+            other = seconds[variant] / args.steps
+            out[name].update({f"{variant}_step_ms": 1e3 * other, f"{variant}_speedup": per_step / other})
     for name in out:
         out[name]["ratio_vs_diag"] = out[name]["step_ms"] / out["diag"]["step_ms"]
-        if args.compile:
-            out[name]["compiled_ratio_vs_diag"] = out[name]["compiled_step_ms"] / out["diag"]["compiled_step_ms"]
+        for variant in list(variants)[1:]:
+            key = f"{variant}_step_ms"
+            out[name][f"{variant}_ratio_vs_diag"] = out[name][key] / out["diag"][key]
     return out
 
 
@@ -150,20 +171,22 @@ def bench_iwae_step(args, device) -> dict:
     out = {}
     for k in (1, 5):
         runs = {}
-        for variant, compile in step_variants(args).items():
+        for variant, options in step_variants(args, device).items():
             torch.manual_seed(0)
             model = build_vae(config, (1, 28, 28)).to(device)
-            step = training_step(model, make_optimizer(model, lr=1e-3, eps=1e-4), compile, iw_samples=k)
+            step = training_step(model, make_optimizer(model, lr=1e-3, eps=1e-4), iw_samples=k, **options)
             step(x)  # compiles here, outside the timing
             runs[variant] = lambda step=step: [step(x) for _ in range(reps)]
         seconds = interleaved_medians(runs, device, args.repeats)
         out[f"k{k}"] = {f"{variant}_step_ms": 1e3 * s / reps for variant, s in seconds.items()}
-        if args.compile:
-            out[f"k{k}"]["compile_speedup"] = out[f"k{k}"]["eager_step_ms"] / out[f"k{k}"]["compiled_step_ms"]
+        for variant in list(seconds)[1:]:
+            out[f"k{k}"][f"{variant}_speedup"] = seconds["eager"] / seconds[variant]
     return out
 
 
-def bench_limit(args, device, diag_epoch_s: float) -> dict:
+def bench_limit(args, device, diag: dict) -> dict:
+    """The float32 matmul-FLOP limit of a diag training epoch, and the measured diag epoch (eager float32, and
+    with the networks in bfloat16 where that was timed) as a multiple of it."""
     model = model_for("diag", args.latent_dim, device)
     x = torch.bernoulli(torch.rand(args.batch_size, 784, device=device))
     counter = FlopCounterMode(display=False)
@@ -176,8 +199,11 @@ def bench_limit(args, device, diag_epoch_s: float) -> dict:
     seconds = median_time(lambda: a @ b, device, repeats=max(3, args.repeats), warmup=2)
     gflops = 2 * n ** 3 / seconds / 1e9
     limit = step_flops * EPOCH_IMAGES / args.batch_size / (gflops * 1e9)
-    return {"step_gflop": step_flops / 1e9, "matmul_gflops": gflops, "epoch_limit_s": limit,
-            "diag_epoch_over_limit": diag_epoch_s / limit}
+    out = {"step_gflop": step_flops / 1e9, "matmul_gflops": gflops, "epoch_limit_s": limit,
+           "diag_epoch_over_limit": diag["epoch_s"] / limit}
+    if "bfloat16_step_ms" in diag:
+        out["diag_bfloat16_epoch_over_limit"] = diag["bfloat16_step_ms"] / diag["step_ms"] * diag["epoch_s"] / limit
+    return out
 
 
 def bench_data_path(args, device, root: Path) -> dict:
@@ -230,15 +256,6 @@ def bench_rho_sampler(args, device) -> dict:
         loop = median_time(lambda: [loop_rho_sampler(loc, rho, log_s) for _ in range(reps)], device, args.repeats) / reps
         out[str(d)] = {"vectorized_us": 1e6 * vec, "loop_us": 1e6 * loop, "speedup": loop / vec}
     return out
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``eval.iw_precision=bfloat16`` would be accepted here (native bfloat16 matrix products)."""
-    try:
-        check_bfloat16(device)
-    except ConfigError:
-        return False
-    return True
 
 
 def bench_iw_eval(args, device, images: torch.Tensor, matmul_gflops: float) -> dict:
@@ -307,16 +324,16 @@ def bench_information(args, device) -> dict:
 
 def print_table(results: dict) -> None:
     train, limit, data, rho, iw = (results[k] for k in ("train", "limit", "data_path", "rho_sampler", "iw_eval"))
-    compiled = "compile_speedup" in train["diag"]
+    variants = [key[: -len("_speedup")] for key in train["diag"] if key.endswith("_speedup")]
     print(f"device: {results['device']}  (batch {results['settings']['batch_size']}, d={results['settings']['latent_dim']})")
     print(f"\n{'posterior':<22}{'images/s':>10}{'epoch s':>9}{'vs diag':>9}{'IW img/s':>10}"
-          + (f"{'compiled ms':>13}{'speedup':>9}{'vs diag':>9}" if compiled else ""))
+          + "".join(f"{variant + ' ms':>15}{'speedup':>9}{'vs diag':>9}" for variant in variants))
     for name in train:
         row = train[name]
         print(f"{name:<22}{row['images_per_s']:>10.0f}{row['epoch_s']:>9.2f}{row['ratio_vs_diag']:>8.2f}x"
               f"{iw[name]['images_per_s']:>10.2f}"
-              + (f"{row['compiled_step_ms']:>13.2f}{row['compile_speedup']:>8.2f}x"
-                 f"{row['compiled_ratio_vs_diag']:>8.2f}x" if compiled else ""))
+              + "".join(f"{row[f'{v}_step_ms']:>15.2f}{row[f'{v}_speedup']:>8.2f}x{row[f'{v}_ratio_vs_diag']:>8.2f}x"
+                        for v in variants))
     print(f"\nimportance-weighted NLL (K = {iw['diag']['k']}): images/s and the fraction of the decoder's matmul limit")
     for name, row in iw.items():
         bf16 = (f"; bfloat16 {row['bfloat16_images_per_s']:.2f} img/s ({row['bfloat16_speedup']:.2f}x)"
@@ -324,7 +341,9 @@ def print_table(results: dict) -> None:
         print(f"  {name:<22}{row['images_per_s']:>8.2f} img/s = {row['fraction_of_limit']:.0%} of "
               f"{row['images_per_s_limit']:.1f}{bf16}")
     print(f"\nmatmul {limit['matmul_gflops']:.1f} GFLOP/s; a training step is {limit['step_gflop']:.3f} GFLOP; "
-          f"epoch limit {limit['epoch_limit_s']:.2f} s; diag epoch = {limit['diag_epoch_over_limit']:.2f}x the limit")
+          f"epoch limit {limit['epoch_limit_s']:.2f} s; diag epoch = {limit['diag_epoch_over_limit']:.2f}x the limit"
+          + (f" ({limit['diag_bfloat16_epoch_over_limit']:.2f}x with the networks in bfloat16)"
+             if "diag_bfloat16_epoch_over_limit" in limit else ""))
     print(f"data path: project {data['project_epoch_s']:.2f} s/epoch, DataLoader+ToTensor "
           f"{data['dataloader_epoch_s']:.2f} s/epoch: {data['speedup']:.1f}x faster")
     print("rho sampler speedup over a Python loop: "
@@ -336,9 +355,9 @@ def print_table(results: dict) -> None:
           f"multiply-and-sum, {ll['train_einsum_us']:.0f} us with einsum ({ll['train_speedup']:.1f}x)")
     iwae = results["iwae_step"]
     print("IWAE paper's model (batch 20), one training step: " + "; ".join(
-        f"k = {k[1:]}: {row['eager_step_ms']:.2f} ms eager"
-        + (f", {row['compiled_step_ms']:.2f} ms compiled ({row['compile_speedup']:.2f}x)" if "compile_speedup" in row
-           else "") for k, row in iwae.items()))
+        f"k = {k[1:]}: {row['eager_step_ms']:.2f} ms eager" + "".join(
+            f", {row[f'{v}_step_ms']:.2f} ms {v} ({row[f'{v}_speedup']:.2f}x)" for v in variants)
+        for k, row in iwae.items()))
     info = results["information"]
     print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
           f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
@@ -383,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             write_dataset(root, "mnist", n_train=EPOCH_IMAGES, n_test=1000)
         images = torch.randint(0, 256, (args.steps * args.batch_size, 784), dtype=torch.uint8, device=device)
         train = bench_training(args, device, images)
-        limit = bench_limit(args, device, train["diag"]["epoch_s"])
+        limit = bench_limit(args, device, train["diag"])
         results = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "torch": torch.__version__,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -213,3 +214,42 @@ def test_every_posterior_trains_compiled_with_eagers_numbers(name):
     assert len(compiled_grads) == len(eager_grads)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_bfloat16_training_is_refused_where_it_would_be_emulated(data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
+                   "trainer.precision=bfloat16"])
+    with pytest.raises(ConfigError, match=r"^trainer.precision='bfloat16' needs native bfloat16 .*accepted here: "
+                                          r"float32$"):
+        run_experiment(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_unknown_training_precision_names_the_accepted_ones(data_root, tmp_path):
+    cfg = compose([f"dataset.root={data_root}", "logger=none", *TINY_OVERRIDES, "trainer.precision=float16"])
+    with pytest.raises(ConfigError, match=r"^trainer.precision='float16' is not valid; accepted: float32, bfloat16$"):
+        run_experiment(cfg, tmp_path)
+
+
+def test_training_steps_in_the_configured_precision_and_evaluates_in_float32(data_root, tmp_path, monkeypatch):
+    """Every training step gets trainer.precision; validation and the test ELBO (``elbo_terms`` without it) do not."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # accepted on any CPU for this test
+    steps, evaluations = [], []
+    original_loss, original_terms = VAE.loss, VAE.elbo_terms
+
+    def loss(self, *args, **kwargs):
+        steps.append(args[4] if len(args) > 4 else kwargs.get("network_dtype"))
+        return original_loss(self, *args, **kwargs)
+
+    def elbo_terms(self, x, kl_groups=False, network_dtype=torch.float32):
+        if not torch.is_grad_enabled():
+            evaluations.append(network_dtype)
+        return original_terms(self, x, kl_groups, network_dtype)
+    monkeypatch.setattr(VAE, "loss", loss)
+    monkeypatch.setattr(VAE, "elbo_terms", elbo_terms)
+    summary = run_experiment(compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu",
+                                      *TINY_OVERRIDES, "trainer.epochs=2", "trainer.precision=bfloat16"]), tmp_path)
+    assert steps and set(steps) == {torch.bfloat16}
+    assert evaluations and set(evaluations) == {torch.float32}
+    assert math.isfinite(summary["test/elbo"])

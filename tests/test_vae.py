@@ -107,3 +107,31 @@ def test_kl_warmup_schedule():
     assert kl_weight(0, 10, 2) == 0.0
     assert kl_weight(10, 10, 2) == 0.5
     assert kl_weight(25, 10, 2) == 1.0
+
+
+@pytest.mark.parametrize("decoder", ["mlp", "conv"])
+@pytest.mark.parametrize("iw_samples", [1, 3], ids=["elbo", "iwae"])
+def test_bfloat16_networks_round_the_step_and_keep_everything_else_float32(decoder, iw_samples):
+    """``trainer.precision=bfloat16``: the encoder's and decoder's layers compute in bfloat16 (checked at their
+    outputs), the posterior's heads and the loss in float32, and loss and gradients move by rounding only."""
+    torch.manual_seed(0)
+    model = tiny_vae(decoder)
+    x = torch.bernoulli(torch.rand(32, 784))
+    seen = {}
+    for name, module in (("encoder", model.encoder), ("decoder", model.decoder), ("heads", model.posterior)):
+        module.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, []).append(
+            (args[0].dtype, out.dtype if torch.is_tensor(out) else out.mean.dtype)))
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        seen.clear()
+        torch.manual_seed(1)
+        loss, _ = model.loss(x, iw_samples=iw_samples, network_dtype=dtype)
+        model.zero_grad()
+        loss.backward()
+        results[dtype] = loss, torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert loss.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in model.parameters())
+        assert seen["heads"] == [(torch.float32, torch.float32)]
+        assert seen["encoder"][0][1] == seen["decoder"][0][1] == dtype
+    (loss32, grad32), (loss16, grad16) = results[torch.float32], results[torch.bfloat16]
+    assert loss16 != loss32 and abs(loss16 - loss32) < 2e-3 * abs(loss32)
+    assert torch.nn.functional.cosine_similarity(grad32, grad16, dim=0) > 0.99

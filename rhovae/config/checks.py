@@ -85,14 +85,15 @@ def check_compiler(device) -> None:
                           "is on PATH); install one or set trainer.compile=false")
 
 
-def check_bfloat16(device) -> None:
-    """``eval.iw_precision=bfloat16`` only where bfloat16 matrix products are native (AVX-512 BF16 or AMX on a CPU,
-    a GPU that supports it): elsewhere autocast emulates them, slower than float32, so the key is refused."""
+def check_bfloat16(device, key: str = "eval.iw_precision") -> None:
+    """``key=bfloat16`` (``eval.iw_precision``, ``trainer.precision``) only where bfloat16 matrix products are native
+    (AVX-512 BF16 or AMX on a CPU, a GPU that supports it): elsewhere autocast emulates them, slower than float32, so
+    the value is refused."""
     import torch
 
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
     if not native:
-        raise ConfigError(f"eval.iw_precision='bfloat16' needs native bfloat16 matrix products (AVX-512 BF16 or AMX on "
+        raise ConfigError(f"{key}='bfloat16' needs native bfloat16 matrix products (AVX-512 BF16 or AMX on "
                           f"a CPU), which this {device.type} lacks: it would run slower than float32; accepted here: "
                           "float32")
 
@@ -100,8 +101,8 @@ def check_bfloat16(device) -> None:
 def validate_config(config: RunConfig):
     """Raise ``ConfigError`` on the first bad value; return the ``torch.device`` the run will use."""
     from ..data import BINARIZE_MODES, DATASETS
-    from ..evaluation import IW_PRECISIONS
     from ..posteriors import POSTERIORS
+    from ..vae import PRECISIONS
 
     _one_of(config, "dataset.name", list(DATASETS))
     _one_of(config, "dataset.binarize", BINARIZE_MODES)
@@ -121,6 +122,7 @@ def validate_config(config: RunConfig):
     _number_above(config, "trainer.lr_stage_decay", 0)
     _int_at_least(config, "trainer.patience", 1, optional=True)
     _list_of_ints(config, "trainer.milestones", "epochs")
+    _one_of(config, "trainer.precision", list(PRECISIONS))
     _number_above(config, "objective.beta", 0, inclusive=True)
     _number_above(config, "objective.free_bits", 0, inclusive=True)
     _int_at_least(config, "objective.iw_samples", 1)
@@ -134,7 +136,7 @@ def validate_config(config: RunConfig):
     for key in ("seed", "iw_samples", "milestone_iw_samples"):
         _int_at_least(config, f"eval.{key}", 0)
     _int_at_least(config, "eval.information_images", 1, optional=True)
-    _one_of(config, "eval.iw_precision", list(IW_PRECISIONS))
+    _one_of(config, "eval.iw_precision", list(PRECISIONS))
     _number_above(config, "eval.active_threshold", 0, inclusive=True)
     for key in ("n_images", "elbo_samples", "opt_samples", "iw_samples", "iw_chunk", "batch_size"):
         _int_at_least(config, f"gaps.{key}", 1)
@@ -148,6 +150,7 @@ def validate_config(config: RunConfig):
     device = resolve_device(config.trainer.device)
     if config.trainer.compile:
         check_compiler(device)
-    if config.eval.iw_precision == "bfloat16":
-        check_bfloat16(device)
+    for key in ("trainer.precision", "eval.iw_precision"):
+        if _value(config, key) == "bfloat16":
+            check_bfloat16(device, key)
     return device

@@ -56,6 +56,10 @@ class TrainerConfig:
     # then 1.1x (diag) to 1.4x (planar) faster steps on a CPU (scripts/bench.py); the same random draws as eager
     # (inductor's fallback_random), rounding differs. Needs a C++ compiler on the CPU.
     compile: bool = key_field(False, resumable=True, factor=False)
+    # the encoder's and decoder's matrix products in training, forward and backward: float32 or bfloat16 (autocast;
+    # heads, sampling, likelihood, KL and the parameters stay float32). Needs native bfloat16 (AVX-512 BF16, AMX or
+    # a GPU); validation and test evaluation run in float32 whatever is set here (eval.iw_precision for the NLL).
+    precision: str = "float32"
     kl_warmup_epochs: float = 0  # the KL weight rises linearly 0 -> objective.beta over this many epochs
     adam_eps: float = 1.0e-8  # Adam's epsilon (the IWAE paper used 1e-4)
     # a stepped learning rate: stage i lasts lr_stage_epochs[i] epochs at lr * lr_stage_decay^i (the last stage's
