@@ -181,20 +181,48 @@ def summarize(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataF
     return table.reset_index()
 
 
+def _as_text(value: Any) -> str:
+    """A config value as a command line writes it (``1`` for 1.0), to match a ``--baseline KEY=VALUE``."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+class UnknownBaseline(ValueError):
+    """A ``--baseline`` that selects nothing these runs could be paired against."""
+
+
+def baseline_runs(runs: pd.DataFrame, keys: Sequence[str], baseline: str) -> tuple[str, pd.Series]:
+    """The column that ``baseline`` selects in and which of ``runs`` it selects: a method name (``diag``) picks that
+    method's runs; ``KEY=VALUE`` picks, within each method, the runs with config key ``KEY`` at ``VALUE``
+    (``trainer.precision=float32``), for a key the sweep varied. Raises ``UnknownBaseline`` for a key it did not
+    vary."""
+    if "=" not in baseline:
+        return "method", runs["method"] == baseline
+    key, value = (part.strip() for part in baseline.split("=", 1))
+    column = CONFIG + key
+    if column not in keys:
+        varied = [k.removeprefix(CONFIG) for k in keys if k.startswith(CONFIG)]
+        raise UnknownBaseline(f"--baseline {baseline}: {key} is not a config key these runs vary; varied: "
+                         f"{', '.join(varied) or 'none'}")
+    return column, runs[column].map(_as_text) == value
+
+
 def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, baseline: str = BASELINE,
                        metrics: Iterable[str] = PAIRED_METRICS, confidence: float = 0.95) -> pd.DataFrame:
-    """Each method minus ``baseline`` on the same dataset, other factors and seed: mean, sd and a t interval.
+    """Each group minus its ``baseline`` on the same dataset, other factors and seed: mean, sd and a t interval.
 
-    Only seeds completed by both enter; ``n`` says how many (groups without any are left out). With one seed the
-    interval is undefined (NaN).
+    ``baseline`` is a method (every other method against it) or ``KEY=VALUE`` (``baseline_runs``: each method's runs
+    at another value of KEY against its own at VALUE, as a precision or an option is checked). Only seeds completed
+    by both enter; ``n`` says how many (groups without any are left out). With one seed the interval is undefined
+    (NaN).
     """
     keys = list(keys or group_keys(runs))
-    context = [k for k in keys if k != "method"]
     done = completed(runs)
-    base = done[done["method"] == baseline]
+    column, is_base = baseline_runs(done, keys, baseline)
+    context = [k for k in keys if k != column]
+    base = done[is_base]
     rows = []
     for metric in [m for m in metrics if m in done and done[m].notna().any()]:
-        for group, others in done[done["method"] != baseline].groupby(keys, dropna=False, sort=False):
+        for group, others in done[~is_base].groupby(keys, dropna=False, sort=False):
             where = dict(zip(keys, group))
             match = base
             for k in context:

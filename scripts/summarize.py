@@ -2,6 +2,7 @@
 
     python scripts/summarize.py outputs/multirun/<sweep>
     python scripts/summarize.py outputs/multirun/<sweep> --baseline rho
+    python scripts/summarize.py outputs/multirun/<sweep> --baseline trainer.precision=float32
 
 Writes into the sweep folder:
 
@@ -33,10 +34,15 @@ from rhovae import results
 from rhovae.plots import budget_curves, gap_bars, likelihood_comparison, save_figure
 
 
-def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[str, Path]:
+def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: bool = False) -> dict[str, Path]:
+    """Write the tables and figures; ``strict`` (a baseline the user named) refuses a baseline no completed run has."""
     runs = results.load_runs(sweep_dir)
     keys = results.group_keys(runs)
     table = results.summarize(runs, keys)
+    done = results.completed(runs)
+    if strict and not done.empty and not results.baseline_runs(done, keys, baseline)[1].any():
+        raise results.UnknownBaseline(f"--baseline {baseline}: no completed run is that; methods here: "
+                                      f"{', '.join(done['method'].unique())}")
     diffs = results.paired_differences(runs, keys, baseline=baseline)
     left_out = results.not_completed(runs)
     shown, shown_diffs = results.display_table(table), results.display_differences(diffs)
@@ -96,16 +102,21 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder written by train.py -m (or any folder of runs)")
-    parser.add_argument("--baseline", default=results.BASELINE, help="method the paired differences are taken against")
+    parser.add_argument("--baseline", default=None,
+                        help=f"what the paired differences are taken against: a method (default {results.BASELINE}) "
+                             "or KEY=VALUE for a config key the sweep varied (each method against itself at VALUE)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a folder", file=sys.stderr)
         return 1
     try:
-        paths = summarize_sweep(args.sweep_dir, args.baseline)
+        paths = summarize_sweep(args.sweep_dir, args.baseline or results.BASELINE, strict=args.baseline is not None)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except results.UnknownBaseline as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(paths["md"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -198,6 +198,11 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     diffs = [by["rho", seed]["test/nll"] - by["diag", seed]["test/nll"] for seed in (0, 1)]
     mean, half = statistics.mean(diffs), T_975_ONE_DOF * statistics.stdev(diffs) / math.sqrt(2)
     assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in md
+    for baseline, message in (("lowrank", "no completed run is that; methods here: diag, rho"),
+                              ("trainer.lr=0.001", "trainer.lr is not a config key these runs vary; varied: none")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep), "--baseline",
+                               baseline], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and proc.stderr == f"error: --baseline {baseline}: {message}\n", proc.stderr
     tex = (sweep / "results.tex").read_text()
     assert r"\toprule" in tex and r"$\pm$" in tex and "rho" in tex
     assert "**Smoke run**" in md and "epochs trained 2" in md and "K (test NLL) 20" in md  # the budget, said
@@ -271,6 +276,31 @@ def test_group_keys_follow_what_the_sweep_varied():
     against_planar = results.paired_differences(runs, baseline="planar", metrics=["test/elbo"])
     assert list(against_planar["method"]) == ["diag"]  # diag at latent_dim 8 is the one pair planar has
     assert "difference vs planar [95% CI]" in results.display_differences(against_planar)
+
+
+def test_a_key_value_baseline_pairs_each_method_with_itself_at_that_value():
+    """``--baseline trainer.precision=float32``: diag in bfloat16 minus diag in float32, planar minus planar, seed by
+    seed; a key the runs did not vary is refused in one line."""
+    def row(method, seed, precision, elbo):
+        summary = {"status": "completed", "dataset": "mnist", "method": method, "seed": seed, "test/elbo": elbo}
+        config = {"seed": seed, "posterior": {"name": method}, "trainer": {"precision": precision},
+                  "dataset": {"name": "mnist"}}
+        return results.run_row(summary, config, run=f"{method}{seed}{precision}")
+
+    elbos = {("diag", "float32"): [-100.0, -101.0, -99.0], ("diag", "bfloat16"): [-100.5, -101.0, -99.9],
+             ("planar", "float32"): [-102.0, -103.0, -104.0], ("planar", "bfloat16"): [-102.0, -102.0, -103.0]}
+    runs = pd.DataFrame([row(m, s, p, v[s]) for (m, p), v in elbos.items() for s in range(3)])
+    diffs = results.paired_differences(runs, baseline="trainer.precision=float32", metrics=["test/elbo"])
+    assert list(zip(diffs["method"], diffs["config.trainer.precision"])) == [("diag", "bfloat16"),
+                                                                              ("planar", "bfloat16")]
+    for method, expected in (("diag", [-0.5, 0.0, -0.9]), ("planar", [0.0, 1.0, 1.0])):
+        got = diffs[diffs["method"] == method].iloc[0]
+        assert got["n"] == 3 and got["mean"] == pytest.approx(statistics.mean(expected))
+        assert got["sd"] == pytest.approx(statistics.stdev(expected))
+    assert "difference vs trainer.precision=float32 [95% CI]" in results.display_differences(diffs)
+    with pytest.raises(results.UnknownBaseline, match=r"^--baseline latent_dim=8: latent_dim is not a config key "
+                                                      r"these runs vary; varied: trainer.precision$"):
+        results.paired_differences(runs, baseline="latent_dim=8")
 
 
 def test_wandb_runs_load_into_the_same_table():
