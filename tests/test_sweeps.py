@@ -67,6 +67,15 @@ def test_paper_cpu_experiment_is_the_issue_budget_with_gaps():
     validate_config(load_config(compose(["experiment=paper_cpu"])))
 
 
+def test_bf16_training_pairs_the_two_precisions_at_the_paper_cpu_protocol():
+    cfg = compose(["experiment=bf16_training"], hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert (params.seed, params.dataset, params.posterior) == ("0,1,2", "mnist", "diag")
+    assert params["trainer.precision"] == "float32,bfloat16"
+    assert (cfg.latent_dim, cfg.networks.name, cfg.trainer.epochs, cfg.eval.iw_samples) == (32, "mlp", 20, 1000)
+    assert cfg.eval.gaps is False and "bf16_training_" in cfg.hydra.sweep.dir
+
+
 def test_step_gradient_ablation_is_the_fullcov_ablation_protocol_over_the_flows():
     ablation = compose(["experiment=step_gradient_ablation"], hydra=True)
     fullcov = compose(["experiment=fullcov_ablation"], hydra=True)
