@@ -74,6 +74,7 @@ def test_bf16_training_pairs_the_two_precisions_at_the_paper_cpu_protocol():
     assert params["trainer.precision"] == "float32,bfloat16"
     assert (cfg.latent_dim, cfg.networks.name, cfg.trainer.epochs, cfg.eval.iw_samples) == (32, "mlp", 20, 1000)
     assert cfg.eval.gaps is False and "bf16_training_" in cfg.hydra.sweep.dir
+    assert "_${trainer.precision}_s${seed}" in OmegaConf.to_container(cfg.hydra.sweep)["subdir"]
 
 
 def test_step_gradient_ablation_is_the_fullcov_ablation_protocol_over_the_flows():
