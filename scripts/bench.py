@@ -26,7 +26,8 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
 7. one training step of the IWAE paper's model (``experiment=iwae_paper``: batch 20, k = 1 and 5), eager and
    in the variants of 1;
 8. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
-   (``eval.information_images``; the mixture is over all N in both).
+   (``eval.information_images``; the mixture is over all N in both);
+9. a diag training step on one thread against all of torch's threads (on a CPU with more than one).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
 figures that count. Results are printed as a table and written as JSON (``--out``).
@@ -158,6 +159,35 @@ def bench_training(args, device, images: torch.Tensor) -> dict:
             key = f"{variant}_step_ms"
             out[name][f"{variant}_ratio_vs_diag"] = out[name][key] / out["diag"][key]
     return out
+
+
+def bench_threads(args, device, images: torch.Tensor) -> dict:
+    """A diag training step on one thread against the same step on all of torch's threads here (``trainer.threads``
+    null means all), timed in turn within the same repeats: how well one run uses more than one core."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        return {"threads": threads}  # nothing to compare
+    batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
+               for i in range(args.steps)]
+    model = model_for("diag", args.latent_dim, device)
+    step = training_step(model, make_optimizer(model, lr=1e-3))
+
+    def on(n: int) -> Callable[[], None]:
+        def run() -> None:
+            torch.set_num_threads(n)
+            try:
+                for x in batches:
+                    step(x)
+            finally:
+                torch.set_num_threads(threads)
+        return run
+
+    on(1)()  # warm-up
+    seconds = interleaved_medians({"one": on(1), "all": on(threads)}, device, args.repeats)
+    speedup = seconds["one"] / seconds["all"]
+    return {"threads": threads, "one_thread_step_ms": 1e3 * seconds["one"] / args.steps,
+            "all_threads_step_ms": 1e3 * seconds["all"] / args.steps, "speedup": speedup,
+            "efficiency": speedup / threads}
 
 
 def bench_iwae_step(args, device) -> dict:
@@ -358,6 +388,11 @@ def print_table(results: dict) -> None:
         f"k = {k[1:]}: {row['eager_step_ms']:.2f} ms eager" + "".join(
             f", {row[f'{v}_step_ms']:.2f} ms {v} ({row[f'{v}_speedup']:.2f}x)" for v in variants)
         for k, row in iwae.items()))
+    threads = results["threads"]
+    if "speedup" in threads:
+        print(f"threads: a diag step takes {threads['one_thread_step_ms']:.2f} ms on 1 thread, "
+              f"{threads['all_threads_step_ms']:.2f} ms on {threads['threads']}: {threads['speedup']:.2f}x "
+              f"({threads['efficiency']:.0%} of linear)")
     info = results["information"]
     print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
           f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
@@ -414,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             "iw_eval": bench_iw_eval(args, device, images, limit["matmul_gflops"]),
             "likelihood": bench_likelihood(args, device),
             "iwae_step": bench_iwae_step(args, device),
+            "threads": bench_threads(args, device, images),
             "information": bench_information(args, device),
         }
     print_table(results)

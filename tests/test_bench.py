@@ -36,6 +36,9 @@ def test_bench_quick_writes_its_json(tmp_path):
     assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout and "I(x; z) of 40" in proc.stdout
     assert "compiled_step_ms" not in result["train"]["diag"] and result["likelihood"]["eval_speedup"] > 0
     assert set(result["iwae_step"]) == {"k1", "k5"} and "compiled_speedup" not in result["iwae_step"]["k1"]
+    threads = result["threads"]
+    assert threads["threads"] == 1 or (threads["speedup"] > 0 and threads["efficiency"] == pytest.approx(
+        threads["speedup"] / threads["threads"]) and "threads: a diag step takes" in proc.stdout)
     # the bfloat16 step where it is native, and nowhere else
     native = torch.cpu._is_avx512_bf16_supported()
     for name in POSTERIORS:
