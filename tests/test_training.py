@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import POSTERIOR_NAMES, TINY_OVERRIDES, compose
+from helpers import POSTERIOR_CHOICES, POSTERIOR_NAMES, TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo
 from rhovae.config import load_config
@@ -214,6 +214,26 @@ def test_every_posterior_trains_compiled_with_eagers_numbers(name):
     assert len(compiled_grads) == len(eager_grads)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+# the Sylvester flow's orthogonalization stops each image at its own convergence: a data-dependent loop
+GRAPH_BREAKS_BY_DESIGN = {"sylvester"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", POSTERIOR_CHOICES)
+def test_every_posterior_loss_compiles_to_one_graph(name):
+    """A graph break splits the compiled step and costs its speed (diag's KL dispatch and pyro's conditioned IAF step
+    each split it once): every posterior's loss traces as one graph, but for the Sylvester orthogonalization's loop."""
+    import torch._dynamo as dynamo
+
+    config = load_config(compose([f"posterior={name}", "latent_dim=4", "networks.hidden=[16]", "logger=none"]))
+    torch.manual_seed(0)
+    model = build_vae(config, (1, 28, 28))
+    dynamo.reset()
+    explanation = dynamo.explain(model.loss)(torch.bernoulli(torch.full((8, 784), 0.3)))
+    dynamo.reset()
+    assert (explanation.graph_count == 1) == (name not in GRAPH_BREAKS_BY_DESIGN), explanation.break_reasons
 
 
 def test_bfloat16_training_is_refused_where_it_would_be_emulated(data_root, tmp_path, monkeypatch):

@@ -189,6 +189,22 @@ def pyro_step(transform) -> Step:
     return step
 
 
+def stable_iaf_step(transform: ConditionalAffineAutoregressive, context: torch.Tensor) -> Step:
+    """pyro's stable IAF step ``transform`` conditioned on ``context``: (m, s) = MADE(z; context), sigma =
+    sigmoid(s + sigmoid_bias), z' = sigma z + (1 - sigma) m and log|det| = sum log sigma, the operations of pyro's
+    ``AffineAutoregressive`` (the same bits), with the MADE called directly: ``transform.condition`` wraps it in a
+    ``functools.partial`` whose attributes break a ``torch.compile`` graph at every step (``trainer.compile``)."""
+    bias = transform.kwargs["sigmoid_bias"]
+
+    def step(z: torch.Tensor):
+        mean, logit_scale = transform.nn(z, context=context)
+        logit_scale = logit_scale + bias
+        scale = torch.sigmoid(logit_scale)
+        return scale * z + (1 - scale) * mean, F.logsigmoid(logit_scale).sum(-1)
+
+    return step
+
+
 @POSTERIORS.register("iaf")
 class IAFPosterior(FlowPosterior):
     """Diagonal Gaussian base + ``flow_length`` stable IAF steps (pyro), MADE conditioned on a context head."""
@@ -216,4 +232,4 @@ class IAFPosterior(FlowPosterior):
         return self.context
 
     def steps_from(self, params: torch.Tensor) -> list[Step]:
-        return [pyro_step(t.condition(params)) for t in self.steps]
+        return [stable_iaf_step(t, params) for t in self.steps]
