@@ -144,8 +144,8 @@ def importance_weighted_estimates(model: VAE, images: torch.Tensor, *, n_samples
     Each image is encoded once; its K log-weights are reduced over chunks of at most ``chunk`` samples, so memory
     grows with ``chunk * batch_size``, not with K. With ``progress`` a tqdm bar counts images (hidden when stderr is
     not a terminal); ``stop()`` is polled before every chunk of samples and raises ``EvaluationStopped``.
-    ``precision`` (``rhovae.vae.PRECISIONS``) is that of the decoder's matrix products; everything else is float32 and the
-    reductions over samples float64.
+    ``precision`` (``rhovae.vae.PRECISIONS``) is that of the decoder's matrix products; everything else is float32
+    and the reductions over samples float64.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")

@@ -202,7 +202,7 @@ def baseline_runs(runs: pd.DataFrame, keys: Sequence[str], baseline: str) -> tup
     if column not in keys:
         varied = [k.removeprefix(CONFIG) for k in keys if k.startswith(CONFIG)]
         raise UnknownBaseline(f"--baseline {baseline}: {key} is not a config key these runs vary; varied: "
-                         f"{', '.join(varied) or 'none'}")
+                              f"{', '.join(varied) or 'none'}")
     return column, runs[column].map(_as_text) == value
 
 
