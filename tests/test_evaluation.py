@@ -132,12 +132,11 @@ def test_a_bfloat16_decoder_moves_the_nll_by_rounding_only(trained_run):
     assert abs((bf16 - f32).mean()) < estimates["float32"].mc_variance.sum().sqrt() / len(f32) + 0.01
 
 
-def test_bfloat16_evaluation_is_refused_where_it_would_be_emulated(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("key", ["eval.iw_precision", "trainer.precision"])
+def test_bfloat16_is_refused_where_it_would_be_emulated(key, data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
-                   "eval.iw_precision=bfloat16"])
-    with pytest.raises(ConfigError, match=r"^eval.iw_precision='bfloat16' needs native bfloat16 .*accepted here: "
-                                          r"float32$"):
+    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES, f"{key}=bfloat16"])
+    with pytest.raises(ConfigError, match=rf"^{key}='bfloat16' needs native bfloat16 .*accepted here: float32$"):
         run_experiment(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 

@@ -61,7 +61,8 @@ def test_paper_experiment_fixes_the_setup_and_sweeps_fifty_runs():
 def test_paper_cpu_experiment_is_the_issue_budget_with_gaps():
     cfg = compose(["experiment=paper_cpu"], hydra=True)
     params = cfg.hydra.sweeper.params
-    assert (params.seed, params.dataset, params.posterior) == ("0,1,2", "mnist,fmnist", "diag,rho,fullcov,planar,iaf")
+    assert (params.seed, params.dataset, params.posterior) == ("0,1,2,3,4", "mnist,fmnist",
+                                                                "diag,rho,fullcov,planar,iaf")
     assert (cfg.latent_dim, cfg.networks.name, cfg.trainer.epochs, cfg.eval.iw_samples) == (32, "mlp", 20, 1000)
     assert cfg.eval.gaps is True and cfg.gaps.n_images == 500 and "paper_cpu_" in cfg.hydra.sweep.dir
     validate_config(load_config(compose(["experiment=paper_cpu"])))

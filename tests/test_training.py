@@ -236,16 +236,6 @@ def test_every_posterior_loss_compiles_to_one_graph(name):
     assert (explanation.graph_count == 1) == (name not in GRAPH_BREAKS_BY_DESIGN), explanation.break_reasons
 
 
-def test_bfloat16_training_is_refused_where_it_would_be_emulated(data_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
-                   "trainer.precision=bfloat16"])
-    with pytest.raises(ConfigError, match=r"^trainer.precision='bfloat16' needs native bfloat16 .*accepted here: "
-                                          r"float32$"):
-        run_experiment(cfg, tmp_path)
-    assert not (tmp_path / "checkpoints").exists()
-
-
 def test_an_unknown_training_precision_names_the_accepted_ones(data_root, tmp_path):
     cfg = compose([f"dataset.root={data_root}", "logger=none", *TINY_OVERRIDES, "trainer.precision=float16"])
     with pytest.raises(ConfigError, match=r"^trainer.precision='float16' is not valid; accepted: float32, bfloat16$"):
