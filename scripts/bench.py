@@ -192,8 +192,9 @@ def bench_threads(args, device, images: torch.Tensor) -> dict:
 
 def bench_iwae_step(args, device) -> dict:
     """One training step of the IWAE paper's model (784-200-200-50 tanh, diag, batch 20, Adam eps 1e-4;
-    ``experiment=iwae_paper``) with the ELBO (k = 1) and the IWAE bound (k = 5), eager and, with ``--compile``,
-    compiled: at this size the per-step overhead, not the matrix products, sets the time."""
+    ``experiment=iwae_paper``) with the ELBO (k = 1) and the IWAE bound (k = 5), eager and in the other variants of
+    ``step_variants``: at this size the per-step overhead (autograd, Adam, small kernels), not the matrix products
+    (a third of the step), sets the time."""
     config = load_config({"latent_dim": 50, "networks": {"name": "mlp", "hidden": [200, 200], "activation": "tanh"},
                           "posterior": {"name": "diag"}, "dataset": {"name": "mnist"}, "logger": {"name": "none"}})
     x = torch.bernoulli(torch.full((20, 784), 0.3, device=device))
