@@ -206,6 +206,23 @@ def baseline_runs(runs: pd.DataFrame, keys: Sequence[str], baseline: str) -> tup
     return column, runs[column].map(_as_text) == value
 
 
+def require_baseline(runs: pd.DataFrame, keys: Sequence[str], baseline: str) -> None:
+    """``UnknownBaseline`` when ``baseline`` (``baseline_runs``) selects none of the completed ``runs``: a baseline the
+    user named must select something (the default, ``diag``, may be absent from a sweep)."""
+    done = completed(runs)
+    if done.empty:
+        return
+    column, chosen = baseline_runs(done, keys, baseline)
+    if chosen.any():
+        return
+    if column == "method":
+        raise UnknownBaseline(f"--baseline {baseline}: no completed run is that; methods here: "
+                              f"{', '.join(done['method'].unique())}")
+    values = ", ".join(dict.fromkeys(done[column].map(_as_text)))
+    raise UnknownBaseline(f"--baseline {baseline}: no completed run has that value; "
+                          f"{column.removeprefix(CONFIG)} here: {values}")
+
+
 def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, baseline: str = BASELINE,
                        metrics: Iterable[str] = PAIRED_METRICS, confidence: float = 0.95) -> pd.DataFrame:
     """Each group minus its ``baseline`` on the same dataset, other factors and seed: mean, sd and a t interval.

@@ -131,13 +131,18 @@ def interleaved_medians(runs: dict[str, Callable[[], None]], device: torch.devic
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def binarized_batches(args, images: torch.Tensor) -> list[torch.Tensor]:
+    """``args.steps`` training batches of ``args.batch_size`` images, binarized once, already on the device."""
+    return [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
+            for i in range(args.steps)]
+
+
 def bench_training(args, device, images: torch.Tensor) -> dict:
     """Steps on pre-binarized batches already on the device: the model's cost alone. Each posterior's other step
     variants (``step_variants``: compiled, bfloat16) are timed in the same repeats as its eager step, alternating,
     and reported as ``<variant>_step_ms``, ``<variant>_speedup`` over eager and ``<variant>_ratio_vs_diag``."""
     out = {}
-    batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
-               for i in range(args.steps)]
+    batches = binarized_batches(args, images)
     variants = step_variants(args, device)
     for name in args.posteriors:
         runs = {}
@@ -167,8 +172,7 @@ def bench_threads(args, device, images: torch.Tensor) -> dict:
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2:
         return {"threads": threads}  # nothing to compare
-    batches = [torch.bernoulli(images[i * args.batch_size:(i + 1) * args.batch_size].float() / 255)
-               for i in range(args.steps)]
+    batches = binarized_batches(args, images)
     model = model_for("diag", args.latent_dim, device)
     step = training_step(model, make_optimizer(model, lr=1e-3))
 

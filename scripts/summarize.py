@@ -39,10 +39,8 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: b
     runs = results.load_runs(sweep_dir)
     keys = results.group_keys(runs)
     table = results.summarize(runs, keys)
-    done = results.completed(runs)
-    if strict and not done.empty and not results.baseline_runs(done, keys, baseline)[1].any():
-        raise results.UnknownBaseline(f"--baseline {baseline}: no completed run is that; methods here: "
-                                      f"{', '.join(done['method'].unique())}")
+    if strict:
+        results.require_baseline(runs, keys, baseline)
     diffs = results.paired_differences(runs, keys, baseline=baseline)
     left_out = results.not_completed(runs)
     shown, shown_diffs = results.display_table(table), results.display_differences(diffs)

@@ -312,6 +312,10 @@ def test_a_key_value_baseline_pairs_each_method_with_itself_at_that_value():
     with pytest.raises(results.UnknownBaseline, match=r"^--baseline latent_dim=8: latent_dim is not a config key "
                                                       r"these runs vary; varied: trainer.precision$"):
         results.paired_differences(runs, baseline="latent_dim=8")
+    with pytest.raises(results.UnknownBaseline, match=r"^--baseline trainer.precision=float16: no completed run has "
+                                                      r"that value; trainer.precision here: float32, bfloat16$"):
+        results.require_baseline(runs, results.group_keys(runs), "trainer.precision=float16")
+    results.require_baseline(runs, results.group_keys(runs), "trainer.precision=bfloat16")  # selects runs: no error
 
 
 def test_wandb_runs_load_into_the_same_table():
