@@ -107,6 +107,7 @@ def test_rho_paper_experiment_is_the_papers_setup():
 def test_iwae_paper_experiment_is_the_papers_protocol_and_its_short_version_the_same_cut_short():
     cfg = compose(["experiment=iwae_paper"], hydra=True)
     assert cfg.hydra.sweeper.params["objective.iw_samples"] == "1,5,50"
+    assert "_k${objective.iw_samples}_s${seed}" in OmegaConf.to_container(cfg.hydra.sweep)["subdir"]
     cfg = compose(["experiment=iwae_paper", "objective.iw_samples=5"])
     config = load_config(cfg)
     validate_config(config)
