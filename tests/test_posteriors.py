@@ -415,6 +415,36 @@ def test_sylvester_orthogonalization_gives_the_polar_factor(dtype):
     torch.testing.assert_close(q.mT @ q, torch.eye(3, dtype=dtype).expand(4, 3, 3), rtol=0, atol=tol)
 
 
+def bjorck_iteration(a: torch.Tensor, steps: int = 60) -> torch.Tensor:
+    """The Sylvester-flow paper's orthogonalization, Q <- Q (I + (I - Q^T Q) / 2) from A / |A|_F, run a fixed number
+    of steps (riannevdberg/sylvester-flows, batch_construct_orthogonal)."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    q = a / torch.linalg.matrix_norm(a)[..., None, None]
+    for _ in range(steps):
+        q = q @ (eye + 0.5 * (eye - q.mT @ q))
+    return q
+
+
+def test_sylvester_orthogonalization_and_its_gradient_are_the_papers_iteration_in_the_limit():
+    """The closed-form polar factor against autograd through 60 steps of the paper's iteration: the same Q and the
+    same vector-Jacobian product, also where A's columns are orthogonal and of one length (all eigenvalues of A^T A
+    equal, where eigh's own backward divides by zero), and the gradient against finite differences there."""
+    torch.manual_seed(3)
+    random = torch.randn(5, 6, 3, dtype=torch.float64)
+    degenerate = 2.0 * torch.linalg.qr(torch.randn(5, 6, 3, dtype=torch.float64)).Q
+    cotangent = torch.randn(5, 6, 3, dtype=torch.float64)
+    for a in (random, degenerate):
+        a = a.clone().requires_grad_()
+        q = orthonormal_columns(a)
+        (grad,) = torch.autograd.grad((q * cotangent).sum(), a)
+        reference = bjorck_iteration(a)
+        (expected,) = torch.autograd.grad((reference * cotangent).sum(), a)
+        torch.testing.assert_close(q, reference, rtol=0, atol=1e-12)
+        torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
+        assert grad.isfinite().all()
+    assert torch.autograd.gradcheck(orthonormal_columns, (degenerate.clone().requires_grad_(),))
+
+
 def test_sylvester_householder_q_is_the_product_of_the_reflection_matrices():
     torch.manual_seed(1)
     v = torch.randn(2, 3, 5, dtype=torch.float64)

@@ -13,10 +13,9 @@ strictly upper part of its transpose, as in the paper's code (riannevdberg/sylve
 
 ``variant`` chooses Q, with the paper's defaults:
 
-* ``orthogonal``: Q from a d x M head output by the iterative orthogonalization Q <- Q (I + (I - Q^T Q) / 2),
-  started from the output divided by its Frobenius norm (all singular values <= 1, so it converges) and run until
-  |Q^T Q - I| is at the float type's round-off (at most 100 steps). M = ``ortho_vectors`` (8), at most d: R^d holds
-  no more than d orthonormal vectors, so a larger value means M = d.
+* ``orthogonal``: Q the polar factor A (A^T A)^(-1/2) of a d x M head output A, the limit of the paper's iterative
+  orthogonalization Q <- Q (I + (I - Q^T Q) / 2), computed in closed form (``orthonormal_columns``). M =
+  ``ortho_vectors`` (8), at most d: R^d holds no more than d orthonormal vectors, so a larger value means M = d.
 * ``householder``: Q (d x d, M = d) the product of ``reflections`` (8) Householder reflections I - 2 v v^T / |v|^2,
   each v per image from the head.
 * ``triangular``: Q the identity on even steps and the reversal permutation on odd ones (M = d, no Q head).
@@ -26,8 +25,6 @@ orthogonal one. The KL is the flows' Monte Carlo estimate (``FlowPosterior``).
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 from torch import nn
@@ -58,25 +55,36 @@ def sylvester_step(z: torch.Tensor, q: torch.Tensor, r1: torch.Tensor, r2: torch
     return out, det.log().sum(-1)
 
 
-def orthonormal_columns(a: torch.Tensor, max_steps: int = 100) -> torch.Tensor:
-    """Q ``[..., d, M]`` with orthonormal columns from ``a`` of that shape (M <= d), by the iterative
-    orthogonalization of the Sylvester-flow paper (Bjorck's), differentiable throughout. Each matrix stops at its own
-    convergence, so one image's Q never depends on the other images of the batch."""
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    q = a / torch.linalg.matrix_norm(a).unsqueeze(-1).unsqueeze(-1)
-    tolerance = 100 * torch.finfo(a.dtype).eps
-    done = torch.zeros(a.shape[:-2], dtype=torch.bool, device=a.device)
-    for _ in range(max_steps):
-        q = torch.where(done.unsqueeze(-1).unsqueeze(-1), q, q @ (1.5 * eye - 0.5 * q.transpose(-1, -2) @ q))
-        deviation = torch.linalg.matrix_norm(q.transpose(-1, -2) @ q - eye)
-        done = deviation <= tolerance
-        if bool(done.all()):
-            break
-    else:
-        warnings.warn(f"Sylvester flow: orthogonalization stopped after {max_steps} steps at |Q^T Q - I| = "
-                      f"{deviation.max().item():.2e}; log-densities are off by about that much", RuntimeWarning,
-                      stacklevel=2)
-    return q
+class InverseSquareRoot(torch.autograd.Function):
+    """G^(-1/2) of symmetric positive-definite matrices G ``[..., M, M]`` from the eigendecomposition G = V diag(l) V^T.
+
+    The backward is the Daleckii-Krein formula, V (F o (V^T dS V)) V^T, whose F_ij is the divided difference of
+    l^(-1/2), -1 / (s_i s_j (s_i + s_j)) with s = sqrt(l): finite where eigenvalues coincide, where differentiating
+    through ``torch.linalg.eigh`` divides by their difference (a G near a multiple of I is common: Q's columns are
+    then already near orthogonal and of equal length)."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor) -> torch.Tensor:
+        eigenvalues, v = torch.linalg.eigh(g)
+        s = eigenvalues.sqrt()
+        ctx.save_for_backward(v, s)
+        return (v / s.unsqueeze(-2)) @ v.mT
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        v, s = ctx.saved_tensors
+        si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+        return v @ ((v.mT @ grad @ v) * (-1.0 / (si * sj * (si + sj)))) @ v.mT
+
+
+def orthonormal_columns(a: torch.Tensor) -> torch.Tensor:
+    """Q ``[..., d, M]`` with orthonormal columns from ``a`` of that shape (M <= d, full column rank): its polar factor
+    Q = A (A^T A)^(-1/2), the orthonormal matrix nearest to A (U V^T of the SVD A = U S V^T). The paper's iterative
+    orthogonalization, Q <- Q (I + (I - Q^T Q) / 2) from A / |A|_F (Bjorck's), converges to this same matrix; the
+    closed form costs one M x M eigendecomposition per image instead of 8 to 20 differentiated iterations, has no
+    data-dependent loop (one compiled graph) and depends on nothing but its own image. (A^T A)^(-1/2) is computed in
+    float64, so Q is orthonormal to the float type's precision for any condition number of A below about 10^6."""
+    return a @ InverseSquareRoot.apply((a.mT @ a).double()).to(a.dtype)
 
 
 def householder_product(v: torch.Tensor) -> torch.Tensor:
