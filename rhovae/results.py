@@ -246,14 +246,70 @@ def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, ba
                 match = match[match[k].isna()] if pd.isna(where[k]) else match[match[k] == where[k]]
             pairs = others[["seed", metric]].merge(match[["seed", metric]], on="seed", suffixes=("", "_base"))
             diff = (pairs[metric] - pairs[f"{metric}_base"]).dropna()
-            n = len(diff)
-            if n == 0:
-                continue  # no baseline run on the same dataset, factors and seeds: nothing to compare
-            mean = diff.mean()
-            sd = diff.std() if n > 1 else math.nan
-            half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-            rows.append({**where, "metric": metric, "baseline": baseline, "n": n, "mean": mean, "sd": sd,
-                         "ci_low": mean - half, "ci_high": mean + half, "seeds_for_0_5": seeds_needed(sd)})
+            if len(diff):  # else no baseline run on the same dataset, factors and seeds: nothing to compare
+                rows.append({**where, "metric": metric, "baseline": baseline, **difference_stats(diff, confidence)})
+    return pd.DataFrame(rows)
+
+
+def difference_stats(diff: pd.Series, confidence: float = 0.95) -> dict[str, float]:
+    """n, mean, sd, the t interval of the mean and the seeds a 0.5-nat difference needs, for paired differences."""
+    n = len(diff)
+    mean = diff.mean()
+    sd = diff.std() if n > 1 else math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+            "seeds_for_0_5": seeds_needed(sd)}
+
+
+class AmbiguousPairing(ValueError):
+    """Two sweeps cannot be paired run for run: a method meets several candidates in the other sweep."""
+
+
+def method_counterparts(runs: pd.DataFrame, reference: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(dataset, method) of ``runs`` -> the method of ``reference`` it pairs with: the same label, else the one
+    method of the same posterior that no label matched (a tuned ``planar[flow_length=8]`` meets ``planar``)."""
+    pairs = {}
+    for dataset, ours in runs.groupby("dataset", sort=False):
+        theirs = reference[reference["dataset"] == dataset]
+        our_methods = dict(zip(ours["method"], ours["posterior"]))
+        their_methods = dict(zip(theirs["method"], theirs["posterior"]))
+        pairs.update({(dataset, m): m for m in our_methods if m in their_methods})
+        left = {m: p for m, p in their_methods.items() if m not in our_methods}
+        for method, posterior in our_methods.items():
+            if method in their_methods:
+                continue
+            candidates = [m for m, p in left.items() if p == posterior]
+            if len(candidates) > 1:
+                raise AmbiguousPairing(f"{dataset} {method}: the other sweep has {', '.join(candidates)} of posterior "
+                                       f"{posterior} and none labelled {method}; pair sweeps whose methods match")
+            if candidates:
+                pairs[(dataset, method)] = candidates[0]
+    return pairs
+
+
+def paired_between(runs: pd.DataFrame, reference: pd.DataFrame, reference_name: str,
+                   metrics: Iterable[str] = PAIRED_METRICS, confidence: float = 0.95) -> pd.DataFrame:
+    """Each (dataset, method) of ``runs`` minus its counterpart in another sweep, ``reference``, seed by seed: a sweep
+    against its rerun with other settings (tuned against untuned, a new commit or machine against the old). Methods
+    pair as ``method_counterparts`` says; the rows name both. Only seeds completed in both enter."""
+    ours, theirs = completed(runs), completed(reference)
+    for name, frame in (("this sweep", ours), (reference_name, theirs)):
+        repeated = frame[frame.duplicated(["dataset", "method", "seed"], keep=False)]
+        if not repeated.empty:
+            first = repeated.iloc[0]
+            raise AmbiguousPairing(f"{name} has several runs of {first['method']} on {first['dataset']}, seed "
+                                   f"{first['seed']} (a sweep over another key): pair sweeps with one run per method, "
+                                   "dataset and seed")
+    rows = []
+    for (dataset, method), counterpart in method_counterparts(ours, theirs).items():
+        mine = ours[(ours["dataset"] == dataset) & (ours["method"] == method)]
+        other = theirs[(theirs["dataset"] == dataset) & (theirs["method"] == counterpart)]
+        for metric in [m for m in metrics if m in mine and m in other]:
+            pairs = mine[["seed", metric]].merge(other[["seed", metric]], on="seed", suffixes=("", "_reference"))
+            diff = (pairs[metric] - pairs[f"{metric}_reference"]).dropna()
+            if len(diff):
+                rows.append({"dataset": dataset, "method": method, "reference method": counterpart,
+                             "metric": metric, "baseline": reference_name, **difference_stats(diff, confidence)})
     return pd.DataFrame(rows)
 
 

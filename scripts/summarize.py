@@ -3,12 +3,15 @@
     python scripts/summarize.py outputs/multirun/<sweep>
     python scripts/summarize.py outputs/multirun/<sweep> --baseline rho
     python scripts/summarize.py outputs/multirun/<sweep> --baseline trainer.precision=float32
+    python scripts/summarize.py outputs/multirun/<tuned sweep> --against outputs/multirun/<untuned sweep>
 
 Writes into the sweep folder:
 
     results.csv   one row per run (status, summary numbers, full config)
     results.md    one row per dataset x method: n seeds, mean +- sd of test ELBO, NLL, KL, active units,
                   the inference gaps (when computed), seconds per epoch; then each method minus the baseline (paired over seeds, 95% t interval);
+                  with --against, each method minus its counterpart in the other sweep (same dataset and
+                  seed; a tuned option such as planar[flow_length=8] meets plain planar);
                   then the runs left out (failed, interrupted, unfinished)
     results.tex   the same two tables for a paper (booktabs)
     results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
@@ -34,9 +37,13 @@ from rhovae import results
 from rhovae.plots import budget_curves, gap_bars, likelihood_comparison, save_figure
 
 
-def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: bool = False) -> dict[str, Path]:
-    """Write the tables and figures; ``strict`` (a baseline the user named) refuses a baseline no completed run has."""
+def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: bool = False,
+                    against: Path | None = None) -> dict[str, Path]:
+    """Write the tables and figures; ``strict`` (a baseline the user named) refuses a baseline no completed run has;
+    ``against``, another sweep, adds each method's paired difference from its counterpart there."""
     runs = results.load_runs(sweep_dir)
+    between = (results.paired_between(runs, results.load_runs(against), against.name) if against is not None
+               else None)
     keys = results.group_keys(runs)
     table = results.summarize(runs, keys)
     if strict:
@@ -69,6 +76,11 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: b
         md += [f"## Paired differences against {baseline} (same dataset and seed; 95% t interval)", "",
                "Negative NLL differences and positive ELBO differences favour the method.", "",
                shown_diffs.to_markdown(index=False), ""]
+    if between is not None:
+        md += [f"## Paired differences against the sweep {against.name} (same dataset and seed; 95% t interval)", "",
+               f"The other sweep: {against}. Negative NLL and positive ELBO differences favour this one.", "",
+               results.display_differences(between).to_markdown(index=False) if not between.empty
+               else "No method and seed completed in both sweeps.", ""]
     milestones = results.load_milestones(runs, keys)
     has_budget = not milestones.empty and "test/nll" in milestones
     if has_budget:
@@ -103,16 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None,
                         help=f"what the paired differences are taken against: a method (default {results.BASELINE}) "
                              "or KEY=VALUE for a config key the sweep varied (each method against itself at VALUE)")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another sweep to pair with, method by method and seed by seed (tuned against untuned)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a folder", file=sys.stderr)
-        return 1
+    for folder in (args.sweep_dir, args.against):
+        if folder is not None and not folder.is_dir():
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            return 1
     try:
-        paths = summarize_sweep(args.sweep_dir, args.baseline or results.BASELINE, strict=args.baseline is not None)
+        paths = summarize_sweep(args.sweep_dir, args.baseline or results.BASELINE, strict=args.baseline is not None,
+                                against=args.against)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except results.UnknownBaseline as err:
+    except (results.UnknownBaseline, results.AmbiguousPairing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())

@@ -215,6 +215,19 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep), "--baseline",
                                baseline], env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and proc.stderr == f"error: --baseline {baseline}: {message}\n", proc.stderr
+    rerun = tmp_path / "rerun"  # the same sweep rerun, rho 0.5 and 1.5 nats worse in NLL: paired with --against
+    shutil.copytree(sweep, rerun)
+    for seed, shift in ((0, 0.5), (1, 1.5)):
+        path = next(rerun.glob(f"*_mnist_rho_s{seed}")) / "summary.json"
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({**summary, "test/nll": summary["test/nll"] + shift}))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep), "--against",
+                           str(rerun)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (sweep / "results.md").read_text()
+    half = T_975_ONE_DOF * statistics.stdev([-0.5, -1.5]) / math.sqrt(2)
+    assert "## Paired differences against the sweep rerun" in md
+    assert f"| mnist     | rho      | rho                | test NLL  |   2 | -1.00 [{-1 - half:+.2f}, {-1 + half:+.2f}]" in md
     tex = (sweep / "results.tex").read_text()
     assert r"\toprule" in tex and r"$\pm$" in tex and "rho" in tex
     assert "**Smoke run**" in md and "epochs trained 2" in md and "K (test NLL) 20" in md  # the budget, said
@@ -317,6 +330,39 @@ def test_a_key_value_baseline_pairs_each_method_with_itself_at_that_value():
                                                       r"that value; trainer.precision here: float32, bfloat16$"):
         results.require_baseline(runs, results.group_keys(runs), "trainer.precision=float16")
     results.require_baseline(runs, results.group_keys(runs), "trainer.precision=bfloat16")  # selects runs: no error
+
+
+def test_two_sweeps_pair_method_by_method_and_seed_by_seed():
+    """``--against``: a tuned sweep minus the untuned one, diag with diag and the tuned planar[flow_length=8] with
+    plain planar, only over the seeds both completed; a reference with two candidates, or a sweep over another key,
+    is refused in one line."""
+    def row(method, seed, elbo, status="completed", **options):
+        name = "sylvester" if method.startswith("sylvester") else method
+        summary = {"status": status, "dataset": "mnist", "posterior": name, "seed": seed, "test/elbo": elbo}
+        config = {"seed": seed, "posterior": {"name": name, **options}, "dataset": {"name": "mnist"}}
+        return results.run_row(summary, config, run=f"{method}{seed}")
+
+    untuned = pd.DataFrame([row("diag", s, -100.0 - s) for s in range(3)] + [row("planar", s, -103.0) for s in range(3)])
+    tuned = pd.DataFrame([row("diag", s, e) for s, e in enumerate((-99.0, -100.5, -101.0))]
+                         + [row("planar", s, -102.0 + s, flow_length=8) for s in range(2)]
+                         + [row("planar", 2, -90.0, status="failed", flow_length=8)])
+    diffs = results.paired_between(tuned, untuned, "untuned", metrics=["test/elbo"])
+    assert list(zip(diffs["method"], diffs["reference method"], diffs["n"])) == [
+        ("diag", "diag", 3), ("planar[flow_length=8]", "planar", 2)]
+    for method, expected in (("diag", [1.0, 0.5, 1.0]), ("planar[flow_length=8]", [1.0, 2.0])):
+        got = diffs[diffs["method"] == method].iloc[0]
+        assert got["mean"] == pytest.approx(statistics.mean(expected))
+        assert got["sd"] == pytest.approx(statistics.stdev(expected))
+    assert "difference vs untuned [95% CI]" in results.display_differences(diffs)
+
+    two = pd.DataFrame([row("sylvester", 0, -100.0, variant="householder"), row("sylvester", 0, -101.0,
+                                                                                variant="triangular")])
+    with pytest.raises(results.AmbiguousPairing, match=r"^mnist sylvester: the other sweep has sylvester_householder, "
+                                                       r"sylvester_triangular of posterior sylvester"):
+        results.paired_between(pd.DataFrame([row("sylvester", 0, -99.0)]), two, "other")
+    repeated = pd.DataFrame([row("diag", 0, -100.0), row("diag", 0, -101.0)])
+    with pytest.raises(results.AmbiguousPairing, match=r"^this sweep has several runs of diag on mnist, seed 0"):
+        results.paired_between(repeated, untuned, "untuned")
 
 
 def test_wandb_runs_load_into_the_same_table():
