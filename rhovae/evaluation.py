@@ -66,15 +66,18 @@ def evaluating(model: VAE, seed: int, device: torch.device):
         model.train(was_training)
 
 
-def evaluate_elbo(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0) -> dict[str, float]:
-    """Mean per-image ``elbo``, ``recon`` and ``kl`` over ``images`` (uint8), one posterior sample per image."""
-    totals = torch.zeros(2, dtype=torch.float64, device=images.device)
+def evaluate_elbo(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
+                  iw_samples: int = 1) -> dict[str, float]:
+    """Mean per-image ``elbo``, ``recon`` and ``kl`` over ``images`` (uint8), one posterior sample per image; with
+    ``iw_samples`` = k > 1 also ``iw_bound``, the k-sample importance-weighted bound an IWAE run trains."""
+    totals = torch.zeros(3, dtype=torch.float64, device=images.device)
     with evaluating(model, eval_seed, images.device):
         for x in eval_batches(images, batch_size):
             terms = model.elbo_terms(x)
-            totals += torch.stack([terms.recon.sum(), terms.kl.sum()]).double()
-    recon, kl = (totals / len(images)).tolist()
-    return {"elbo": recon - kl, "recon": recon, "kl": kl}
+            bound = model.iwae_bound(x, iw_samples)[0].sum() if iw_samples > 1 else torch.zeros(())
+            totals += torch.stack([terms.recon.sum(), terms.kl.sum(), bound.to(terms.kl)]).double()
+    recon, kl, bound = (totals / len(images)).tolist()
+    return {"elbo": recon - kl, "recon": recon, "kl": kl, **({"iw_bound": bound} if iw_samples > 1 else {})}
 
 
 @dataclass

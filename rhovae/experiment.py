@@ -83,10 +83,12 @@ def run_experiment(cfg: DictConfig | RunConfig, run_dir: str | Path, sweep: str 
                               test.get("test/kl_per_dim"))
     tracker.log_images({p.stem: p for p in pictures}, step=state.epoch)
     epoch_times = [row["epoch_s"] for row in state.history]
+    best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
     record(summary, run_dir, tracker, {
         "status": "completed", "epochs": state.epoch, "best_epoch": state.best_epoch,
         "train_time_s": state.train_time_s, "epoch_s": sum(epoch_times) / len(epoch_times),
-        "train/loss": state.history[-1]["train/loss"], "val/elbo": state.best_val_elbo, **test,
+        "train/loss": state.history[-1]["train/loss"],
+        **{key: value for key, value in best_row.items() if key.startswith("val/")}, **test,
     }, config)
     nll = f", NLL {test['test/nll']:.2f} (K={test['test/iw_samples']})" if "test/nll" in test else ""
     log.info("test ELBO %.2f (recon %.2f, KL %.2f)%s, %d active units, best epoch %d; outputs in %s",
@@ -114,7 +116,7 @@ class RunPlan:
         """A finished run resumed with nothing left to train: it is left exactly as it is."""
         if self.checkpoint is None:
             return False
-        state = TrainState(**self.checkpoint["state"])
+        state = TrainState.from_saved(self.checkpoint["state"])
         return (self.status == "completed" and self.checkpoint.get("epoch_progress") is None
                 and training_finished(state, self.config.trainer.epochs, self.config.trainer.patience))
 

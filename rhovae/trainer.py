@@ -2,7 +2,8 @@
 
 ``fit`` is deliberately ignorant of Hydra and of which posterior the model holds. After every epoch it
 appends a row to ``metrics.jsonl``, logs to the tracker, and atomically rewrites ``checkpoints/last.pt``
-(and ``best.pt`` when the validation ELBO improved). A checkpoint holds everything needed to carry on
+(and ``best.pt`` when the validation value of the trained bound improved: the ELBO, or with
+``objective.iw_samples`` = k > 1 the k-sample IWAE bound, so an IWAE run keeps the model its objective prefers). A checkpoint holds everything needed to carry on
 bit for bit: model, optimizer, ``TrainState``, every random state, and, when a stop was requested in the
 middle of an epoch (SIGTERM), that epoch's batch order, position and running sums (``EpochProgress``).
 """
@@ -57,20 +58,36 @@ def interrupted(stop: Callable[[], bool], message: str) -> TrainingInterrupted:
 class TrainState:
     """Progress that a checkpoint must restore: completed epochs, the best epoch so far, and the metrics.
 
-    ``run_id`` names the run for the tracker (one W&B run however often the run is resumed).
+    ``run_id`` names the run for the tracker (one W&B run however often the run is resumed). ``best_val_bound`` is
+    the best validation value of the trained bound (``selection_bound``), which picks ``best.pt``.
     """
 
     run_id: str = ""
     epoch: int = 0
     step: int = 0
     best_epoch: int = 0
-    best_val_elbo: float = -math.inf
+    best_val_bound: float = -math.inf
     train_time_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> "TrainState":
+        """The state a checkpoint saved; checkpoints from before IWAE selection called the bound ``best_val_elbo``
+        (it was the ELBO, the bound of every run then)."""
+        saved = dict(saved)
+        if "best_val_elbo" in saved:
+            saved["best_val_bound"] = saved.pop("best_val_elbo")
+        return cls(**saved)
 
     @property
     def epochs_since_best(self) -> int:
         return self.epoch - self.best_epoch
+
+
+def selection_bound(val: Mapping[str, float]) -> float:
+    """The validation number that picks the best checkpoint: the bound the run trains (``iw_bound`` of an IWAE run,
+    else the ELBO)."""
+    return val.get("iw_bound", val["elbo"])
 
 
 @dataclass
@@ -227,7 +244,7 @@ class TrainingRun:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng(checkpoint["rng"], self.data_rng)
-        self.state = TrainState(**checkpoint["state"])
+        self.state = TrainState.from_saved(checkpoint["state"])
         progress = checkpoint.get("epoch_progress")
         # checkpoints are read onto the CPU: the stopped epoch's order and sums go to the data's device
         self.progress = None if progress is None else EpochProgress(**{
@@ -268,14 +285,15 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
             raise interrupted(stop, f"stop requested: saved epoch {state.epoch + 1} at step {state.step} to "
                                     f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
         start_eval = time.perf_counter()
-        val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed)
+        val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed,
+                            iw_samples=run.config.objective.iw_samples)
         state.epoch += 1
         row = {"epoch": state.epoch, **result, **{f"val/{k}": v for k, v in val.items()},
                "lr": run.optimizer.param_groups[0]["lr"], "eval_s": time.perf_counter() - start_eval}
         state.train_time_s += row["epoch_s"] + row["eval_s"]
-        improved = val["elbo"] > state.best_val_elbo
+        improved = selection_bound(val) > state.best_val_bound
         if improved:
-            state.best_epoch, state.best_val_elbo = state.epoch, val["elbo"]
+            state.best_epoch, state.best_val_bound = state.epoch, selection_bound(val)
         state.history.append(row)
         append_jsonl(run.run_dir / "metrics.jsonl", row)
         tracker.log(row, step=state.epoch)
@@ -285,8 +303,9 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
         if on_milestone is not None and state.epoch in trainer.milestones:
             tracker.log({f"milestone/{k}": v for k, v in on_milestone(run).items()}, step=state.epoch)
         save_atomic(payload, ckpt_dir / "last.pt")
-        log.info("epoch %d/%d  train elbo %.2f  val elbo %.2f (recon %.2f, kl %.2f)  %.1fs%s", state.epoch,
-                 trainer.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], row["epoch_s"],
+        iw = f", IWAE bound {val['iw_bound']:.2f}" if "iw_bound" in val else ""
+        log.info("epoch %d/%d  train elbo %.2f  val elbo %.2f (recon %.2f, kl %.2f%s)  %.1fs%s", state.epoch,
+                 trainer.epochs, row["train/elbo"], val["elbo"], val["recon"], val["kl"], iw, row["epoch_s"],
                  "  *best*" if improved else "")
         if image_every and state.epoch % image_every == 0:
             tracker.log_images(image_grids(model, data, evaluation.seed), step=state.epoch)
@@ -294,6 +313,6 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
             raise interrupted(stop, f"stop requested: epoch {state.epoch} is complete and saved to "
                                     f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
         if trainer.patience and state.epochs_since_best >= trainer.patience:
-            log.info("early stopping: no val ELBO improvement for %d epochs (best %.2f at epoch %d)",
-                     trainer.patience, state.best_val_elbo, state.best_epoch)
+            log.info("early stopping: no improvement of the validation bound for %d epochs (best %.2f at epoch %d)",
+                     trainer.patience, state.best_val_bound, state.best_epoch)
     return state

@@ -63,6 +63,48 @@ def test_early_stopping_when_validation_stops_improving(data_root, tmp_path):
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 3
 
 
+@pytest.mark.parametrize("iw_samples, best", [(1, 2), (3, 3)])
+def test_the_best_checkpoint_is_the_one_the_trained_bound_prefers(data_root, tmp_path, monkeypatch, iw_samples, best):
+    """Validation scores scripted so that the ELBO peaks at epoch 2 and the IWAE bound at epoch 3: an ELBO run keeps
+    epoch 2 as best.pt, an IWAE run (objective.iw_samples = 3) epoch 3; the summary reports that epoch's numbers."""
+    import rhovae.trainer as trainer_module
+
+    real = trainer_module.evaluate_elbo
+    scripted = iter([(-100.0, -98.0), (-99.0, -97.5), (-101.0, -96.0)])
+
+    def evaluate(model, images, **options):
+        measured = real(model, images, **options)
+        assert ("iw_bound" in measured) == (options["iw_samples"] > 1)  # computed only for an IWAE run
+        elbo, bound = next(scripted)
+        return {**measured, "elbo": elbo, **({"iw_bound": bound} if "iw_bound" in measured else {})}
+
+    monkeypatch.setattr(trainer_module, "evaluate_elbo", evaluate)
+    summary = run_experiment(tiny_cfg(data_root, "trainer.epochs=3", f"objective.iw_samples={iw_samples}"), tmp_path)
+    assert summary["best_epoch"] == best
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["state"]["epoch"] == best
+    assert summary["val/elbo"] == [-100.0, -99.0, -101.0][best - 1]
+    assert ("val/iw_bound" in summary) == (iw_samples > 1)
+
+
+def test_validation_scores_the_iwae_bound_only_for_an_iwae_run():
+    """``iw_bound`` appears only with iw_samples > 1, leaves the ELBO's draws alone, and rises with k above the ELBO
+    (an untrained model: its log-weights spread widely, so the seeded estimates order as the bounds do)."""
+    torch.manual_seed(0)
+    model = build_vae(load_config(compose(["latent_dim=3", "networks.hidden=[8]", "logger=none"])), (1, 28, 28))
+    images = torch.randint(0, 256, (10, 784), dtype=torch.uint8)
+    plain = evaluate_elbo(model, images, batch_size=10, eval_seed=4)
+    two, many = (evaluate_elbo(model, images, batch_size=10, eval_seed=4, iw_samples=k) for k in (2, 200))
+    assert "iw_bound" not in plain and two["elbo"] == many["elbo"] == plain["elbo"]
+    assert plain["elbo"] < two["iw_bound"] < many["iw_bound"]
+
+
+def test_a_checkpoint_from_before_iwae_selection_restores_its_best_bound():
+    from rhovae.trainer import TrainState
+
+    state = TrainState.from_saved({"epoch": 3, "best_epoch": 2, "best_val_elbo": -90.5})
+    assert (state.epoch, state.best_epoch, state.best_val_bound) == (3, 2, -90.5)
+
+
 def test_non_finite_loss_in_epoch_two_names_it_and_keeps_epoch_one(data_root, tmp_path, monkeypatch):
     original = VAE.elbo_terms
     training_calls = {"n": 0}

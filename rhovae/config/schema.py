@@ -86,7 +86,7 @@ class ObjectiveConfig:
     beta: float = 1.0  # weight on the KL (beta-VAE: beta > 1)
     free_bits: float = 0.0  # lambda in nats: sum over KL groups of max(lambda, batch-mean KL); 0 = the plain ELBO
     # k of the importance-weighted bound trained (IWAE, Burda et al. 2015): log mean_k p(x, z_k) / q(z_k | x);
-    # 1 = the ELBO with the posterior's KL
+    # 1 = the ELBO with the posterior's KL. Validation also scores this bound, and best.pt is the epoch it was highest
     iw_samples: int = 1
 
 
