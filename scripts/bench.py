@@ -434,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         args.info_images, args.info_outer = 40, 10
     args.posteriors = ["diag", *(name for name in dict.fromkeys(args.posteriors) if name != "diag")]
     device = resolve_device(args.device)
+    if args.compile:
+        # Every compiled step is a guarded version of the one method VAE.loss; past dynamo's recompile limit (8) the
+        # later posteriors and the IWAE model would silently run eager. A training run compiles one model: no limit.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.posteriors) + 8)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_root
