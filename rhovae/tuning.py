@@ -71,6 +71,9 @@ def load_tune_config(tune_overrides: Sequence[str], path: Path = CONFIG_DIR / "t
     for override in tune_overrides:
         key, _, value = override.partition("=")
         key = key.removeprefix("tune.")
+        if key.startswith("space."):
+            set_space_field(cfg, key.removeprefix("space."), value)
+            continue
         if key.split(".")[0] not in cfg:
             raise ConfigError(f"tune.{key} is not a tuning key; accepted: "
                               + ", ".join(f"tune.{k}" for k in cfg))
@@ -95,6 +98,21 @@ def load_tune_config(tune_overrides: Sequence[str], path: Path = CONFIG_DIR / "t
         if unknown:
             raise ConfigError(f"tune.{key} has {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(known))}")
     return tune_cfg
+
+
+SPACE_FIELDS = ("type", "low", "high", "log", "choices")
+
+
+def set_space_field(cfg: DictConfig, path: str, value: str) -> None:
+    """``tune.space.<run key>.<field>=value``: the space's keys are dotted run keys (``trainer.kl_warmup_epochs``), so
+    the last component is the field (``high``) and the rest the key, which may be new to the space."""
+    key, _, spec_field = path.rpartition(".")
+    if not key or spec_field not in SPACE_FIELDS:
+        raise ConfigError(f"tune.space.{path}: expected tune.space.<run key>.<field> with a field of "
+                          f"{', '.join(SPACE_FIELDS)}")
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+    spec = dict(cfg.space.get(key, {}))
+    cfg.space[key] = {**spec, spec_field: parsed}
 
 
 def storage_url(tune_cfg: TuneConfig, root: Path) -> str:

@@ -4,6 +4,7 @@
     python scripts/tune.py tune.posteriors=[diag,iaf] tune.n_trials=12 tune.epochs=5 tune.n_jobs=2 \\
         dataset.root=../shared/data
     python scripts/tune.py tune.name=smoke trainer.max_batches=5 tune.epochs=2   # a smoke search
+    python scripts/tune.py tune.name=long tune.epochs=20 tune.space.trainer.kl_warmup_epochs.high=10  # one range
 
 ``tune.<key>=value`` sets a tuning key (``configs/tune/default.yaml``); any other ``key=value`` is a run key that
 every trial starts from. Rerunning the same command continues every study where it stopped. At the end it prints

@@ -111,6 +111,21 @@ def test_a_bad_search_space_is_one_line_and_writes_nothing(data_root, tmp_path, 
     assert not (tmp_path / "studies.db").exists()
 
 
+def test_one_field_of_the_search_space_is_set_from_the_command_line():
+    """The space's keys are dotted run keys: tune.space.trainer.kl_warmup_epochs.high=10 widens that range and keeps its
+    other fields; a key new to the space is added; a field that is none of the accepted ones is one line."""
+    default = tuning.load_tune_config([]).space
+    space = tuning.load_tune_config(["tune.space.trainer.kl_warmup_epochs.high=10", "tune.space.objective.beta.low=0.5",
+                                     "tune.space.objective.beta.high=2"]).space
+    assert space["trainer.kl_warmup_epochs"] == {**default["trainer.kl_warmup_epochs"], "high": 10}
+    assert space["objective.beta"] == {"low": 0.5, "high": 2} and "trainer" not in space
+    assert {k: v for k, v in space.items() if k not in ("trainer.kl_warmup_epochs", "objective.beta")} == {
+        k: v for k, v in default.items() if k != "trainer.kl_warmup_epochs"}
+    with pytest.raises(ConfigError, match=r"^tune.space.trainer.lr.hgh: expected tune.space.<run key>.<field> with a "
+                                          r"field of type, low, high, log, choices$"):
+        tuning.load_tune_config(["tune.space.trainer.lr.hgh=3"])
+
+
 def test_a_study_made_with_another_space_is_refused_and_left_unchanged(data_root, tmp_path):
     tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=1, epochs=1)
     tuning.tune(tune_cfg, url, progress=False)
