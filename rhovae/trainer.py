@@ -3,9 +3,10 @@
 ``fit`` is deliberately ignorant of Hydra and of which posterior the model holds. After every epoch it
 appends a row to ``metrics.jsonl``, logs to the tracker, and atomically rewrites ``checkpoints/last.pt``
 (and ``best.pt`` when the validation value of the trained bound improved: the ELBO, or with
-``objective.iw_samples`` = k > 1 the k-sample IWAE bound, so an IWAE run keeps the model its objective prefers). A checkpoint holds everything needed to carry on
-bit for bit: model, optimizer, ``TrainState``, every random state, and, when a stop was requested in the
-middle of an epoch (SIGTERM), that epoch's batch order, position and running sums (``EpochProgress``).
+``objective.iw_samples`` = k > 1 the k-sample IWAE bound, so an IWAE run keeps the model its objective prefers).
+A checkpoint holds everything needed to carry on bit for bit: model, optimizer, ``TrainState``, every random
+state, and, when a stop was requested in the middle of an epoch (SIGTERM), that epoch's batch order, position
+and running sums (``EpochProgress``).
 """
 
 from __future__ import annotations
