@@ -228,7 +228,8 @@ def test_summarize_matches_a_hand_computation(tiny_sweep, tmp_path):
     md = (sweep / "results.md").read_text()
     half = T_975_ONE_DOF * statistics.stdev([-0.5, -1.5]) / math.sqrt(2)
     assert "## Paired differences against the sweep rerun" in md
-    assert f"| mnist     | rho      | rho                | test NLL  |   2 | -1.00 [{-1 - half:+.2f}, {-1 + half:+.2f}]" in md
+    row = "| mnist     | rho      | rho                | test NLL  |   2 | "
+    assert f"{row}-1.00 [{-1 - half:+.2f}, {-1 + half:+.2f}]" in md
     tex = (sweep / "results.tex").read_text()
     assert r"\toprule" in tex and r"$\pm$" in tex and "rho" in tex
     assert "**Smoke run**" in md and "epochs trained 2" in md and "K (test NLL) 20" in md  # the budget, said
@@ -343,7 +344,8 @@ def test_two_sweeps_pair_method_by_method_and_seed_by_seed():
         config = {"seed": seed, "posterior": {"name": name, **options}, "dataset": {"name": "mnist"}}
         return results.run_row(summary, config, run=f"{method}{seed}")
 
-    untuned = pd.DataFrame([row("diag", s, -100.0 - s) for s in range(3)] + [row("planar", s, -103.0) for s in range(3)])
+    untuned = pd.DataFrame([row("diag", s, -100.0 - s) for s in range(3)]
+                           + [row("planar", s, -103.0) for s in range(3)])
     tuned = pd.DataFrame([row("diag", s, e) for s, e in enumerate((-99.0, -100.5, -101.0))]
                          + [row("planar", s, -102.0 + s, flow_length=8) for s in range(2)]
                          + [row("planar", 2, -90.0, status="failed", flow_length=8)])
