@@ -25,7 +25,11 @@ def test_bench_quick_writes_its_json(tmp_path):
         for key in ("images_per_s", "epoch_s", "ratio_vs_diag"):
             assert result["train"][name][key] > 0, (name, key)
         assert result["iw_eval"][name]["images_per_s"] > 0
-    assert result["train"]["diag"]["ratio_vs_diag"] == 1.0
+    assert result["train"]["diag"]["ratio_vs_diag"] == 1.0 == result["train"]["diag"]["flops_ratio_vs_diag"]
+    # planar's head gives each image 650 numbers from a 512-wide layer: more matrix products than diag's 64, and
+    # rho's 34 fewer
+    assert 1.1 < result["train"]["planar"]["flops_ratio_vs_diag"] < 1.3
+    assert result["train"]["rho"]["flops_ratio_vs_diag"] < 1.0
     for key in ("matmul_gflops", "epoch_limit_s", "diag_epoch_over_limit"):
         assert result["limit"][key] > 0
     for key in ("project_epoch_s", "dataloader_epoch_s", "speedup"):
