@@ -36,7 +36,7 @@ def standard_normal_prior(latent_dim: int, device=None, dtype=None) -> Independe
 def written_out_softplus(logits: torch.Tensor) -> torch.Tensor:
     """softplus(l) = max(l, 0) + log(1 + exp(-|l|)), every intermediate a new tensor (autograd's form; see
     ``bernoulli_log_likelihood`` for why it is written out)."""
-    return logits.clamp(min=0) + torch.log(1 + torch.exp(-logits.abs()))
+    return logits.clamp_min(0) + torch.log(1 + torch.exp(-logits.abs()))
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
         softplus = written_out_softplus(logits)
     else:
         softplus = logits.abs().neg_().exp_().add_(1).log_()
-        softplus += logits.clamp(min=0)
+        softplus += logits.clamp_min(0)  # clamp(min=0) is the same values and gradient from a 4x slower CPU kernel
     return data - softplus.sum(-1)
 
 
