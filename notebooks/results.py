@@ -23,6 +23,8 @@
 # Point it at a sweep folder with the environment variable `RHOVAE_SWEEP` (default: the newest folder under
 # `outputs/multirun`; a relative path is taken from the folder Jupyter was started in), or read the runs from Weights & Biases instead with `RHOVAE_WANDB_PROJECT`
 # (`project` or `entity/project`) and optionally `RHOVAE_WANDB_TAGS` (comma-separated, e.g. the sweep's name).
+# `RHOVAE_AGAINST`, a second sweep folder, adds each method's paired difference from its counterpart there (a tuned
+# sweep against the untuned one), as `scripts/summarize.py --against` does.
 # This file is paired with `results.py` by jupytext: edit either, then `jupytext --sync notebooks/results.ipynb`.
 
 # %%
@@ -45,6 +47,7 @@ REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 WANDB_PROJECT = os.environ.get("RHOVAE_WANDB_PROJECT")
 WANDB_TAGS = [t for t in os.environ.get("RHOVAE_WANDB_TAGS", "").split(",") if t]
 SWEEP_DIR = os.environ.get("RHOVAE_SWEEP")
+AGAINST = os.environ.get("RHOVAE_AGAINST")
 if SWEEP_DIR:  # relative to the folder the user started Jupyter in, not to notebooks/
     SWEEP_DIR = str(results.resolve_user_path(SWEEP_DIR, REPO))
 elif not WANDB_PROJECT:
@@ -93,6 +96,17 @@ results.display_table(table)
 
 # %%
 results.display_differences(results.paired_differences(runs, keys))
+
+# %% [markdown]
+# ## Against another sweep (`RHOVAE_AGAINST`), paired method by method and seed by seed
+
+# %%
+if AGAINST:
+    other = results.resolve_user_path(AGAINST, REPO)
+    display(Markdown(f"each method here minus its counterpart in **{other}**"))
+    display(results.display_differences(results.paired_between(runs, results.load_runs(other), other.name)))
+else:
+    print("set RHOVAE_AGAINST to a second sweep folder to pair this one with it")
 
 # %% [markdown]
 # Runs left out of the averages (failed, interrupted or unfinished):

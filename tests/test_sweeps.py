@@ -403,10 +403,11 @@ def test_readme_notebook_command_renders_the_tiny_sweep_from_the_repository_root
     assert env_assignment == f"RHOVAE_SWEEP={relative}" and jupyter == "jupyter"
     env = {**subprocess_env(), "PWD": str(tmp_path)}  # a shell elsewhere would say so; the repository is found
     proc = subprocess.run([sys.executable, "-m", "jupyter", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**env, "RHOVAE_SWEEP": relative}, timeout=600)
+                          env={**env, "RHOVAE_SWEEP": relative, "RHOVAE_AGAINST": relative}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tiny_sweep / "results.html").read_text()
     assert "rho" in html and "diag" in html and "test NLL" in html and "Traceback" not in html
+    assert f"difference vs {tiny_sweep.name}" in html and "+0.00 [+0.00, +0.00]" in html  # the sweep against itself
     assert html.count("data:image/png") >= 4  # 2 learning curves, NLL plot, samples
     assert "No description has been provided" not in html and "TqdmWarning" not in html  # alt text, ipywidgets
     assert not (REPO / "notebooks" / "results.html").exists()
