@@ -47,9 +47,13 @@ def sylvester_step(z: torch.Tensor, q: torch.Tensor, r1: torch.Tensor, r2: torch
     (log1m_tanh_sq(a) + log1m_tanh_sq(c) - log1m_tanh_sq(a + c)) / 2 (log(1 - tanh^2) = -2 log cosh), so saturated
     diagonals of opposite sign (tanh(a) tanh(c) = -1 in floating point) cannot cancel it to 0.
     """
-    pre = ((z.unsqueeze(-2) @ q) @ r2.transpose(-1, -2)).squeeze(-2) + b  # (R2 Q^T z + b)^T = z^T Q R2^T + b^T
+    # Samples of one image share its matrices: with the image first, each image's S samples go through one
+    # S x d by d x M product instead of S vector-matrix products (the NLL draws S = K per image).
+    samples = z.movedim(-2, 0).reshape(z.shape[-2], -1, z.shape[-1])  # [B, S, d]
+    pre = samples @ (q @ r2.mT) + b.unsqueeze(-2)  # (R2 Q^T z + b)^T = z^T (Q R2^T) + b^T: [B, S, M]
     act = torch.tanh(pre)
-    out = z + ((act.unsqueeze(-2) @ r1.transpose(-1, -2)) @ q.transpose(-1, -2)).squeeze(-2)
+    out = samples + act @ (q @ r1).mT  # z^T + act^T (Q R1)^T
+    out, pre, act = (t.reshape(t.shape[0], *z.shape[:-2], t.shape[-1]).movedim(0, -2) for t in (out, pre, act))
     one_plus_r1r2 = (0.5 * (log1m_tanh_sq(diag1) + log1m_tanh_sq(diag2) - log1m_tanh_sq(diag1 + diag2))).exp()
     det = act * act + log1m_tanh_sq(pre).exp() * one_plus_r1r2
     return out, det.log().sum(-1)
