@@ -19,8 +19,9 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
    a torch DataLoader over the torchvision dataset with ``transforms.ToTensor()`` per image, same model;
 4. the vectorized rho sampler against a Python loop over latent dimensions, at several d;
 5. importance-weighted evaluation throughput (test images per second at K = 5000) of each posterior, as a
-   fraction of the rate the decoder's matrix products alone allow at the measured matmul throughput, and in
-   bfloat16 (``eval.iw_precision``) where this device has it natively;
+   fraction of the rate the decoder's matrix products alone allow at the measured matmul throughput (and, for a
+   flow, of the rate its sampling's matrix products and the decoder's together allow), and in bfloat16
+   (``eval.iw_precision``) where this device has it natively;
 6. the Bernoulli log-likelihood, the pixel term of both: at the NLL's chunk shape without autograd, its in-place
    softplus against the same formula out of place; at the training shape with autograd, its multiply-and-sum data
    term against einsum;
@@ -312,8 +313,18 @@ def bench_iw_eval(args, device, images: torch.Tensor, matmul_gflops: float) -> d
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             model.decoder(torch.zeros(args.iw_chunk, args.latent_dim, device=device))
-        limit = matmul_gflops * 1e9 / (counter.get_total_flops() / args.iw_chunk * args.iw_samples)
-        out[name] = {"k": args.iw_samples, "images_per_s_limit": limit}
+        decoder_flops = counter.get_total_flops() / args.iw_chunk
+        limit = matmul_gflops * 1e9 / (decoder_flops * args.iw_samples)
+        # a flow's steps run on every one of the K samples too (IAF's MADEs, Sylvester's products): their matrix
+        # products are work the decoder's limit does not count
+        with torch.no_grad():
+            q = model.posterior_of(subset[:1].float() / 255)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model.posterior.rsample_with_log_prob(q, (args.iw_chunk,))
+        sample_flops = counter.get_total_flops() / args.iw_chunk
+        out[name] = {"k": args.iw_samples, "images_per_s_limit": limit, "images_per_s_limit_with_posterior":
+                     matmul_gflops * 1e9 / ((decoder_flops + sample_flops) * args.iw_samples)}
         for precision in precisions:
             seconds = median_time(lambda: importance_weighted_log_likelihood(
                 model, subset, n_samples=args.iw_samples, chunk=args.iw_chunk, batch_size=args.iw_batch_size,
@@ -321,6 +332,8 @@ def bench_iw_eval(args, device, images: torch.Tensor, matmul_gflops: float) -> d
             prefix = "" if precision == "float32" else "bfloat16_"
             out[name][f"{prefix}images_per_s"] = len(subset) / seconds
         out[name]["fraction_of_limit"] = out[name]["images_per_s"] / limit
+        out[name]["fraction_of_limit_with_posterior"] = (out[name]["images_per_s"]
+                                                         / out[name]["images_per_s_limit_with_posterior"])
         if "bfloat16_images_per_s" in out[name]:
             out[name]["bfloat16_speedup"] = out[name]["bfloat16_images_per_s"] / out[name]["images_per_s"]
     return out
@@ -381,8 +394,10 @@ def print_table(results: dict) -> None:
     for name, row in iw.items():
         bf16 = (f"; bfloat16 {row['bfloat16_images_per_s']:.2f} img/s ({row['bfloat16_speedup']:.2f}x)"
                 if "bfloat16_speedup" in row else "")
+        own = (f" ({row['fraction_of_limit_with_posterior']:.0%} counting the posterior's own matrix products)"
+               if row["fraction_of_limit_with_posterior"] > row["fraction_of_limit"] + 0.005 else "")
         print(f"  {name:<22}{row['images_per_s']:>8.2f} img/s = {row['fraction_of_limit']:.0%} of "
-              f"{row['images_per_s_limit']:.1f}{bf16}")
+              f"{row['images_per_s_limit']:.1f}{own}{bf16}")
     print(f"\nmatmul {limit['matmul_gflops']:.1f} GFLOP/s; a training step is {limit['step_gflop']:.3f} GFLOP; "
           f"epoch limit {limit['epoch_limit_s']:.2f} s; diag epoch = {limit['diag_epoch_over_limit']:.2f}x the limit"
           + (f" ({limit['diag_bfloat16_epoch_over_limit']:.2f}x with the networks in bfloat16)"

@@ -25,6 +25,14 @@ def test_bench_quick_writes_its_json(tmp_path):
         for key in ("images_per_s", "epoch_s", "ratio_vs_diag"):
             assert result["train"][name][key] > 0, (name, key)
         assert result["iw_eval"][name]["images_per_s"] > 0
+        # a posterior's own matrix products lower the limit: never raise it
+        iw = result["iw_eval"][name]
+        assert iw["images_per_s_limit_with_posterior"] <= iw["images_per_s_limit"]
+    for name in ("iaf", "sylvester"):  # flows run matrix products on every sample
+        iw = result["iw_eval"][name]
+        assert iw["fraction_of_limit_with_posterior"] > iw["fraction_of_limit"]
+    assert result["iw_eval"]["diag"]["fraction_of_limit_with_posterior"] == result["iw_eval"]["diag"][
+        "fraction_of_limit"]
     assert result["train"]["diag"]["ratio_vs_diag"] == 1.0 == result["train"]["diag"]["flops_ratio_vs_diag"]
     # planar's head gives each image 650 numbers from a 512-wide layer: more matrix products than diag's 64, and
     # rho's 34 fewer
