@@ -136,10 +136,10 @@ show(likelihood_comparison(table, results.iw_samples_used(runs)), "test NLL per 
 # ranking of posteriors at a short budget holds as they train on.
 
 # %%
-milestones = results.load_milestones(runs, keys) if not WANDB_PROJECT else pd.DataFrame()
+milestones = results.load_milestones(runs) if not WANDB_PROJECT else pd.DataFrame()
 if not milestones.empty and "test/nll" in milestones:
     show(budget_curves(milestones), "test NLL on the milestone subset against training epochs, one line per method")
-    display(milestones.pivot_table(index="epoch", columns="method", values="test/nll").round(2))
+    display(milestones.pivot_table(index="epoch", columns=["dataset", "group"], values="test/nll").round(2))
 else:
     print("no run of this sweep has milestones")
 

@@ -178,7 +178,7 @@ def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (
     fig = Figure(figsize=(5 * len(datasets), 4), layout="constrained")
     for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
         rows = milestones[milestones["dataset"] == dataset]
-        for name, curve in rows.groupby("method", sort=False):
+        for name, curve in rows.groupby("group" if "group" in rows else "method", sort=False):
             stats = curve.groupby("epoch")[metric].agg(["mean", "std"])
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
                         label=str(name))

@@ -155,10 +155,12 @@ def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.loc[runs["status"] != "completed", columns]
 
 
-def group_keys(runs: pd.DataFrame) -> list[str]:
-    """``dataset``, ``method`` and the config keys the sweep varied within a (dataset, method) pair."""
+def group_keys(runs: pd.DataFrame, include_unfinished: bool = False) -> list[str]:
+    """``dataset``, ``method`` and the config keys the sweep varied within a (dataset, method) pair: among the
+    completed runs (what the tables average), or with ``include_unfinished`` among all (what the budget curves of
+    runs still training show)."""
     keys = ["dataset", "method"]
-    done = completed(runs)
+    done = runs if include_unfinished else completed(runs)
     for column in runs.columns:
         key = column.removeprefix(CONFIG)
         if key == column or in_sections(key, NOT_A_FACTOR) or key.startswith("posterior."):
@@ -343,22 +345,27 @@ def load_histories(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.
 
 def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """``milestones.jsonl`` of every run that has one, finished or still training (a budget curve grows while its
-    runs do), one row per milestone epoch, with the run's group keys, seed and status."""
-    keys = list(keys or group_keys(runs))
+    runs do), one row per milestone epoch, with the run's group keys (by default those that vary among all the runs,
+    unfinished ones included), seed and status, and ``group``: the method with the other keys' values
+    (``diag objective.iw_samples=5``), what a budget curve is drawn per."""
+    keys = list(keys or group_keys(runs, include_unfinished=True))
     frames = []
     for _, run in runs.iterrows():
         path = Path(run["run_dir"]) / "milestones.jsonl" if run.get("run_dir") else None
         if path is not None and path.is_file() and path.stat().st_size:
             rows = pd.read_json(path, lines=True)
-            frames.append(rows.assign(**{k: run[k] for k in keys}, seed=run["seed"], run=run["run"],
+            group = " ".join([str(run["method"]), *(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys
+                                                    if k not in ("dataset", "method"))])
+            frames.append(rows.assign(**{k: run[k] for k in keys}, group=group, seed=run["seed"], run=run["run"],
                                       status=run["status"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, "seed", "run", "epoch"])
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=[*keys, "group", "seed", "run", "epoch"]))
 
 
 def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataFrame:
-    """``metric`` at each milestone epoch: one row per epoch, one column per (dataset, method), the mean over the
+    """``metric`` at each milestone epoch: one row per epoch, one column per (dataset, group), the mean over the
     seeds that reached it (runs still training included, so a curve can be read while it grows)."""
-    columns = [k for k in ("dataset", "method") if k in milestones]
+    columns = [k for k in ("dataset", "group" if "group" in milestones else "method") if k in milestones]
     table = milestones.pivot_table(index="epoch", columns=columns, values=metric, aggfunc="mean")
     table.columns = [" ".join(str(part) for part in column) if isinstance(column, tuple) else str(column)
                      for column in table.columns]

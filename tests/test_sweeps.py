@@ -279,6 +279,27 @@ def test_budget_milestones_and_provenance_of_a_table(tmp_path):
     assert "2000 test images, K = 1000" in fig._suptitle.get_text() and len(fig.axes[0].lines) >= 2
 
 
+def test_budget_curves_of_runs_still_training_keep_the_factor_they_differ_in(tmp_path):
+    """Two runs of diag that differ only in objective.iw_samples, neither finished (the IWAE paper's sweep part-way):
+    the milestone table shows each, never their average."""
+    rows = []
+    for k, nll in ((1, 90.0), (5, 89.0)):
+        run = tmp_path / f"k{k}"
+        run.mkdir()
+        (run / "milestones.jsonl").write_text(json.dumps({"epoch": 40, "n_images": 2000, "test/nll": nll}) + "\n")
+        config = {"seed": 0, "posterior": {"name": "diag"}, "dataset": {"name": "mnist"},
+                  "objective": {"iw_samples": k}}
+        rows.append(results.run_row({}, config, run=run.name, run_dir=str(run)))
+    runs = pd.DataFrame(rows)
+    assert list(runs["status"]) == ["unfinished"] * 2 and results.group_keys(runs) == ["dataset", "method"]
+    milestones = results.load_milestones(runs)
+    assert results.budget_table(milestones).to_dict("list") == {
+        "epoch": [40], "mnist diag objective.iw_samples=1": [90.0], "mnist diag objective.iw_samples=5": [89.0]}
+    from rhovae.plots import budget_curves
+    legend = budget_curves(milestones).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["diag objective.iw_samples=1", "diag objective.iw_samples=5"]
+
+
 def test_runs_of_an_older_version_are_read_in_todays_keys():
     row = results.run_row({"status": "completed", "method": "rho[variant=published_code]"},
                           {"decoder": {"name": "conv"}, "posterior": {"name": "rho", "variant": "published_code"}})
