@@ -16,8 +16,9 @@ Writes into the sweep folder:
     results.tex   the same two tables for a paper (booktabs)
     results.png   NLL (or -ELBO when no NLL was computed) per method with sd error bars, a panel per dataset
     gaps.png      when runs have a gaps.json: approximation and amortization gaps stacked per method
-    budget.png    when runs have milestones (trainer.milestones): test NLL against epochs trained per method (and
-                  the same numbers as a table in results.md)
+    budget.png    when runs have milestones (trainer.milestones): test NLL against epochs trained per method and
+                  any other key the runs vary, runs still training included (and the same numbers as a table in
+                  results.md)
 
 results.md opens with the budget the runs share (epochs, batches, K, gap images), says when they differ, marks a
 smoke run (trainer.max_batches), and names what the runs ran on wherever that differs (torch, CPU, threads, commit).
