@@ -246,11 +246,16 @@ def paired_differences(runs: pd.DataFrame, keys: Sequence[str] | None = None, ba
             match = base
             for k in context:
                 match = match[match[k].isna()] if pd.isna(where[k]) else match[match[k] == where[k]]
-            pairs = others[["seed", metric]].merge(match[["seed", metric]], on="seed", suffixes=("", "_base"))
-            diff = (pairs[metric] - pairs[f"{metric}_base"]).dropna()
+            diff = seed_differences(others, match, metric)
             if len(diff):  # else no baseline run on the same dataset, factors and seeds: nothing to compare
                 rows.append({**where, "metric": metric, "baseline": baseline, **difference_stats(diff, confidence)})
     return pd.DataFrame(rows)
+
+
+def seed_differences(runs: pd.DataFrame, reference: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` of ``runs`` minus that of ``reference`` on the same seed, for the seeds both have a value for."""
+    pairs = runs[["seed", metric]].merge(reference[["seed", metric]], on="seed", suffixes=("", "_reference"))
+    return (pairs[metric] - pairs[f"{metric}_reference"]).dropna()
 
 
 def difference_stats(diff: pd.Series, confidence: float = 0.95) -> dict[str, float]:
@@ -307,8 +312,7 @@ def paired_between(runs: pd.DataFrame, reference: pd.DataFrame, reference_name: 
         mine = ours[(ours["dataset"] == dataset) & (ours["method"] == method)]
         other = theirs[(theirs["dataset"] == dataset) & (theirs["method"] == counterpart)]
         for metric in [m for m in metrics if m in mine and m in other]:
-            pairs = mine[["seed", metric]].merge(other[["seed", metric]], on="seed", suffixes=("", "_reference"))
-            diff = (pairs[metric] - pairs[f"{metric}_reference"]).dropna()
+            diff = seed_differences(mine, other, metric)
             if len(diff):
                 rows.append({"dataset": dataset, "method": method, "reference method": counterpart,
                              "metric": metric, "baseline": reference_name, **difference_stats(diff, confidence)})
