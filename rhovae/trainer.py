@@ -292,9 +292,10 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
         row = {"epoch": state.epoch, **result, **{f"val/{k}": v for k, v in val.items()},
                "lr": run.optimizer.param_groups[0]["lr"], "eval_s": time.perf_counter() - start_eval}
         state.train_time_s += row["epoch_s"] + row["eval_s"]
-        improved = selection_bound(val) > state.best_val_bound
+        bound = selection_bound(val)
+        improved = bound > state.best_val_bound
         if improved:
-            state.best_epoch, state.best_val_bound = state.epoch, selection_bound(val)
+            state.best_epoch, state.best_val_bound = state.epoch, bound
         state.history.append(row)
         append_jsonl(run.run_dir / "metrics.jsonl", row)
         tracker.log(row, step=state.epoch)
