@@ -29,7 +29,9 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
    in the variants of 1;
 8. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
    (``eval.information_images``; the mixture is over all N in both);
-9. a diag training step on one thread against all of torch's threads (on a CPU with more than one).
+9. a diag training step on one thread against all of torch's threads (on a CPU with more than one);
+10. on a CPU with glibc, the diag importance-weighted NLL in two fresh processes, one under glibc's own malloc policy
+    and one with freed memory retained (``rhovae.allocator``, which every entry point, this benchmark included, sets).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
 figures that count. Results are printed as a table and written as JSON (``--out``).
@@ -39,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +55,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
+from rhovae.allocator import retain_freed_memory
 from rhovae.config import load_config, resolve_device
 from rhovae.config.checks import check_bfloat16
 from rhovae.errors import ConfigError
@@ -378,6 +383,41 @@ def bench_information(args, device) -> dict:
             "speedup": every / subset}
 
 
+ALLOCATOR_CHILD = """
+import sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from bench import model_for
+from rhovae.allocator import retain_freed_memory
+from rhovae.evaluation import importance_weighted_log_likelihood
+policy, latent_dim, k, n, chunk, batch = sys.argv[2], *map(int, sys.argv[3:])
+if policy == "retained":
+    assert retain_freed_memory()
+model = model_for("diag", latent_dim, torch.device("cpu"))
+images = torch.randint(0, 256, (n, 784), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+importance_weighted_log_likelihood(model, images[:1], n_samples=chunk, chunk=chunk, batch_size=batch)
+start = time.perf_counter()
+importance_weighted_log_likelihood(model, images, n_samples=k, chunk=chunk, batch_size=batch)
+print(n / (time.perf_counter() - start))
+"""
+
+
+def bench_allocator(args, device) -> dict:
+    """diag's IW NLL (images/s) in fresh processes under glibc's malloc policy and with freed memory retained,
+    alternated (best of each of two): a process cannot undo the policy, so each measurement gets its own."""
+    if device.type != "cpu" or platform.libc_ver()[0] != "glibc":
+        return {}
+    rates = {"default": [], "retained": []}
+    for _ in range(max(1, min(args.repeats, 2))):
+        for policy in rates:
+            out = subprocess.run([sys.executable, "-c", ALLOCATOR_CHILD, str(Path(__file__).parent), policy,
+                                  *map(str, (args.latent_dim, args.iw_samples, args.iw_images, args.iw_chunk,
+                                             args.iw_batch_size))], capture_output=True, text=True, check=True)
+            rates[policy].append(float(out.stdout.split()[-1]))
+    best = {policy: max(values) for policy, values in rates.items()}
+    return {"default_images_per_s": best["default"], "retained_images_per_s": best["retained"],
+            "speedup": best["retained"] / best["default"]}
+
+
 def print_table(results: dict) -> None:
     train, limit, data, rho, iw = (results[k] for k in ("train", "limit", "data_path", "rho_sampler", "iw_eval"))
     variants = [key[: -len("_speedup")] for key in train["diag"] if key.endswith("_speedup")]
@@ -421,6 +461,10 @@ def print_table(results: dict) -> None:
         print(f"threads: a diag step takes {threads['one_thread_step_ms']:.2f} ms on 1 thread, "
               f"{threads['all_threads_step_ms']:.2f} ms on {threads['threads']}: {threads['speedup']:.2f}x "
               f"({threads['efficiency']:.0%} of linear)")
+    allocator = results["allocator"]
+    if allocator:
+        print(f"allocator: diag IW NLL {allocator['retained_images_per_s']:.2f} img/s with freed memory retained, "
+              f"{allocator['default_images_per_s']:.2f} under glibc's default policy: {allocator['speedup']:.2f}x")
     info = results["information"]
     print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
           f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
@@ -457,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         args.info_images, args.info_outer = 40, 10
     args.posteriors = ["diag", *(name for name in dict.fromkeys(args.posteriors) if name != "diag")]
     device = resolve_device(args.device)
+    retain_freed_memory()
     if args.compile:
         # Every compiled step is a guarded version of the one method VAE.loss; past dynamo's recompile limit (8) the
         # later posteriors and the IWAE model would silently run eager. A training run compiles one model: no limit.
@@ -483,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             "iwae_step": bench_iwae_step(args, device),
             "threads": bench_threads(args, device, images),
             "information": bench_information(args, device),
+            "allocator": bench_allocator(args, device),
         }
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

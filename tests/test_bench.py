@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -45,6 +46,14 @@ def test_bench_quick_writes_its_json(tmp_path):
     assert set(result["rho_sampler"]) == {"4", "8"}
     assert all(v["speedup"] > 0 for v in result["rho_sampler"].values())
     assert result["information"]["speedup"] > 0 and result["information"]["outer"] == 10
+    # the allocator row: two fresh processes, each under one malloc policy (glibc only)
+    allocator = result["allocator"]
+    if platform.libc_ver()[0] == "glibc":
+        assert allocator["speedup"] == pytest.approx(allocator["retained_images_per_s"]
+                                                     / allocator["default_images_per_s"])
+        assert "allocator: diag IW NLL" in proc.stdout
+    else:
+        assert allocator == {}
     assert "diag epoch =" in proc.stdout and "rho sampler speedup" in proc.stdout and "I(x; z) of 40" in proc.stdout
     assert "compiled_step_ms" not in result["train"]["diag"] and result["likelihood"]["eval_speedup"] > 0
     assert set(result["iwae_step"]) == {"k1", "k5"} and "compiled_speedup" not in result["iwae_step"]["k1"]
