@@ -46,6 +46,7 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     config = load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir))
     device = validate_config(config)
+    torch.set_flush_denormal(config.trainer.flush_denormal)  # evaluate in the floating-point mode it trained in
     data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
     model.load_state_dict(ckpt["model"])

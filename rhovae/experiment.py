@@ -151,9 +151,10 @@ def plan_run(cfg: DictConfig | RunConfig, run_dir: Path, given: Iterable[str] | 
 
 
 def prepare(config: RunConfig, device: torch.device) -> tuple[ImageData, VAE]:
-    """Threads and seeds as the config says, then its data and its freshly initialised model, on ``device``; freed
-    memory stays in the process (``rhovae.allocator``)."""
+    """Threads, subnormal flushing and seeds as the config says, then its data and its freshly initialised model, on
+    ``device``; freed memory stays in the process (``rhovae.allocator``)."""
     retain_freed_memory()
+    torch.set_flush_denormal(config.trainer.flush_denormal)
     if config.trainer.threads is not None:
         torch.set_num_threads(config.trainer.threads)
     seed_everything(config.seed)

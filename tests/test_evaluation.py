@@ -120,6 +120,12 @@ def test_iwae_is_non_decreasing_in_k_on_a_trained_model(trained_run):
     assert abs(means[1].item() - elbo) < 2.0  # K = 1 is the ELBO itself, up to Monte Carlo noise
 
 
+def test_a_trained_run_is_evaluated_in_the_floating_point_mode_it_trained_in(trained_run):
+    torch.set_flush_denormal(False)
+    config, *_ = load_trained_run(trained_run)
+    assert config.trainer.flush_denormal and (torch.tensor([1e-39]) * 1.0).item() == 0.0  # subnormals flushed
+
+
 def test_a_bfloat16_decoder_moves_the_nll_by_rounding_only(trained_run):
     """The same draws through a decoder under bfloat16 autocast: every image's estimate moves (the path is taken),
     by far less than the Monte Carlo noise of an NLL, and the reductions stay in float64."""
