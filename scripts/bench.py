@@ -30,7 +30,10 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
 8. the I(x; z) diagnostic of ``diag`` on N images, averaged over every image's draw against over the first M
    (``eval.information_images``; the mixture is over all N in both);
 9. a diag training step on one thread against all of torch's threads (on a CPU with more than one);
-10. on a CPU with glibc, the diag importance-weighted NLL in two fresh processes, one under glibc's own malloc policy
+10. on a CPU, a diag step after enough training on MNIST-format images for Adam's first moment of weights that get
+    no gradient (blank pixels, dead units) to decay into subnormals, with subnormals kept and flushed to zero
+    (``trainer.flush_denormal``, which this benchmark sets too), and how many of them the warm-up left;
+11. on a CPU with glibc, the diag importance-weighted NLL in two fresh processes, one under glibc's own malloc policy
     and one with freed memory retained (``rhovae.allocator``, which every entry point, this benchmark included, sets).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
@@ -174,6 +177,50 @@ def bench_training(args, device, images: torch.Tensor) -> dict:
             key = f"{variant}_step_ms"
             out[name][f"{variant}_ratio_vs_diag"] = out[name][key] / out["diag"][key]
     return out
+
+
+def bench_flush_denormal(args, device, root: Path) -> dict:
+    """A diag step after ``--flush-warmup`` training steps on the MNIST-format images under ``root``, with subnormal
+    floats kept and flushed (timed alternately, each model trained in its own mode from the same start), and the
+    number of Adam's first-moment entries the unflushed warm-up left subnormal."""
+    if device.type != "cpu":
+        return {}
+    data = load_image_data("mnist", root, binarize="dynamic", val_size=10_000, download=False, device=device)
+
+    def batches(n: int):
+        """The first ``n`` batches of epochs of shuffled, dynamically binarized training images."""
+        gen = torch.Generator(device=device).manual_seed(0)
+        while n > 0:
+            order = torch.randperm(len(data.train), generator=gen, device=device)
+            for x in train_batches(data.train, args.batch_size, order=order, binarize=gen, max_batches=n):
+                n -= 1
+                yield x
+
+    timed = list(batches(args.steps))
+    runs, subnormal = {}, 0
+    for flush in (False, True):
+        torch.set_flush_denormal(flush)
+        model = model_for("diag", args.latent_dim, device)
+        optimizer = make_optimizer(model, lr=1e-3)
+        step = training_step(model, optimizer)
+        for x in batches(args.flush_warmup):
+            step(x)
+        if not flush:
+            tiny = torch.finfo(torch.float32).tiny
+            subnormal = sum(int(((m != 0) & (m.abs() < tiny)).sum())
+                            for m in (state["exp_avg"] for state in optimizer.state.values()))
+
+        def run(step=step, flush=flush) -> None:
+            torch.set_flush_denormal(flush)
+            for x in timed:
+                step(x)
+        runs["flushed" if flush else "kept"] = run
+    seconds = interleaved_medians(runs, device, args.repeats)
+    torch.set_flush_denormal(True)
+    return {"warmup_steps": args.flush_warmup, "subnormal_first_moments": subnormal,
+            "parameters": sum(p.numel() for p in model_for("diag", args.latent_dim, device).parameters()),
+            "kept_step_ms": 1e3 * seconds["kept"] / args.steps, "flushed_step_ms": 1e3 * seconds["flushed"] / args.steps,
+            "speedup": seconds["kept"] / seconds["flushed"]}
 
 
 def bench_threads(args, device, images: torch.Tensor) -> dict:
@@ -461,6 +508,11 @@ def print_table(results: dict) -> None:
         print(f"threads: a diag step takes {threads['one_thread_step_ms']:.2f} ms on 1 thread, "
               f"{threads['all_threads_step_ms']:.2f} ms on {threads['threads']}: {threads['speedup']:.2f}x "
               f"({threads['efficiency']:.0%} of linear)")
+    flush = results["flush_denormal"]
+    if flush:
+        print(f"subnormals: after {flush['warmup_steps']} steps {flush['subnormal_first_moments']} of diag's "
+              f"{flush['parameters']} Adam first moments are subnormal; a step {flush['kept_step_ms']:.2f} ms with them "
+              f"kept, {flush['flushed_step_ms']:.2f} ms flushed to zero: {flush['speedup']:.2f}x")
     allocator = results["allocator"]
     if allocator:
         print(f"allocator: diag IW NLL {allocator['retained_images_per_s']:.2f} img/s with freed memory retained, "
@@ -480,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-steps", type=int, default=60, help="steps per repeat in the data-path comparison")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--sampler-dims", type=int, nargs="+", default=[10, 32, 64, 128])
+    parser.add_argument("--flush-warmup", type=int, default=1200,
+                        help="training steps before the subnormal comparison (3 paper_cpu epochs)")
     parser.add_argument("--iw-samples", type=int, default=5000)
     parser.add_argument("--iw-images", type=int, default=20, help="test images timed for the IW evaluation")
     parser.add_argument("--iw-chunk", type=int, default=200)
@@ -498,10 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.steps, args.data_steps, args.matmul_size = 1, 2, 2, 256
         args.sampler_dims, args.iw_samples, args.iw_images, args.iw_chunk = [4, 8], 20, 4, 10
-        args.info_images, args.info_outer = 40, 10
+        args.info_images, args.info_outer, args.flush_warmup = 40, 10, 5
     args.posteriors = ["diag", *(name for name in dict.fromkeys(args.posteriors) if name != "diag")]
     device = resolve_device(args.device)
     retain_freed_memory()
+    torch.set_flush_denormal(True)  # trainer.flush_denormal's default
     if args.compile:
         # Every compiled step is a guarded version of the one method VAE.loss; past dynamo's recompile limit (8) the
         # later posteriors and the IWAE model would silently run eager. A training run compiles one model: no limit.
@@ -528,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             "iwae_step": bench_iwae_step(args, device),
             "threads": bench_threads(args, device, images),
             "information": bench_information(args, device),
+            "flush_denormal": bench_flush_denormal(args, device, root),
             "allocator": bench_allocator(args, device),
         }
     print_table(results)

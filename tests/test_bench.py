@@ -46,6 +46,10 @@ def test_bench_quick_writes_its_json(tmp_path):
     assert set(result["rho_sampler"]) == {"4", "8"}
     assert all(v["speedup"] > 0 for v in result["rho_sampler"].values())
     assert result["information"]["speedup"] > 0 and result["information"]["outer"] == 10
+    flush = result["flush_denormal"]
+    assert flush["warmup_steps"] == 5 and 0 <= flush["subnormal_first_moments"] <= flush["parameters"]
+    assert flush["speedup"] == pytest.approx(flush["kept_step_ms"] / flush["flushed_step_ms"])
+    assert "subnormals: after 5 steps" in proc.stdout
     # the allocator row: two fresh processes, each under one malloc policy (glibc only)
     allocator = result["allocator"]
     if platform.libc_ver()[0] == "glibc":
