@@ -59,7 +59,7 @@ class TrainerConfig:
     # subnormal floats (below 1.2e-38) flushed to zero (torch.set_flush_denormal: FTZ/DAZ on x86, flush on ARM).
     # Adam's first moment of a weight whose gradient is always zero (MNIST's blank border pixels, dead ReLU units)
     # decays to the smallest subnormal and stays there (0.9 times it rounds back to it); every step then computes
-    # on a quarter of a million subnormals through the CPU's slow path: a paper_cpu diag epoch grows from 3.7 s to
+    # on about 180,000 subnormals through the CPU's slow path: a paper_cpu diag epoch grows from 3.7 s to
     # 6.3 s by epoch 4. The same parameters bit for bit in the runs checked (README, Speed).
     flush_denormal: bool = key_field(True, resumable=True, factor=False)
     # the encoder's and decoder's matrix products in training, forward and backward: float32 or bfloat16 (autocast;
