@@ -5,9 +5,9 @@ hands them back to the kernel when they are freed (and trims the heap's free top
 tensor of the same size page-faults its way in again: the kernel zeroes every 4 KiB page first. The
 importance-weighted NLL allocates tensors of 8 to 13 MB several times per chunk of samples, and on this project's
 CPU retaining them made it 1.12x to 1.33x faster; training at batch 128 allocates smaller tensors and gains a few
-percent.
-Raising glibc's mmap and trim thresholds keeps freed blocks on the heap for reuse. The numbers computed are the same
-bits; what changes is that the process keeps its peak memory until it exits instead of returning it in between.
+percent. Raising glibc's mmap and trim thresholds keeps freed blocks on the heap for reuse. The numbers computed are
+the same bits; what changes is that the process keeps its peak memory until it exits instead of returning it in
+between.
 
 Only glibc has these knobs (``mallopt``); elsewhere (macOS, Windows, musl) ``retain_freed_memory`` changes nothing
 and says so in its return value and at debug level.
