@@ -11,8 +11,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .allocator import retain_freed_memory
 from .checkpoint import load_checkpoint
-from .config import RunConfig, component_options, load_config, rescoring_config, validate_config
+from .config import RunConfig, TrainerConfig, component_options, load_config, rescoring_config, validate_config
 from .data import ImageData, load_image_data
 from .gaps import GapSettings, inference_gaps
 from .networks import build_networks
@@ -39,6 +40,13 @@ def load_data(config: RunConfig, device: torch.device) -> ImageData:
                            binarize_seed=ds.binarize_seed, download=ds.download, device=device)
 
 
+def set_process_mode(trainer: TrainerConfig) -> None:
+    """What a run sets for the whole process before it trains or is evaluated: subnormal flushing as
+    ``trainer.flush_denormal`` says, and freed memory kept for reuse (``rhovae.allocator``)."""
+    retain_freed_memory()
+    torch.set_flush_denormal(trainer.flush_denormal)
+
+
 def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
                      may_override: Sequence[str] = ("eval",)):
     """A finished run's config (its checkpoint's, with ``overrides`` on top: ``rhovae.config.rescoring_config``
@@ -46,7 +54,7 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     config = load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir))
     device = validate_config(config)
-    torch.set_flush_denormal(config.trainer.flush_denormal)  # evaluate in the floating-point mode it trained in
+    set_process_mode(config.trainer)  # evaluate in the floating-point mode it trained in
     data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
     model.load_state_dict(ckpt["model"])

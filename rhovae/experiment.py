@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .allocator import retain_freed_memory
-from .build import build_vae, load_data, write_gaps
+from .build import build_vae, load_data, set_process_mode, write_gaps
 from .checkpoint import load_checkpoint
 from .config import RunConfig, as_dict, load_config, resolve_device, resumed_config, validate_config
 from .data import ImageData
@@ -151,10 +150,9 @@ def plan_run(cfg: DictConfig | RunConfig, run_dir: Path, given: Iterable[str] | 
 
 
 def prepare(config: RunConfig, device: torch.device) -> tuple[ImageData, VAE]:
-    """Threads, subnormal flushing and seeds as the config says, then its data and its freshly initialised model, on
-    ``device``; freed memory stays in the process (``rhovae.allocator``)."""
-    retain_freed_memory()
-    torch.set_flush_denormal(config.trainer.flush_denormal)
+    """Threads, the process mode (``set_process_mode``) and seeds as the config says, then its data and its freshly
+    initialised model, on ``device``."""
+    set_process_mode(config.trainer)
     if config.trainer.threads is not None:
         torch.set_num_threads(config.trainer.threads)
     seed_everything(config.seed)

@@ -62,7 +62,7 @@ from rhovae.allocator import retain_freed_memory
 from rhovae.config import load_config, resolve_device
 from rhovae.config.checks import check_bfloat16
 from rhovae.errors import ConfigError
-from rhovae.data import load_image_data, train_batches
+from rhovae.data import ImageData, load_image_data, train_batches
 from rhovae.evaluation import importance_weighted_log_likelihood
 from rhovae.build import build_vae
 from rhovae.idx import write_dataset
@@ -179,13 +179,12 @@ def bench_training(args, device, images: torch.Tensor) -> dict:
     return out
 
 
-def bench_flush_denormal(args, device, root: Path) -> dict:
-    """A diag step after ``--flush-warmup`` training steps on the MNIST-format images under ``root``, with subnormal
-    floats kept and flushed (timed alternately, each model trained in its own mode from the same start), and the
-    number of Adam's first-moment entries the unflushed warm-up left subnormal."""
+def bench_flush_denormal(args, device, data: ImageData) -> dict:
+    """A diag step after ``--flush-warmup`` training steps on the MNIST-format training images of ``data``, with
+    subnormal floats kept and flushed (timed alternately, each model trained in its own mode from the same start),
+    and the number of Adam's first-moment entries the unflushed warm-up left subnormal."""
     if device.type != "cpu":
         return {}
-    data = load_image_data("mnist", root, binarize="dynamic", val_size=10_000, download=False, device=device)
 
     def batches(n: int):
         """The first ``n`` batches of epochs of shuffled, dynamically binarized training images."""
@@ -197,7 +196,7 @@ def bench_flush_denormal(args, device, root: Path) -> dict:
                 yield x
 
     timed = list(batches(args.steps))
-    runs, subnormal = {}, 0
+    runs, subnormal, parameters = {}, 0, 0
     for flush in (False, True):
         torch.set_flush_denormal(flush)
         model = model_for("diag", args.latent_dim, device)
@@ -206,6 +205,7 @@ def bench_flush_denormal(args, device, root: Path) -> dict:
         for x in batches(args.flush_warmup):
             step(x)
         if not flush:
+            parameters = sum(p.numel() for p in model.parameters())
             tiny = torch.finfo(torch.float32).tiny
             subnormal = sum(int(((m != 0) & (m.abs() < tiny)).sum())
                             for m in (state["exp_avg"] for state in optimizer.state.values()))
@@ -217,9 +217,9 @@ def bench_flush_denormal(args, device, root: Path) -> dict:
         runs["flushed" if flush else "kept"] = run
     seconds = interleaved_medians(runs, device, args.repeats)
     torch.set_flush_denormal(True)
-    return {"warmup_steps": args.flush_warmup, "subnormal_first_moments": subnormal,
-            "parameters": sum(p.numel() for p in model_for("diag", args.latent_dim, device).parameters()),
-            "kept_step_ms": 1e3 * seconds["kept"] / args.steps, "flushed_step_ms": 1e3 * seconds["flushed"] / args.steps,
+    return {"warmup_steps": args.flush_warmup, "subnormal_first_moments": subnormal, "parameters": parameters,
+            "kept_step_ms": 1e3 * seconds["kept"] / args.steps,
+            "flushed_step_ms": 1e3 * seconds["flushed"] / args.steps,
             "speedup": seconds["kept"] / seconds["flushed"]}
 
 
@@ -302,9 +302,9 @@ def bench_limit(args, device, diag: dict) -> dict:
     return out
 
 
-def bench_data_path(args, device, root: Path) -> dict:
-    """Same diag model and steps; batches from the project's tensors vs a DataLoader with ToTensor per image."""
-    data = load_image_data("mnist", root, binarize="dynamic", val_size=10_000, download=False, device=device)
+def bench_data_path(args, device, root: Path, data: ImageData) -> dict:
+    """Same diag model and steps; batches from the project's tensors (``data``, loaded from ``root``) vs a
+    DataLoader with ToTensor per image over the files under ``root``."""
     model = model_for("diag", args.latent_dim, device)
     step = training_step(model, make_optimizer(model, lr=1e-3))
     gen = torch.Generator(device=device).manual_seed(0)
@@ -511,8 +511,8 @@ def print_table(results: dict) -> None:
     flush = results["flush_denormal"]
     if flush:
         print(f"subnormals: after {flush['warmup_steps']} steps {flush['subnormal_first_moments']} of diag's "
-              f"{flush['parameters']} Adam first moments are subnormal; a step {flush['kept_step_ms']:.2f} ms with them "
-              f"kept, {flush['flushed_step_ms']:.2f} ms flushed to zero: {flush['speedup']:.2f}x")
+              f"{flush['parameters']} Adam first moments are subnormal; a step {flush['kept_step_ms']:.2f} ms with "
+              f"them kept, {flush['flushed_step_ms']:.2f} ms flushed to zero: {flush['speedup']:.2f}x")
     allocator = results["allocator"]
     if allocator:
         print(f"allocator: diag IW NLL {allocator['retained_images_per_s']:.2f} img/s with freed memory retained, "
@@ -567,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         if root is None:
             root = Path(tmp)
             write_dataset(root, "mnist", n_train=EPOCH_IMAGES, n_test=1000)
+        mnist = load_image_data("mnist", root, binarize="dynamic", val_size=10_000, download=False, device=device)
         images = torch.randint(0, 256, (args.steps * args.batch_size, 784), dtype=torch.uint8, device=device)
         train = bench_training(args, device, images)
         limit = bench_limit(args, device, train["diag"])
@@ -576,14 +577,14 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "train": train,
             "limit": limit,
-            "data_path": bench_data_path(args, device, root),
+            "data_path": bench_data_path(args, device, root, mnist),
             "rho_sampler": bench_rho_sampler(args, device),
             "iw_eval": bench_iw_eval(args, device, images, limit["matmul_gflops"]),
             "likelihood": bench_likelihood(args, device),
             "iwae_step": bench_iwae_step(args, device),
             "threads": bench_threads(args, device, images),
             "information": bench_information(args, device),
-            "flush_denormal": bench_flush_denormal(args, device, root),
+            "flush_denormal": bench_flush_denormal(args, device, mnist),
             "allocator": bench_allocator(args, device),
         }
     print_table(results)

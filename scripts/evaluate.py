@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 
-from rhovae.allocator import retain_freed_memory
 from rhovae.errors import RhovaeError
 from rhovae.evaluation import evaluate_test_set
 from rhovae.build import load_trained_run
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--update-summary", action="store_true", help="merge the test/* numbers into summary.json")
     args = parser.parse_args(argv)
-    retain_freed_memory()
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides must look like key=value, got {bad[0]!r}")

@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from rhovae.allocator import retain_freed_memory
 from rhovae.errors import RhovaeError
 from rhovae.build import load_trained_run, write_gaps
 
@@ -28,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. gaps.n_images=500)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing gaps.json and gaps.npz")
     args = parser.parse_args(argv)
-    retain_freed_memory()
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides must look like key=value, got {bad[0]!r}")

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from rhovae.allocator import retain_freed_memory
 from rhovae.build import load_trained_run
 from rhovae.errors import RhovaeError
 from rhovae.evaluation import importance_weighted_estimates
@@ -51,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1000, help="importance samples K per image")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    retain_freed_memory()
     for name in ("images", "samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be an integer >= 1, got {getattr(args, name)}")

@@ -36,4 +36,3 @@ def test_freed_tensors_are_reused_without_page_faults():
     default = page_faults("default")
     assert default > 20 * 16_384 * 0.9
     assert page_faults("retain") < default / 2
-

@@ -7,23 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import TINY_OVERRIDES, compose
+from helpers import TINY_OVERRIDES, compose, flushing_subnormals
 from rhovae.config import load_config
 from rhovae.experiment import prepare
 from rhovae.trainer import make_optimizer
-
-SUBNORMAL = 1e-39  # below torch.finfo(torch.float32).tiny, 1.18e-38
-
 
 @pytest.fixture(autouse=True)
 def _restore_mode():
     yield
     torch.set_flush_denormal(False)
-
-
-def flushing() -> bool:
-    """Whether the process flushes subnormals: a subnormal operand then counts as zero."""
-    return (torch.tensor([SUBNORMAL]) * 1.0).item() == 0.0
 
 
 def first_moment_after_gradients_stop(flush: bool) -> torch.Tensor:
@@ -51,4 +43,4 @@ def test_a_run_is_prepared_in_the_mode_its_config_says(data_root, flush):
     config = load_config(compose([*TINY_OVERRIDES, "posterior=diag", "dataset=mnist", f"dataset.root={data_root}",
                                   "logger=none", f"trainer.flush_denormal={str(flush).lower()}"]))
     prepare(config, torch.device("cpu"))
-    assert flushing() == flush
+    assert flushing_subnormals() == flush

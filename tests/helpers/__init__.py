@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+import torch
 from hydra.core.config_store import ConfigStore
 
 from rhovae.data import DATASETS
@@ -32,6 +33,12 @@ TINY_OVERRIDES = [
     "latent_dim=4", "networks.hidden=[32,32]", "trainer.progress=false", "eval.iw_samples=20", "eval.iw_chunk=8",
     "eval.mean_samples=4",
 ]
+
+
+def flushing_subnormals() -> bool:
+    """Whether this process flushes subnormal floats to zero (``trainer.flush_denormal``): a subnormal operand,
+    1e-39 (below float32's 1.18e-38), then counts as zero."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
 
 
 def compose(overrides: list[str], hydra: bool = False):
