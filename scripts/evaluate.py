@@ -3,10 +3,13 @@
     python scripts/evaluate.py RUN_DIR                        # same settings as the run itself
     python scripts/evaluate.py RUN_DIR eval.iw_samples=500    # any eval.* key, and how it runs (trainer.device)
     python scripts/evaluate.py RUN_DIR --update-summary       # also merge the test/* numbers into summary.json
+    python scripts/evaluate.py RUN_DIR --checkpoint epoch_364 # a milestone's model (trainer.milestones), whole test set
 
 The run's config is read from its checkpoint (so the model is rebuilt exactly), overrides are applied on
-top, and the results are written to RUN_DIR/evaluation.json. With the same eval.seed and settings the
-numbers reproduce those written at the end of training. A key that would change the model or its data
+top, and the results are written to RUN_DIR/evaluation.json (evaluation_<checkpoint>.json for any checkpoint but
+``best``, the one the run's own test numbers come from). With the same eval.seed and settings the numbers reproduce
+those written at the end of training. A milestone's checkpoint (epoch_N) gives that model's numbers on the whole test
+set, where milestones.jsonl has them on the first ``eval.milestone_images`` test images. A key that would change the model or its data
 (``posterior.min_std``, ``latent_dim``) is refused with one line before anything runs; ``--update-summary``
 records the overrides in summary.json (``rescored_with``) beside the numbers they made.
 """
@@ -25,12 +28,26 @@ from rhovae.build import load_trained_run
 from rhovae.tracking import write_json_atomic
 
 
+def saved_checkpoints(run_dir: Path) -> list[str]:
+    """The names ``--checkpoint`` accepts for ``run_dir``: best, last and the milestones' epoch_N."""
+    def order(name: str) -> tuple[int, str]:  # best and last first, then the milestones by epoch
+        epoch = name.removeprefix("epoch_")
+        return (int(epoch), "") if epoch.isdigit() else (-1, name)
+    return sorted((p.stem for p in (run_dir / "checkpoints").glob("*.pt")), key=order)
+
+
 def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", update_summary: bool = False) -> dict:
+    saved = saved_checkpoints(run_dir)
+    if saved and checkpoint not in saved:
+        raise RhovaeError(f"--checkpoint {checkpoint!r} is not saved in {run_dir}; saved: {', '.join(saved)}")
+    if update_summary and checkpoint != "best":
+        raise RhovaeError(f"--update-summary takes the run's own checkpoint (best), not {checkpoint!r}: summary.json "
+                          "holds the numbers of the model the run selected")
     config, data, model, ckpt = load_trained_run(run_dir, overrides, checkpoint)
     metrics, _ = evaluate_test_set(model, data, config.eval)
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"],
               "overrides": overrides, **metrics}
-    write_json_atomic(run_dir / "evaluation.json", result)
+    write_json_atomic(run_dir / ("evaluation.json" if checkpoint == "best" else f"evaluation_{checkpoint}.json"), result)
     if update_summary:
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -42,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder written by train.py")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. eval.iw_samples=500)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (the run's own test numbers), last, or a milestone's epoch_N")
     parser.add_argument("--update-summary", action="store_true", help="merge the test/* numbers into summary.json")
     args = parser.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]

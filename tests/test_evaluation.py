@@ -102,7 +102,8 @@ def test_k_over_10_estimate_shows_the_bias_that_k_leaves(trained_run):
 def trained_run(data_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained")
     cfg = compose([f"dataset.root={data_root}", "logger=none", "trainer.device=cpu", *TINY_OVERRIDES,
-                   "trainer.epochs=3", "trainer.max_batches=null", "trainer.lr=3e-3"])
+                   "trainer.epochs=3", "trainer.max_batches=null", "trainer.lr=3e-3", "trainer.milestones=[2]",
+                   "eval.milestone_iw_samples=20"])  # the milestone scores all 80 test images
     run_experiment(cfg, run_dir)
     return run_dir
 
@@ -165,6 +166,28 @@ def test_evaluate_script_reproduces_the_runs_test_numbers(trained_run, tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(tmp_path)],
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'checkpoints' / 'best.pt'}"
+
+
+@pytest.mark.slow
+def test_evaluate_script_scores_a_milestones_checkpoint(trained_run):
+    milestone = json.loads((trained_run / "milestones.jsonl").read_text().splitlines()[0])
+    assert milestone["epoch"] == 2 and milestone["n_images"] == 80  # the whole tiny test set, K = 20
+    evaluate = [sys.executable, str(REPO / "scripts" / "evaluate.py"), str(trained_run)]
+    proc = subprocess.run([*evaluate, "--checkpoint", "epoch_2"], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rescored = json.loads((trained_run / "evaluation_epoch_2.json").read_text())
+    assert rescored["epoch"] == 2 and rescored["checkpoint"] == "epoch_2"
+    for key in ("test/nll", "test/elbo"):  # the epoch-2 model, not the best (epoch 3) one
+        assert rescored[key] == pytest.approx(milestone[key], abs=1e-6), key
+    assert rescored["test/nll"] != pytest.approx(json.loads((trained_run / "summary.json").read_text())["test/nll"])
+    proc = subprocess.run([*evaluate, "--checkpoint", "epoch_7"], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: --checkpoint 'epoch_7' is not saved in {trained_run}; saved: best, last, epoch_2")
+    proc = subprocess.run([*evaluate, "--checkpoint", "last", "--update-summary"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --update-summary takes the run's own checkpoint")
 
 
 def test_active_units_count_dimensions_whose_posterior_mean_varies():
