@@ -41,8 +41,8 @@ from .provenance import provenance
 from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
                          wandb_run_id)
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
-from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainState, fit, interrupted,
-                      make_optimizer, resume_command, training_finished)
+from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainState, configured_optimizer, fit,
+                      interrupted, resume_command, training_finished)
 from .vae import VAE, count_parameters
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def start_training(plan: RunPlan, run_dir: Path) -> TrainingRun:
     """The plan's model and data with a fresh optimizer, restored from the plan's checkpoint or started afresh
     (with an empty metrics log)."""
     config = plan.config
-    run = TrainingRun(plan.model, make_optimizer(plan.model, config.trainer.lr, config.trainer.adam_eps), plan.data,
+    run = TrainingRun(plan.model, configured_optimizer(plan.model, config.trainer), plan.data,
                       torch.Generator(device=plan.device).manual_seed(config.seed), run_dir, config)
     metrics = run_dir / "metrics.jsonl"
     if plan.checkpoint is None:

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -103,10 +103,29 @@ class EpochProgress:
     beta: float = 1.0
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+def make_optimizer(model: torch.nn.Module, lr: float, eps: float = 1e-8, betas: Sequence[float] = (0.9, 0.999),
+                   second_moment_init: float = 0.0) -> torch.optim.Adam:
     """Adam with its fused kernel (CPU and CUDA): one kernel for all parameters instead of several small ops each,
-    about 25% off a default MLP training step on 2 CPU cores (``scripts/bench.py`` measures what this builds)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, eps=eps, fused=True)
+    about 25% off a default MLP training step on 2 CPU cores (``scripts/bench.py`` measures what this builds).
+
+    ``second_moment_init`` > 0 starts the second-moment estimate v at that value instead of 0 (as the IWAE paper's
+    released code does with 1): the state Adam would create at its first step, written beforehand, so the update
+    stays torch's, lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps), and the state saves and resumes as
+    usual. (The released code adds eps before dividing by sqrt(1 - beta2^t), which differs only while sqrt(v) is
+    near eps.)"""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=eps, betas=tuple(betas), fused=True)
+    if second_moment_init > 0:
+        for p in model.parameters():
+            optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                  "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                  "exp_avg_sq": torch.full_like(p, second_moment_init,
+                                                                memory_format=torch.preserve_format)}
+    return optimizer
+
+
+def configured_optimizer(model: torch.nn.Module, trainer: TrainerConfig) -> torch.optim.Adam:
+    """``make_optimizer`` with the ``trainer`` section's Adam settings."""
+    return make_optimizer(model, trainer.lr, trainer.adam_eps, trainer.adam_betas, trainer.adam_second_moment_init)
 
 
 def learning_rate(trainer: TrainerConfig, epoch: int) -> float:

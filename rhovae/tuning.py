@@ -301,7 +301,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from .config import load_config, validate_config
         from .experiment import prepare
-        from .trainer import NonFiniteLossError, TrainState, make_optimizer, train_one_epoch
+        from .trainer import NonFiniteLossError, TrainState, configured_optimizer, train_one_epoch
 
         slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
         if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
@@ -312,7 +312,7 @@ class Objective:
         config = load_config(compose_run([*self.base, *(f"{k}={v}" for k, v in values.items())]))
         device = validate_config(config)
         data, model = prepare(config, device)
-        optimizer = make_optimizer(model, config.trainer.lr, config.trainer.adam_eps)
+        optimizer = configured_optimizer(model, config.trainer)
         state = TrainState()
         data_rng = torch.Generator(device=device).manual_seed(config.seed)
         best = -math.inf

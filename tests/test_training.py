@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import POSTERIOR_CHOICES, POSTERIOR_NAMES, TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo
-from rhovae.config import load_config
+from rhovae.config import load_config, validate_config
 from rhovae.errors import ConfigError
 from rhovae.build import build_vae, load_data
 from rhovae.experiment import run_experiment
@@ -151,6 +153,62 @@ def test_training_optimizer_is_fused_adam_with_the_reference_updates():
     assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["lr"] == 1e-2
     for p, q in zip(fused_params, reference_params):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_with_the_iwae_codes_betas_and_second_moment_start_matches_its_update_rule():
+    """The IWAE paper's released Adam (yburda/iwae optimizers.py), written out in numpy: beta1 0.99, v starts at 1,
+    step lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps). eps is tiny here, where its placement (before
+    or after the bias correction) cannot matter."""
+    from rhovae.trainer import make_optimizer
+    lr, b1, b2, eps = 1e-2, 0.99, 0.999, 1e-10
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(16, 5, generator=gen) for _ in range(6)]
+
+    def loss(weight, x):
+        return torch.tanh(x @ weight).pow(2).mean()
+
+    def trained(second_moment_init):
+        weight = torch.nn.Parameter(torch.linspace(-1, 1, 15).reshape(5, 3))
+        optimizer = make_optimizer(torch.nn.ParameterList([weight]), lr=lr, eps=eps, betas=(b1, b2),
+                                   second_moment_init=second_moment_init)
+        for x in inputs:
+            optimizer.zero_grad()
+            loss(weight, x).backward()
+            optimizer.step()
+        return weight.detach().double().numpy()
+
+    w = torch.linspace(-1, 1, 15, dtype=torch.float64).reshape(5, 3).numpy()
+    m, v = np.zeros_like(w), np.ones_like(w)
+    for t, x in enumerate(inputs, start=1):
+        wt = torch.tensor(w, requires_grad=True)
+        loss(wt, x.double()).backward()
+        g = wt.grad.numpy()
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+    np.testing.assert_allclose(trained(1.0), w, rtol=1e-5, atol=1e-7)
+    assert np.abs(trained(0.0) - w).max() > 1e-3  # torch's own start (v = 0) takes much larger first steps
+
+
+def test_the_run_builds_adam_from_the_trainer_section():
+    from rhovae.trainer import configured_optimizer
+    cfg = load_config(compose(["trainer.adam_betas=[0.99,0.999]", "trainer.adam_second_moment_init=1",
+                               "trainer.adam_eps=1e-4"]))
+    model = torch.nn.Linear(3, 2)
+    optimizer = configured_optimizer(model, cfg.trainer)
+    assert optimizer.param_groups[0]["betas"] == (0.99, 0.999) and optimizer.param_groups[0]["eps"] == 1e-4
+    assert all(torch.equal(optimizer.state[p]["exp_avg_sq"], torch.ones_like(p)) for p in model.parameters())
+    assert not configured_optimizer(model, load_config(compose([])).trainer).state  # torch's default: state made at the first step
+
+
+@pytest.mark.parametrize("override, accepted", [
+    ("trainer.adam_betas=[0.9,1.0]", r"two numbers in \[0, 1\): \[beta1, beta2\]"),
+    ("trainer.adam_betas=[0.9]", r"two numbers in \[0, 1\): \[beta1, beta2\]"),
+    ("trainer.adam_second_moment_init=-1", "a number >= 0"),
+])
+def test_bad_adam_settings_are_refused_in_one_line(override, accepted):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is not valid; accepted: {accepted}$"):
+        validate_config(load_config(compose([override])))
 
 
 def _without_timings(rows):

@@ -118,6 +118,9 @@ def validate_config(config: RunConfig):
     _int_at_least(config, "trainer.threads", 1, optional=True)
     _number_above(config, "trainer.kl_warmup_epochs", 0, inclusive=True)
     _number_above(config, "trainer.adam_eps", 0)
+    _check(config, "trainer.adam_betas", lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+           "two numbers in [0, 1): [beta1, beta2]")
+    _number_above(config, "trainer.adam_second_moment_init", 0, inclusive=True)
     _list_of_ints(config, "trainer.lr_stage_epochs", "stage lengths in epochs")
     _number_above(config, "trainer.lr_stage_decay", 0)
     _int_at_least(config, "trainer.patience", 1, optional=True)

@@ -69,6 +69,10 @@ class TrainerConfig:
     precision: str = "float32"
     kl_warmup_epochs: float = 0  # the KL weight rises linearly 0 -> objective.beta over this many epochs
     adam_eps: float = 1.0e-8  # Adam's epsilon (the IWAE paper used 1e-4)
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
+    # the value Adam's second-moment estimate starts from (torch: 0). The IWAE paper's released code starts it at 1,
+    # which with the usual bias correction shrinks the first few thousand steps (a built-in warm-up)
+    adam_second_moment_init: float = 0.0
     # a stepped learning rate: stage i lasts lr_stage_epochs[i] epochs at lr * lr_stage_decay^i (the last stage's
     # rate holds after the list ends); empty = a constant lr
     lr_stage_epochs: List[int] = field(default_factory=list)
