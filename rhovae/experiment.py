@@ -15,6 +15,7 @@ Everything lands in ``run_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,8 +39,8 @@ from .milestones import MILESTONES, evaluate_milestone, keep_saved_milestones
 from .pictures import write_pictures
 from .posteriors import posterior_label
 from .provenance import provenance
-from .run_folder import (CHECKPOINT, check_start, clear_outputs, overwrite_salt, recorded_status, run_records,
-                         wandb_run_id)
+from .run_folder import (CHECKPOINT, check_start, clear_outputs, exclusive_use, overwrite_salt, recorded_status,
+                         run_records, wandb_run_id)
 from .tracking import NullLogger, WandbLogger, append_jsonl, write_json_atomic
 from .trainer import (NonFiniteLossError, TrainingInterrupted, TrainingRun, TrainState, configured_optimizer, fit,
                       interrupted, resume_command, training_finished)
@@ -58,12 +59,23 @@ def run_experiment(cfg: DictConfig | RunConfig, run_dir: str | Path, sweep: str 
     (``plan_run``); ``on_start`` is called once the run is accepted, before anything else is written.
     """
     run_dir = Path(run_dir)
-    plan = plan_run(cfg, run_dir, given)
-    if plan.complete:
-        log.info("%s is complete (status completed); nothing to resume. Re-score it with scripts/evaluate.py, or "
-                 "raise trainer.epochs to train on", run_dir)
-        return json.loads((run_dir / "summary.json").read_text())
-    claim_folder(plan, run_dir, on_start)
+    with contextlib.ExitStack() as held:
+        if run_dir.is_dir():  # held before its checkpoint is read: another process may be training there
+            held.enter_context(exclusive_use(run_dir))
+        plan = plan_run(cfg, run_dir, given)
+        if plan.complete:
+            log.info("%s is complete (status completed); nothing to resume. Re-score it with scripts/evaluate.py, "
+                     "or raise trainer.epochs to train on", run_dir)
+            return json.loads((run_dir / "summary.json").read_text())
+        if not run_dir.is_dir():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive_use(run_dir))
+        claim_folder(plan, run_dir, on_start)
+        return train_test_and_record(plan, run_dir, sweep)
+
+
+def train_test_and_record(plan: RunPlan, run_dir: Path, sweep: str | None) -> dict[str, Any]:
+    """The accepted run, in its claimed folder: train, test the best checkpoint, write pictures and summary.json."""
     config, model, data = plan.config, plan.model, plan.data
     summary = opening_summary(plan, sweep)
     state, tracker = TrainState(), NullLogger()
@@ -172,8 +184,7 @@ def seed_everything(seed: int) -> None:
 
 
 def claim_folder(plan: RunPlan, run_dir: Path, on_start: Callable[[RunPlan], None] | None) -> None:
-    """The run is accepted: make its folder (emptied first with trainer.overwrite), then tell the caller."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """The run is accepted and its folder held: empty it first with trainer.overwrite, then tell the caller."""
     if plan.overwrite:
         log.warning("trainer.overwrite=true: removed the previous run's %s from %s",
                     ", ".join(clear_outputs(run_dir)), run_dir)

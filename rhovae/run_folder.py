@@ -3,16 +3,22 @@
 A run folder holds a run once it has a checkpoint or a ``summary.json``. Starting there is refused unless the
 user says which of the two ways on is meant: ``trainer.resume=true`` continues it from ``checkpoints/last.pt``,
 ``trainer.overwrite=true`` deletes its outputs first. The refusal happens before anything is written, so the
-folder stays byte-identical. ``wandb_run_id`` gives the run one W&B id for all its attempts.
+folder stays byte-identical. A folder is held by the one process training in it (``exclusive_use``), so a second
+command started there meanwhile is refused instead of interleaving its checkpoints with the first one's.
+``wandb_run_id`` gives the run one W&B id for all its attempts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 from .errors import RhovaeError
 
@@ -26,8 +32,39 @@ RUN_OUTPUTS = ("checkpoints", "summary.json", "metrics.jsonl", "evaluation.json"
                "gaps.npz", "wandb", ".hydra")
 
 
+log = logging.getLogger(__name__)
+
+
 class RunFolderError(RhovaeError):
-    """Starting in a folder that already holds a run, without saying whether to continue or replace it."""
+    """Starting in a folder that already holds a run, without saying whether to continue or replace it, or while
+    another process trains there."""
+
+
+@contextlib.contextmanager
+def exclusive_use(run_dir: Path) -> Iterator[None]:
+    """Hold the existing folder ``run_dir`` for this process, or refuse with one line if another process holds it.
+
+    An advisory ``flock`` on the folder itself: nothing is written into it, and the hold ends with the process
+    however that ends (no stale lock after a crash or ``kill -9``). Without ``fcntl`` (Windows) folders are not
+    held, and a warning says so.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        log.warning("this platform has no flock: nothing stops a second process from training in %s at the same "
+                    "time", run_dir)
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{run_dir} is in use: another process is training this run right now; nothing was "
+                                 "changed. Let it finish, or stop it (Ctrl-C saves a checkpoint) and resume") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_records(run_dir: Path) -> list[Path]:

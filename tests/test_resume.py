@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY_OVERRIDES, compose, started, train, wait_for
+from helpers import TINY_OVERRIDES, compose, folder_digest, started, train, wait_for
 from rhovae import experiment
 from rhovae.checkpoint import load_checkpoint
 from rhovae.errors import ConfigError
+from rhovae.run_folder import RunFolderError, exclusive_use
 from rhovae.tracking import read_jsonl
 from rhovae.trainer import TrainingInterrupted
 
@@ -72,6 +74,18 @@ def test_resume_refuses_a_different_model(data_root, tmp_path, uninterrupted):
     same_numbers(longer, uninterrupted)
 
 
+def test_a_folder_held_by_a_training_process_is_refused_and_left_as_it_is(data_root, tmp_path):
+    experiment.run_experiment(compose([f"dataset.root={data_root}", *RESUME_OVERRIDES, "trainer.epochs=1"]), tmp_path)
+    before = folder_digest(tmp_path)
+    resume = compose([f"dataset.root={data_root}", *RESUME_OVERRIDES, "trainer.resume=true"])
+    with exclusive_use(tmp_path):  # what the process training there holds
+        with pytest.raises(RunFolderError, match=rf"^{re.escape(str(tmp_path))} is in use: another process is "
+                                                 r"training this run right now; nothing was changed\. "):
+            experiment.run_experiment(resume, tmp_path)
+    assert folder_digest(tmp_path) == before
+    assert experiment.run_experiment(resume, tmp_path)["epochs"] == 3  # released: the resume goes on
+
+
 def training_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [f"dataset.root={data_root}", *RESUME_OVERRIDES, f"hydra.run.dir={run_dir}", *extra]
 
@@ -99,3 +113,22 @@ def test_killed_subprocess_resumes_to_the_same_summary(data_root, tmp_path, unin
     proc = train(training_args(data_root, run_dir, "trainer.resume=true"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     same_numbers(json.loads(summary_path.read_text()), uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_while_the_first_trains_and_may_resume_once_it_is_killed(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with started(training_args(data_root, run_dir, "trainer.epochs=100000"), cwd=tmp_path) as first:
+        wait_for(first, (run_dir / "checkpoints" / "last.pt").exists, "the first checkpoint")
+        second = train(training_args(data_root, run_dir, "trainer.resume=true"), cwd=tmp_path)
+        assert first.poll() is None  # still training while the second was refused
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: {run_dir} is in use: another process is training this run right now; nothing was changed. Let "
+            "it finish, or stop it (Ctrl-C saves a checkpoint) and resume")
+        first.kill()
+        first.communicate(timeout=120)
+    proc = train(training_args(data_root, run_dir, "trainer.resume=true", "trainer.epochs=1"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # the killed process held nothing any more
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
