@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="best",
                         help="best (the run's own test numbers), last, or a milestone's epoch_N")
     parser.add_argument("--update-summary", action="store_true", help="merge the test/* numbers into summary.json")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides must look like key=value, got {bad[0]!r}")

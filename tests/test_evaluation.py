@@ -173,8 +173,8 @@ def test_evaluate_script_scores_a_milestones_checkpoint(trained_run):
     milestone = json.loads((trained_run / "milestones.jsonl").read_text().splitlines()[0])
     assert milestone["epoch"] == 2 and milestone["n_images"] == 80  # the whole tiny test set, K = 20
     evaluate = [sys.executable, str(REPO / "scripts" / "evaluate.py"), str(trained_run)]
-    proc = subprocess.run([*evaluate, "--checkpoint", "epoch_2"], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([*evaluate, "--checkpoint", "epoch_2", "eval.iw_samples=20"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)  # overrides after the options too
     assert proc.returncode == 0, proc.stderr
     rescored = json.loads((trained_run / "evaluation_epoch_2.json").read_text())
     assert rescored["epoch"] == 2 and rescored["checkpoint"] == "epoch_2"
