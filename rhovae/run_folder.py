@@ -45,8 +45,8 @@ def exclusive_use(run_dir: Path) -> Iterator[None]:
     """Hold the existing folder ``run_dir`` for this process, or refuse with one line if another process holds it.
 
     An advisory ``flock`` on the folder itself: nothing is written into it, and the hold ends with the process
-    however that ends (no stale lock after a crash or ``kill -9``). Without ``fcntl`` (Windows) folders are not
-    held, and a warning says so.
+    however that ends (no stale lock after a crash or ``kill -9``). Without ``fcntl`` (Windows), or on a file
+    system that refuses ``flock``, the folder is not held and a warning says so.
     """
     try:
         import fcntl
@@ -62,6 +62,9 @@ def exclusive_use(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise RunFolderError(f"{run_dir} is in use: another process is training this run right now; nothing was "
                                  "changed. Let it finish, or stop it (Ctrl-C saves a checkpoint) and resume") from None
+        except OSError as err:  # a file system without flock (some Lustre and NFS mounts)
+            log.warning("cannot hold %s (%s): nothing stops a second process from training there at the same time",
+                        run_dir, err.strerror)
         yield
     finally:
         os.close(fd)

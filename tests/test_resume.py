@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
+import os
 import re
 import signal
 from pathlib import Path
@@ -84,6 +87,20 @@ def test_a_folder_held_by_a_training_process_is_refused_and_left_as_it_is(data_r
             experiment.run_experiment(resume, tmp_path)
     assert folder_digest(tmp_path) == before
     assert experiment.run_experiment(resume, tmp_path)["epochs"] == 3  # released: the resume goes on
+
+
+def test_a_file_system_without_flock_trains_unheld_and_says_so(data_root, tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with caplog.at_level(logging.WARNING, logger="rhovae.run_folder"):
+        summary = experiment.run_experiment(compose([f"dataset.root={data_root}", *RESUME_OVERRIDES,
+                                                     "trainer.epochs=1"]), tmp_path)
+    assert summary["status"] == "completed"
+    assert f"cannot hold {tmp_path} ({os.strerror(errno.EOPNOTSUPP)})" in caplog.text
 
 
 def training_args(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
