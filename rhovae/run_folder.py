@@ -25,11 +25,12 @@ from .errors import RhovaeError
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # Files that make a folder a run: finished epochs (a checkpoint) or a record of how the run ended.
 RUN_RECORDS = (CHECKPOINT, Path("checkpoints") / "best.pt", Path("summary.json"))
-# Everything a run writes into its folder; trainer.overwrite=true removes these and nothing else (train.log is
-# kept and appended to, so the log says what was replaced).
-RUN_OUTPUTS = ("checkpoints", "summary.json", "metrics.jsonl", "evaluation.json", "samples.png",
-               "reconstructions.png", "learning_curves.png", "latent_means.png", "kl_per_dim.png", "gaps.json",
-               "gaps.npz", "wandb", ".hydra")
+# Everything a run writes into its folder, and its re-scorings (scripts/evaluate.py), as names or glob patterns;
+# trainer.overwrite=true removes these and nothing else (train.log is kept and appended to, so the log says what
+# was replaced).
+RUN_OUTPUTS = ("checkpoints", "summary.json", "metrics.jsonl", "milestones.jsonl", "evaluation.json",
+               "evaluation_*.json", "samples.png", "reconstructions.png", "learning_curves.png", "latent_means.png",
+               "kl_per_dim.png", "gaps.json", "gaps.npz", "wandb", ".hydra")
 
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,12 @@ def check_start(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 def clear_outputs(run_dir: Path) -> list[str]:
     """Delete what a previous run wrote into ``run_dir`` (``trainer.overwrite=true``); return what was removed."""
     removed = []
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
+    for path in (path for pattern in RUN_OUTPUTS for path in sorted(run_dir.glob(pattern))):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
         else:
-            continue
-        removed.append(name)
+            path.unlink()
+        removed.append(path.name)
     return removed
 
 

@@ -7,11 +7,12 @@
 
 The run's config is read from its checkpoint (so the model is rebuilt exactly), overrides are applied on
 top, and the results are written to RUN_DIR/evaluation.json (evaluation_<checkpoint>.json for any checkpoint but
-``best``, the one the run's own test numbers come from). With the same eval.seed and settings the numbers reproduce
-those written at the end of training. A milestone's checkpoint (epoch_N) gives that model's numbers on the whole test
-set, where milestones.jsonl has them on the first ``eval.milestone_images`` test images. A key that would change the model or its data
-(``posterior.min_std``, ``latent_dim``) is refused with one line before anything runs; ``--update-summary``
-records the overrides in summary.json (``rescored_with``) beside the numbers they made.
+``best``, the one the run's own test numbers come from). With the same eval.seed and settings the numbers
+reproduce those written at the end of training. A milestone's checkpoint (epoch_N) gives that model's numbers on
+the whole test set, where milestones.jsonl has them on the first ``eval.milestone_images`` test images. A key
+that would change the model or its data (``posterior.min_std``, ``latent_dim``) is refused with one line before
+anything runs; ``--update-summary`` records the overrides in summary.json (``rescored_with``) beside the numbers
+they made.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", updat
     metrics, _ = evaluate_test_set(model, data, config.eval)
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"],
               "overrides": overrides, **metrics}
-    write_json_atomic(run_dir / ("evaluation.json" if checkpoint == "best" else f"evaluation_{checkpoint}.json"), result)
+    name = "evaluation.json" if checkpoint == "best" else f"evaluation_{checkpoint}.json"
+    write_json_atomic(run_dir / name, result)
     if update_summary:
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

@@ -88,12 +88,14 @@ def test_overwrite_replaces_the_run_only_when_asked(finished, data_root, tmp_pat
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(finished), str(copy)], check=True)
     old_summary = json.loads((copy / "summary.json").read_text())
+    (copy / "evaluation_last.json").write_text("{}")  # a re-scoring of the old run's last checkpoint
     proc = train([f"dataset.root={data_root}", *ARGS, "trainer.epochs=1", "trainer.overwrite=true",
                   f"hydra.run.dir={copy}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trainer.overwrite=true: removed the previous run's checkpoints, summary.json, metrics.jsonl" in proc.stdout
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["epochs"] == 1 and old_summary["epochs"] == 2
+    assert not (copy / "evaluation_last.json").exists()
     assert [r["epoch"] for r in read_jsonl(copy / "metrics.jsonl")] == [1]
     runs = offline_runs(copy)
     assert len(runs) == 1 and not runs[0].name.endswith(offline_runs(finished)[0].name[-16:])  # a new W&B id
