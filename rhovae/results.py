@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import NOT_FACTORS, flatten, in_sections, upgrade
+from .config import NOT_FACTORS, flatten, in_sections, with_todays_defaults
 from .posteriors import posterior_label
 
 BASELINE = "diag"
@@ -107,8 +107,8 @@ def iw_samples_used(runs: pd.DataFrame) -> list[int]:
 
 def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """One table row from a run's summary and resolved config (either may be incomplete; an older version's config
-    is read in today's keys)."""
-    config = upgrade(dict(config))
+    is read in today's keys, those added since at their defaults, so that they never look like a factor)."""
+    config = with_todays_defaults(config) if config else {}
     row = {"status": summary.get("status", "unfinished"), "error": summary.get("error"),
            "dataset": summary.get("dataset", config.get("dataset", {}).get("name")),
            "posterior": summary.get("posterior", config.get("posterior", {}).get("name")),
@@ -159,14 +159,15 @@ def group_keys(runs: pd.DataFrame, include_unfinished: bool = False) -> list[str
     """``dataset``, ``method`` and the config keys the sweep varied within a (dataset, method) pair: among the
     completed runs (what the tables average), or with ``include_unfinished`` among all (what the budget curves of
     runs still training show)."""
-    keys = ["dataset", "method"]
+    base = ["dataset", "method"]
     done = runs if include_unfinished else completed(runs)
+    keys = list(base)
     for column in runs.columns:
         key = column.removeprefix(CONFIG)
         if key == column or in_sections(key, NOT_A_FACTOR) or key.startswith("posterior."):
             continue  # not a config key, not a factor, or a posterior option (part of the method label)
-        if done.groupby(keys, dropna=False)[column].nunique(dropna=False).max() > 1:
-            keys.append(column)
+        if done.groupby(base, dropna=False)[column].nunique(dropna=False).max() > 1:
+            keys.append(column)  # keys that vary together are all named: a reader sees what else changed with it
     return keys
 
 

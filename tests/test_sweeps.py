@@ -307,6 +307,22 @@ def test_runs_of_an_older_version_are_read_in_todays_keys():
     assert row["method"] == "rho_published_code"  # labelled from the config, as today
 
 
+def test_a_key_added_after_a_run_was_trained_reads_as_its_default_and_is_no_factor():
+    summary = {"status": "completed", "dataset": "mnist", "seed": 0}
+    before = {"posterior": {"name": "diag"}, "objective": {"iw_samples": 5}}  # saved before trainer.adam_betas
+    after = {"posterior": {"name": "diag"}, "objective": {"iw_samples": 1}, "trainer": {"adam_betas": [0.9, 0.999]}}
+    runs = pd.DataFrame([results.run_row(summary, config, run=str(i)) for i, config in enumerate((before, after))])
+    assert list(runs["config.trainer.adam_betas"]) == ["[0.9, 0.999]"] * 2
+    assert results.group_keys(runs) == ["dataset", "method", "config.objective.iw_samples"]
+
+
+def test_keys_that_vary_together_are_all_named():
+    summary = {"status": "completed", "dataset": "mnist", "seed": 0}
+    runs = pd.DataFrame([results.run_row(summary, {"posterior": {"name": "diag"}, "latent_dim": d, "trainer": {"lr": lr}},
+                                         run=str(d)) for d, lr in ((8, 1e-3), (16, 3e-4))])
+    assert results.group_keys(runs) == ["dataset", "method", "config.latent_dim", "config.trainer.lr"]
+
+
 def test_group_keys_follow_what_the_sweep_varied():
     def row(method, seed, latent_dim, status="completed", **posterior):
         summary = {"status": status, "dataset": "mnist", "method": method, "seed": seed, "test/elbo": -100.0 - seed}

@@ -15,7 +15,7 @@ are read (and their modules imported) only by the functions that need them.
 from .checks import resolve_device, validate_config
 from .keys import flatten, in_sections, reject_unknown_keys, unflatten
 from .load import as_dict, component_options, load_config
-from .saved import NOT_FACTORS, RESUMABLE_KEYS, rescoring_config, resumed_config, upgrade
+from .saved import NOT_FACTORS, RESUMABLE_KEYS, rescoring_config, resumed_config, upgrade, with_todays_defaults
 from .schema import (DatasetConfig, EvalSettings, GapSettings, ObjectiveConfig, RunConfig, TrainerConfig,
                      keys_with, section_defaults)
 
@@ -23,5 +23,5 @@ __all__ = [
     "DatasetConfig", "EvalSettings", "GapSettings", "NOT_FACTORS", "ObjectiveConfig", "RESUMABLE_KEYS", "RunConfig",
     "TrainerConfig", "as_dict", "component_options", "flatten", "in_sections", "keys_with", "load_config",
     "reject_unknown_keys", "rescoring_config", "resolve_device", "resumed_config", "section_defaults", "unflatten",
-    "upgrade", "validate_config",
+    "upgrade", "validate_config", "with_todays_defaults",
 ]

@@ -2,6 +2,7 @@
 change about a run that already exists.
 
 * ``upgrade``: a config saved by an earlier version in today's keys (a section renamed since moves to its name).
+* ``with_todays_defaults``: that, with the keys added to the project since taking their defaults.
 * ``resumed_config``: what a resumed run continues with; only keys flagged ``resumable`` in the schema may change.
 * ``rescoring_config``: what a script that re-scores a finished run (``scripts/evaluate.py``, ``scripts/gaps.py``)
   scores with; only the sections it estimates with and keys that are not factors may change.
@@ -34,6 +35,14 @@ def upgrade(config: Mapping[str, Any]) -> dict[str, Any]:
         if old in upgraded and new not in upgraded:
             upgraded[new] = upgraded.pop(old)
     return upgraded
+
+
+def with_todays_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """``upgrade(saved)`` with every key added to the project after it was saved at its default: a key that changes
+    the method is added with the default that keeps the behaviour from before it, so that is what the run ran with.
+    ``${...}`` are left unresolved."""
+    merged = OmegaConf.merge(OmegaConf.create(section_defaults()), OmegaConf.create(upgrade(saved)))
+    return OmegaConf.to_container(merged)
 
 
 def resumed_config(saved: Mapping[str, Any], current: Mapping[str, Any], given: Iterable[str] | None,
@@ -72,8 +81,7 @@ def rescoring_config(saved: Mapping[str, Any], overrides: Sequence[str], may_ove
     or keys the script estimates with) and the keys that only say how a command runs: anything else would score a
     different model or different data than the run trained, and write its numbers beside the run's.
     """
-    # keys added to the project after the run was trained take their defaults
-    base = OmegaConf.merge(OmegaConf.create(section_defaults()), OmegaConf.create(upgrade(saved)))
+    base = OmegaConf.create(with_todays_defaults(saved))
     given = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
     reject_unknown_keys(given, flatten(OmegaConf.to_container(base)), where="of the run's configuration")
     accepted = [*may_override, *(k for k in NOT_FACTORS if not in_sections(k, ("eval", "gaps")))]
