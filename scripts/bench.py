@@ -58,13 +58,12 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from rhovae.allocator import retain_freed_memory
-from rhovae.config import load_config, resolve_device
+from rhovae.config import TrainerConfig, load_config, resolve_device
 from rhovae.config.checks import check_bfloat16
 from rhovae.errors import ConfigError
 from rhovae.data import ImageData, load_image_data, train_batches
 from rhovae.evaluation import importance_weighted_log_likelihood
-from rhovae.build import build_vae
+from rhovae.build import build_vae, set_process_mode
 from rhovae.idx import write_dataset
 from rhovae.information import information
 from rhovae.posteriors import AR1Normal, POSTERIORS
@@ -555,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         args.info_images, args.info_outer, args.flush_warmup = 40, 10, 5
     args.posteriors = ["diag", *(name for name in dict.fromkeys(args.posteriors) if name != "diag")]
     device = resolve_device(args.device)
-    retain_freed_memory()
-    torch.set_flush_denormal(True)  # trainer.flush_denormal's default
+    set_process_mode(TrainerConfig())  # the mode a run with the default trainer section sets
     if args.compile:
         # Every compiled step is a guarded version of the one method VAE.loss; past dynamo's recompile limit (8) the
         # later posteriors and the IWAE model would silently run eager. A training run compiles one model: no limit.
