@@ -5,9 +5,10 @@ epochs per trial, sampler and pruner, in one study database (``scripts/tune.py``
   command line; ``SearchSpace`` checks the space (known keys, non-empty ranges) before anything is written.
 * ``tune``: the studies, run by ``tune.n_jobs`` worker processes. A trial composes its run config with Hydra's
   compose API from ``configs/`` (as ``train.py`` does, plus the sampled values), trains with the project's own
-  ``train_one_epoch`` and reports the validation ELBO after each epoch, so that the pruner can stop it; its value
-  is the best validation ELBO (never a test number). A trial whose loss turns non-finite is pruned: it used its
-  share of the budget.
+  ``train_one_epoch`` and reports the validation bound after each epoch, so that the pruner can stop it; its value
+  is the best validation bound (never a test number): the bound the run trains and picks its checkpoint by
+  (``trainer.selection_bound``), the ELBO, or the k-sample bound of an IWAE run. A trial whose loss turns
+  non-finite is pruned: it used its share of the budget.
 * The budget is exact: a study takes trials until ``n_trials`` of them are complete or pruned. Each trial claims a
   slot when it starts (trials are numbered by the database, so two workers never both take the last one); a
   trial that finds no slot left is recorded as failed and marked ``surplus``. A trial interrupted by Ctrl-C is
@@ -290,7 +291,8 @@ def planned_studies(tune_cfg: TuneConfig) -> list[PlannedStudy]:
 
 
 class Objective:
-    """One trial: compose, train ``epochs`` epochs with the project's training code, report the validation ELBO."""
+    """One trial: compose, train ``epochs`` epochs with the project's training code, report the validation bound the
+    run trains (the ELBO, or the IWAE bound when ``objective.iw_samples`` > 1)."""
 
     def __init__(self, tune_cfg: TuneConfig, space: SearchSpace, plan: PlannedStudy):
         self.tune_cfg, self.space = tune_cfg, space
@@ -301,7 +303,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from .config import load_config, validate_config
         from .experiment import prepare
-        from .trainer import NonFiniteLossError, TrainState, configured_optimizer, train_one_epoch
+        from .trainer import NonFiniteLossError, TrainState, configured_optimizer, selection_bound, train_one_epoch
 
         slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
         if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
@@ -323,11 +325,12 @@ class Objective:
                 trial.set_user_attr("pruned_because", str(err))
                 raise optuna.TrialPruned(str(err)) from None
             state.epoch = epoch
-            val = evaluate_elbo(model, data.val, batch_size=config.eval.batch_size, eval_seed=config.eval.seed)["elbo"]
+            val = selection_bound(evaluate_elbo(model, data.val, batch_size=config.eval.batch_size,
+                                                eval_seed=config.eval.seed, iw_samples=config.objective.iw_samples))
             best = max(best, val)
             trial.report(val, epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"val ELBO {val:.2f} at epoch {epoch}")
+                raise optuna.TrialPruned(f"val bound {val:.2f} at epoch {epoch}")
         return best
 
 
@@ -339,7 +342,7 @@ def finished_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str |
         max(trial.intermediate_values.values()) if trial.intermediate_values else math.nan)
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, trial.state.name.lower())
-    return f"{study.study_name} trial {trial.number}: {state}, best val ELBO {value:.2f} ({params})"
+    return f"{study.study_name} trial {trial.number}: {state}, best val bound {value:.2f} ({params})"
 
 
 def run_study(study: optuna.Study, objective: Objective, n_trials: int, progress: bool) -> None:
@@ -429,7 +432,7 @@ def tuning_table(url: str, names: Sequence[str] | None = None) -> pd.DataFrame:
         ends = [t.datetime_complete for t in counted if t.datetime_complete]
         best = max(complete, key=lambda t: t.value, default=None)
         rows.append({
-            "study": name, "best val ELBO": best.value if best else math.nan,
+            "study": name, "best val bound": best.value if best else math.nan,
             "best parameters": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in best.params.items()) if best else "",
             "trials": len(counted), "complete": len(complete), "pruned": len(counted) - len(complete),
@@ -452,8 +455,8 @@ def history_figure(url: str, names: Sequence[str], path: Path) -> Path:
     studies = [optuna.load_study(study_name=n, storage=url) for n in names]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = plot_optimization_history(studies, target_name="val ELBO")
-    ax.set_title("Equal-budget tuning: validation ELBO per trial (lines: best so far)")
+        ax = plot_optimization_history(studies, target_name="val bound")
+    ax.set_title("Equal-budget tuning: validation bound per trial (lines: best so far)")
     ax.figure.set_size_inches(9, 5)
     ax.figure.tight_layout()
     ax.figure.savefig(path, dpi=100)

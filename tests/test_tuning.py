@@ -34,6 +34,27 @@ def states(url: str, name: str) -> list[TrialState]:
     return [t.state for t in study(url, name).get_trials(deepcopy=False)]
 
 
+@pytest.mark.slow  # trains one tiny trial: seconds
+def test_an_iwae_study_scores_the_bound_its_runs_train_not_the_elbo(data_root, tmp_path, monkeypatch):
+    tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=1, epochs=2, startup_trials=1)
+    tune_cfg.run.append("objective.iw_samples=4")
+    scored = []
+    real = tuning.evaluate_elbo
+
+    def recording(*args, **kwargs):
+        scored.append(real(*args, **kwargs))
+        return scored[-1]
+
+    monkeypatch.setattr(tuning, "evaluate_elbo", recording)
+    tuning.tune(tune_cfg, url, progress=False)
+
+    trial = study(url, "mnist-diag").trials[0]
+    assert [set(s) for s in scored] == [{"elbo", "recon", "kl", "iw_bound"}] * 2
+    assert list(trial.intermediate_values.values()) == [s["iw_bound"] for s in scored]
+    assert all(s["iw_bound"] > s["elbo"] for s in scored)  # k = 4 is a tighter bound: the two are told apart
+    assert trial.value == max(s["iw_bound"] for s in scored)
+
+
 @pytest.mark.slow  # trains several tiny trials: seconds
 def test_every_posterior_gets_the_same_space_and_budget_and_a_poor_trial_is_pruned(data_root, tmp_path):
     tune_cfg, url = tiny_tune(data_root, tmp_path)
@@ -58,7 +79,7 @@ def test_every_posterior_gets_the_same_space_and_budget_and_a_poor_trial_is_prun
 
     table = tuning.tuning_table(url, ["mnist-diag", "mnist-planar"])
     assert table["trials"].tolist() == [3, 3] and table.loc[0, "pruned"] == 1
-    assert table.loc[0, "best val ELBO"] == pytest.approx(study(url, "mnist-diag").best_value)
+    assert table.loc[0, "best val bound"] == pytest.approx(study(url, "mnist-diag").best_value)
     assert tuning.history_figure(url, ["mnist-diag", "mnist-planar"], tmp_path / "history.png").stat().st_size > 0
 
 
