@@ -27,8 +27,17 @@ log = logging.getLogger(__name__)
 MILESTONES = "milestones.jsonl"
 
 
+CHECKPOINT_PREFIX = "epoch_"
+
+
 def milestone_checkpoint(run_dir: Path, epoch: int) -> Path:
-    return run_dir / "checkpoints" / f"epoch_{epoch}.pt"
+    return run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{epoch}.pt"
+
+
+def milestone_epoch(checkpoint_name: str) -> int | None:
+    """The epoch of a milestone checkpoint's name (``epoch_364`` -> 364), None for any other name."""
+    epoch = checkpoint_name.removeprefix(CHECKPOINT_PREFIX)
+    return int(epoch) if checkpoint_name.startswith(CHECKPOINT_PREFIX) and epoch.isdigit() else None
 
 
 def evaluate_milestone(run: TrainingRun) -> dict[str, Any]:

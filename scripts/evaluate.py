@@ -26,14 +26,15 @@ from pathlib import Path
 from rhovae.errors import RhovaeError
 from rhovae.evaluation import evaluate_test_set
 from rhovae.build import load_trained_run
+from rhovae.milestones import milestone_epoch
 from rhovae.tracking import write_json_atomic
 
 
 def saved_checkpoints(run_dir: Path) -> list[str]:
     """The names ``--checkpoint`` accepts for ``run_dir``: best, last and the milestones' epoch_N."""
     def order(name: str) -> tuple[int, str]:  # best and last first, then the milestones by epoch
-        epoch = name.removeprefix("epoch_")
-        return (int(epoch), "") if epoch.isdigit() else (-1, name)
+        epoch = milestone_epoch(name)
+        return (-1, name) if epoch is None else (epoch, "")
     return sorted((p.stem for p in (run_dir / "checkpoints").glob("*.pt")), key=order)
 
 

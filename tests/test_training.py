@@ -18,7 +18,7 @@ from rhovae.config import load_config, validate_config
 from rhovae.errors import ConfigError
 from rhovae.build import build_vae, load_data
 from rhovae.experiment import run_experiment
-from rhovae.milestones import keep_saved_milestones
+from rhovae.milestones import keep_saved_milestones, milestone_checkpoint, milestone_epoch
 from rhovae.posteriors import DiagonalPosterior
 from rhovae.tracking import append_jsonl, read_jsonl
 from rhovae.trainer import NonFiniteLossError, training_loss
@@ -236,6 +236,11 @@ def test_milestones_score_the_model_of_that_epoch_without_changing_training(data
     assert rows[0]["test/elbo"] == pytest.approx(again["elbo"], abs=1e-9)  # the epoch-1 model, not the last one
     assert rows[0]["test/elbo"] != rows[1]["test/elbo"]
     assert rows[1]["test/nll"] <= -rows[1]["test/elbo"] + 5
+
+
+def test_a_milestone_checkpoints_name_gives_back_its_epoch_and_no_other_name_does(tmp_path):
+    assert milestone_epoch(milestone_checkpoint(tmp_path, 364).stem) == 364
+    assert [milestone_epoch(name) for name in ("best", "last", "epoch_", "epoch_x", "last_364")] == [None] * 5
 
 
 def test_a_resumed_run_keeps_the_milestones_of_the_epochs_its_checkpoint_holds(tmp_path):
