@@ -41,8 +41,11 @@ def load_data(config: RunConfig, device: torch.device) -> ImageData:
 
 
 def set_process_mode(trainer: TrainerConfig) -> None:
-    """What a run sets for the whole process before it trains or is evaluated: subnormal flushing as
-    ``trainer.flush_denormal`` says, and freed memory kept for reuse (``rhovae.allocator``)."""
+    """What a run sets for the whole process before it trains or is evaluated: torch's CPU threads as
+    ``trainer.threads`` says (None keeps torch's default), subnormal flushing as ``trainer.flush_denormal`` says, and
+    freed memory kept for reuse (``rhovae.allocator``)."""
+    if trainer.threads is not None:
+        torch.set_num_threads(trainer.threads)
     retain_freed_memory()
     torch.set_flush_denormal(trainer.flush_denormal)
 
@@ -54,7 +57,7 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     config = load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir))
     device = validate_config(config)
-    set_process_mode(config.trainer)  # evaluate in the floating-point mode it trained in
+    set_process_mode(config.trainer)  # evaluate with the threads and floating-point mode it trained with
     data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
     model.load_state_dict(ckpt["model"])

@@ -162,11 +162,9 @@ def plan_run(cfg: DictConfig | RunConfig, run_dir: Path, given: Iterable[str] | 
 
 
 def prepare(config: RunConfig, device: torch.device) -> tuple[ImageData, VAE]:
-    """Threads, the process mode (``set_process_mode``) and seeds as the config says, then its data and its freshly
-    initialised model, on ``device``."""
+    """The process mode (``set_process_mode``: threads, subnormals) and seeds as the config says, then its data and
+    its freshly initialised model, on ``device``."""
     set_process_mode(config.trainer)
-    if config.trainer.threads is not None:
-        torch.set_num_threads(config.trainer.threads)
     seed_everything(config.seed)
     data = load_data(config, device)
     batch_size = config.trainer.batch_size
