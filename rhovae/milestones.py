@@ -25,9 +25,7 @@ from .trainer import TrainingRun
 log = logging.getLogger(__name__)
 
 MILESTONES = "milestones.jsonl"
-
-
-CHECKPOINT_PREFIX = "epoch_"
+CHECKPOINT_PREFIX = "epoch_"  # checkpoints/epoch_<N>.pt
 
 
 def milestone_checkpoint(run_dir: Path, epoch: int) -> Path:

@@ -7,7 +7,7 @@ epochs per trial, sampler and pruner, in one study database (``scripts/tune.py``
   compose API from ``configs/`` (as ``train.py`` does, plus the sampled values), trains with the project's own
   ``train_one_epoch`` and reports the validation bound after each epoch, so that the pruner can stop it; its value
   is the best validation bound (never a test number): the bound the run trains and picks its checkpoint by
-  (``trainer.selection_bound``), the ELBO, or the k-sample bound of an IWAE run. A trial whose loss turns
+  (``rhovae.trainer.selection_bound``), the ELBO, or the k-sample bound of an IWAE run. A trial whose loss turns
   non-finite is pruned: it used its share of the budget.
 * The budget is exact: a study takes trials until ``n_trials`` of them are complete or pruned. Each trial claims a
   slot when it starts (trials are numbered by the database, so two workers never both take the last one); a
