@@ -85,6 +85,13 @@ class TrainState:
         return self.epoch - self.best_epoch
 
 
+def validation_metrics(model: VAE, data: ImageData, config: RunConfig) -> dict[str, float]:
+    """The validation set's ELBO terms, with the k-sample bound of an IWAE run: what each epoch logs and picks its
+    checkpoint by (``selection_bound``), and what a tuning trial reports."""
+    return evaluate_elbo(model, data.val, batch_size=config.eval.batch_size, eval_seed=config.eval.seed,
+                         iw_samples=config.objective.iw_samples)
+
+
 def selection_bound(val: Mapping[str, float]) -> float:
     """The validation number that picks the best checkpoint: the bound the run trains (``iw_bound`` of an IWAE run,
     else the ELBO)."""
@@ -305,8 +312,7 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
             raise interrupted(stop, f"stop requested: saved epoch {state.epoch + 1} at step {state.step} to "
                                     f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
         start_eval = time.perf_counter()
-        val = evaluate_elbo(model, data.val, batch_size=evaluation.batch_size, eval_seed=evaluation.seed,
-                            iw_samples=run.config.objective.iw_samples)
+        val = validation_metrics(model, data, run.config)
         state.epoch += 1
         row = {"epoch": state.epoch, **result, **{f"val/{k}": v for k, v in val.items()},
                "lr": run.optimizer.param_groups[0]["lr"], "eval_s": time.perf_counter() - start_eval}

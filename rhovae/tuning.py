@@ -37,7 +37,6 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .errors import ConfigError
-from .evaluation import evaluate_elbo
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +302,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from .config import load_config, validate_config
         from .experiment import prepare
-        from .trainer import NonFiniteLossError, TrainState, configured_optimizer, selection_bound, train_one_epoch
+        from .trainer import (NonFiniteLossError, TrainState, configured_optimizer, selection_bound, train_one_epoch,
+                              validation_metrics)
 
         slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
         if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
@@ -325,8 +325,7 @@ class Objective:
                 trial.set_user_attr("pruned_because", str(err))
                 raise optuna.TrialPruned(str(err)) from None
             state.epoch = epoch
-            val = selection_bound(evaluate_elbo(model, data.val, batch_size=config.eval.batch_size,
-                                                eval_seed=config.eval.seed, iw_samples=config.objective.iw_samples))
+            val = selection_bound(validation_metrics(model, data, config))
             best = max(best, val)
             trial.report(val, epoch)
             if trial.should_prune():

@@ -39,13 +39,13 @@ def test_an_iwae_study_scores_the_bound_its_runs_train_not_the_elbo(data_root, t
     tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=1, epochs=2, startup_trials=1)
     tune_cfg.run.append("objective.iw_samples=4")
     scored = []
-    real = tuning.evaluate_elbo
+    real = trainer.evaluate_elbo
 
     def recording(*args, **kwargs):
         scored.append(real(*args, **kwargs))
         return scored[-1]
 
-    monkeypatch.setattr(tuning, "evaluate_elbo", recording)
+    monkeypatch.setattr(trainer, "evaluate_elbo", recording)
     tuning.tune(tune_cfg, url, progress=False)
 
     trial = study(url, "mnist-diag").trials[0]
