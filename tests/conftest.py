@@ -33,6 +33,15 @@ def _seed_and_env(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Runs and tuning trials in this process set ``trainer.threads`` for the whole process; a later test comparing
+    its in-process run with a subprocess's must not inherit another test's thread count (sums round differently)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _code_version_read_once():
     """Every run records its git commit (``rhovae.provenance``), read with git once per process: here, before the

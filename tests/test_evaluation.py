@@ -128,16 +128,12 @@ def test_a_trained_run_is_evaluated_in_the_floating_point_mode_it_trained_in(tra
 
 
 def test_a_trained_run_is_evaluated_with_the_threads_its_config_or_the_command_line_says(trained_run):
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 3):  # trainer.threads is accepted by the re-scoring scripts: it must also be applied
-            load_trained_run(trained_run, [f"trainer.threads={threads}"])
-            assert torch.get_num_threads() == threads
-        torch.set_num_threads(2)
-        config, *_ = load_trained_run(trained_run)  # the run's own setting: None leaves torch's as it is
-        assert config.trainer.threads is None and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 3):  # trainer.threads is accepted by the re-scoring scripts: it must also be applied
+        load_trained_run(trained_run, [f"trainer.threads={threads}"])
+        assert torch.get_num_threads() == threads
+    torch.set_num_threads(2)  # conftest restores the process's threads after each test
+    config, *_ = load_trained_run(trained_run)  # the run's own setting: None leaves torch's as it is
+    assert config.trainer.threads is None and torch.get_num_threads() == 2
 
 
 def test_a_bfloat16_decoder_moves_the_nll_by_rounding_only(trained_run):
