@@ -17,6 +17,8 @@ from ..errors import ConfigError
 from .schema import LOGGER_CONFIGS, RunConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+AIS_SCHEDULES = ("linear", "sigmoid")  # rhovae.ais.beta_schedule
+AIS_STARTS = ("prior", "posterior")  # rhovae.ais.vae_path
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -146,6 +148,17 @@ def validate_config(config: RunConfig):
     for key in ("steps", "seed"):
         _int_at_least(config, f"gaps.{key}", 0)
     _number_above(config, "gaps.lr", 0)
+    for key in ("n_images", "steps", "chains", "leapfrog_steps", "batch_size", "iw_chunk"):
+        _int_at_least(config, f"ais.{key}", 1)
+    for key in ("iw_samples", "seed"):
+        _int_at_least(config, f"ais.{key}", 0)
+    _one_of(config, "ais.schedule", AIS_SCHEDULES)
+    _one_of(config, "ais.start", AIS_STARTS)
+    _one_of(config, "ais.precision", list(PRECISIONS))
+    _number_above(config, "ais.sigmoid_delta", 0)
+    _check(config, "ais.step_size", lambda v: _is_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]")
+    _check(config, "ais.target_accept", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
+    _check(config, "ais.adapt_factor", lambda v: _is_number(v) and v >= 1, "a number >= 1 (1: no adaptation)")
     _one_of(config, "logger.name", list(LOGGER_CONFIGS))
     _int_at_least(config, "logger.image_every", 0)
     if config.logger.name == "wandb":
@@ -153,7 +166,7 @@ def validate_config(config: RunConfig):
     device = resolve_device(config.trainer.device)
     if config.trainer.compile:
         check_compiler(device)
-    for key in ("trainer.precision", "eval.iw_precision"):
+    for key in ("trainer.precision", "eval.iw_precision", "ais.precision"):
         if _value(config, key) == "bfloat16":
             check_bfloat16(device, key)
     return device

@@ -18,7 +18,7 @@ and the result tables through ``keys_with`` so that no list of keys is kept by h
 * ``factor=False``: runs that differ in it are not different methods (how a run executes, how the test evaluation
   batches its work, an analysis added on top).
 
-A section field carrying a flag (``logger``, ``gaps``) flags every key inside it. Nothing here imports torch.
+A section field carrying a flag (``logger``, ``gaps``, ``ais``) flags every key inside it. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -139,6 +139,29 @@ class GapSettings:
 
 
 @dataclass
+class AisSettings:
+    """The ``ais`` section: annealed importance sampling of log p(x) and its bidirectional check (rhovae.ais;
+    ``scripts/evaluate.py RUN --estimator ais``, ``scripts/bdmc.py``)."""
+
+    n_images: int = 500  # the first test images (of the fixed test binarization)
+    steps: int = 1000  # intermediate distributions T between the initial distribution and the posterior
+    schedule: str = "sigmoid"  # linear | sigmoid (Wu et al. 2017)
+    sigmoid_delta: float = 4.0  # the sigmoid schedule's steepness
+    start: str = "prior"  # prior | posterior (the run's own q(z|x); not for flows)
+    chains: int = 16  # independent chains per image; log p(x) is the log-mean-exp of their weights
+    leapfrog_steps: int = 10  # per HMC transition
+    step_size: float = 0.05  # each image's initial leapfrog step size, then adapted
+    target_accept: float = 0.65  # the acceptance rate the step size is adapted toward
+    adapt_factor: float = 1.02  # the step size's factor per transition
+    # the decoder's matrix products: float32 or bfloat16 (autocast; the likelihood and every sum stay float32)
+    precision: str = "float32"
+    batch_size: int = 100  # images annealed together (each with its chains)
+    iw_samples: int = 1000  # K of the importance-weighted estimate on the same images, for the pairing (0: none)
+    iw_chunk: int = 200  # its samples drawn at once per image
+    seed: int = 0
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING
     # torchvision layout: <root>/MNIST/raw/*-ubyte
@@ -184,6 +207,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
     gaps: GapSettings = key_field(resumable=True, factor=False, default_factory=GapSettings)
+    ais: AisSettings = key_field(resumable=True, factor=False, default_factory=AisSettings)
     dataset: Any = MISSING
     posterior: Any = MISSING
     networks: Any = MISSING  # the encoder/decoder pair
