@@ -275,23 +275,23 @@ def ais_estimates(model: VAE, images: torch.Tensor, settings: AisSettings, *, pr
 def ais_metrics(model: VAE, images: torch.Tensor, settings: AisSettings, *, progress: bool = False,
                 stop: Callable[[], bool] = lambda: False, posterior_label: str = "") -> dict[str, float]:
     """AIS on ``images`` and, with ``settings.iw_samples`` > 0, the importance-weighted estimate on the same images
-    (seeded by ``settings.seed``), as reported: ``ais_nll`` (nats per image), ``ais_nll_mc_se``, ``ais_accept``,
-    ``ais_s_per_image``, and ``iw_nll``, ``iw_nll_mc_se``, ``iw_minus_ais`` (the importance-weighted estimate's
-    bias, up to AIS's own)."""
+    (seeded by ``settings.seed``), as reported: ``nll`` (AIS, nats per image), ``nll_mc_se`` (its Monte Carlo
+    standard error over chains), ``accept`` (mean acceptance probability), ``step_size_median``, ``s_per_image``, and
+    ``iw_nll``, ``iw_nll_mc_se``, ``iw_minus_ais`` (the importance-weighted estimate's bias, up to AIS's own)."""
     started = time.perf_counter()
     est = ais_estimates(model, images, settings, progress=progress, stop=stop, posterior_label=posterior_label)
     seconds = time.perf_counter() - started
     n = len(images)
-    result = {"n_images": n, "ais_nll": -est.log_px.mean().item(),
-              "ais_nll_mc_se": est.mc_variance.sum().sqrt().item() / n, "ais_accept": est.accept.mean().item(),
-              "ais_step_size_median": est.step_size.median().item(), "ais_s_per_image": seconds / n}
+    result = {"n_images": n, "nll": -est.log_px.mean().item(), "nll_mc_se": est.mc_variance.sum().sqrt().item() / n,
+              "accept": est.accept.mean().item(), "step_size_median": est.step_size.median().item(),
+              "s_per_image": seconds / n}
     if settings.iw_samples > 0:
         iw = importance_weighted_estimates(model, images, n_samples=settings.iw_samples, chunk=settings.iw_chunk,
                                            batch_size=settings.batch_size, eval_seed=settings.seed, stop=stop,
                                            precision=settings.precision)
         result.update({"iw_nll": -iw.log_px.mean().item(), "iw_nll_mc_se": iw.mc_variance.sum().sqrt().item() / n,
                        "iw_samples": settings.iw_samples})
-        result["iw_minus_ais"] = result["iw_nll"] - result["ais_nll"]
+        result["iw_minus_ais"] = result["iw_nll"] - result["nll"]
     return result
 
 

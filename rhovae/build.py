@@ -50,17 +50,30 @@ def set_process_mode(trainer: TrainerConfig) -> None:
     torch.set_flush_denormal(trainer.flush_denormal)
 
 
-def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
-                     may_override: Sequence[str] = ("eval",)):
-    """A finished run's config (its checkpoint's, with ``overrides`` on top: ``rhovae.config.rescoring_config``
-    says which keys may change), device, data and trained model. Returns ``(config, data, model, checkpoint)``."""
+def trained_config(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
+                   may_override: Sequence[str] = ("eval",)) -> tuple[RunConfig, dict[str, Any]]:
+    """A finished run's config (its checkpoint's, with ``overrides`` on top: ``rhovae.config.rescoring_config`` says
+    which keys may change) and the checkpoint itself; a refused key is refused here, before any data is read."""
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    config = load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir))
+    return load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir)), ckpt
+
+
+def trained_model(config: RunConfig, ckpt: dict[str, Any]) -> tuple[ImageData, VAE]:
+    """The data and the trained model of ``trained_config``'s result, on the device the config names."""
     device = validate_config(config)
     set_process_mode(config.trainer)  # evaluate with the threads and floating-point mode it trained with
     data = load_data(config, device)
     model = build_vae(config, data.image_shape).to(device)
     model.load_state_dict(ckpt["model"])
+    return data, model
+
+
+def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
+                     may_override: Sequence[str] = ("eval",)):
+    """A finished run's config, data, trained model and checkpoint (``trained_config`` and ``trained_model``).
+    Returns ``(config, data, model, checkpoint)``."""
+    config, ckpt = trained_config(run_dir, overrides, checkpoint, may_override)
+    data, model = trained_model(config, ckpt)
     return config, data, model, ckpt
 
 

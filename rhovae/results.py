@@ -56,9 +56,15 @@ METRICS = {
     "test/log_s_mean": ("mean log s", 2),
     "gaps/approximation_gap": ("approximation gap", 2),  # runs with a gaps.json (scripts/gaps.py, eval.gaps=true)
     "gaps/amortization_gap": ("amortization gap", 2),
+    # runs re-scored by AIS (scripts/evaluate.py RUN --estimator ais): log p(x) on the first ais.n_images test
+    # images by annealed importance sampling, the importance-weighted estimate on the same images, and their difference
+    "ais/nll": ("AIS NLL", 2),
+    "ais/iw_nll": ("IW NLL (AIS images)", 2),
+    "ais/iw_minus_ais": ("IW - AIS", 2),
+    "ais/bdmc_gap": ("BDMC gap", 2),  # the AIS schedule's error bound on data simulated from the model
     "epoch_s": ("s/epoch", 1),
 }
-PAIRED_METRICS = ("test/nll", "test/elbo")
+PAIRED_METRICS = ("test/nll", "test/elbo", "ais/nll", "ais/iw_nll")
 CONFIG = "config."  # prefix of the flattened config columns
 # Config keys that do not change what is being measured, so a sweep that varies them is still one method: the
 # seed (the replicate), how a run executes, and how evaluation batches its work (the flags of rhovae/config/schema.py).
@@ -122,6 +128,24 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
     return row
 
 
+def ais_rescoring(run: Path) -> dict[str, Any]:
+    """The ``ais/*`` numbers of the run's AIS re-scoring of its own checkpoint (``evaluation_ais*.json``, written
+    beside its summary by ``scripts/evaluate.py --estimator ais``) with their settings (``ais/steps``, ...); of
+    several, the one with the most intermediate distributions, then chains (the most accurate). ``ais/bdmc_gap`` is
+    the BDMC gap of the same schedule on the same model (``bdmc*.json`` of ``scripts/bdmc.py``), where one was
+    measured. {} when there is no AIS re-scoring."""
+    records = [json.loads(p.read_text()) for p in sorted(run.glob("evaluation_ais*.json"))]
+    if not records:
+        return {}
+    best = max(records, key=lambda r: (r["settings"]["steps"], r["settings"]["chains"]))
+    same = ("steps", "chains", "start", "schedule", "sigmoid_delta", "leapfrog_steps", "target_accept")
+    gaps = [r["gap"] for r in (json.loads(p.read_text()) for p in sorted(run.glob("bdmc*.json")))
+            if r["checkpoint"] == "best" and all(r["settings"][k] == best["settings"][k] for k in same)]
+    return {**{k: v for k, v in best.items() if k.startswith("ais/")},
+            **{f"ais/{k}": best["settings"][k] for k in ("steps", "chains", "start", "schedule")},
+            **({"ais/bdmc_gap": gaps[-1]} if gaps else {})}
+
+
 def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """Every run below ``sweep_dir`` as one row: status, summary numbers, flattened config; sorted for reading."""
     root = Path(sweep_dir)
@@ -132,6 +156,7 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
         if gaps_path.is_file():  # written later by scripts/gaps.py, beside a summary it never rewrites
             gaps = json.loads(gaps_path.read_text())
             summary = {**{f"gaps/{k}": v for k, v in gaps.items() if not isinstance(v, dict)}, **summary}
+        summary = {**ais_rescoring(run), **summary}
         rows.append(run_row(summary, run_config(run, summary), run=str(run.relative_to(root)) or ".", run_dir=str(run)))
     if not rows:
         raise FileNotFoundError(f"no runs under {root}: expected folders holding summary.json or .hydra/config.yaml")
@@ -392,7 +417,9 @@ def provenance_differences(runs: pd.DataFrame) -> dict[str, list[Any]]:
 BUDGET_KEYS = {"epochs": "epochs trained", "config.trainer.max_batches": "batches per epoch (null: all)",
                "config.trainer.batch_size": "batch size", "test/iw_samples": "K (test NLL)",
                "gaps/n_images": "gap images", "config.dataset.binarize": "binarization",
-               "config.tuned": "tuned with (scripts/tune.py study database)"}
+               "config.tuned": "tuned with (scripts/tune.py study database)", "ais/n_images": "AIS test images",
+               "ais/steps": "AIS steps", "ais/chains": "AIS chains", "ais/start": "AIS start",
+               "ais/iw_samples": "K of the IW NLL on the AIS images"}
 
 
 def budget(runs: pd.DataFrame) -> tuple[dict[str, str], bool]:

@@ -168,13 +168,50 @@ def test_evaluate_script_reproduces_the_runs_test_numbers(trained_run, tmp_path)
     for key in ("test/nll", "test/elbo", "test/recon", "test/kl", "test/active_units"):
         assert rescored[key] == pytest.approx(summary[key], abs=1e-6), key
     assert "test/nll" in proc.stdout
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(trained_run),
-                           "eval.iw_samples=40"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    first = (trained_run / "evaluation.json").read_bytes()
+    other = [sys.executable, str(REPO / "scripts" / "evaluate.py"), str(trained_run), "eval.iw_samples=40",
+             "trainer.threads=1"]
+    proc = subprocess.run(other, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((trained_run / "evaluation.json").read_text())["test/iw_samples"] == 40
+    # other settings go beside the first re-scoring, named by the estimating overrides (not by trainer.threads)
+    assert json.loads((trained_run / "evaluation_eval.iw_samples=40.json").read_text())["test/iw_samples"] == 40
+    assert (trained_run / "evaluation.json").read_bytes() == first
+    again = subprocess.run(other, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and again.stderr.startswith(
+        f"error: {trained_run / 'evaluation_eval.iw_samples=40.json'} already holds a re-scoring"), again.stderr
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(tmp_path)],
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'checkpoints' / 'best.pt'}"
+
+
+@pytest.mark.slow
+def test_evaluate_script_scores_by_ais_beside_the_iw_numbers_and_bdmc_writes_one_file_per_schedule(trained_run,
+                                                                                                    tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    summary = (run / "summary.json").read_bytes()
+    ais = ["ais.n_images=8", "ais.steps=20", "ais.chains=4", "ais.iw_samples=50", "ais.batch_size=4"]
+    done = _script("evaluate", str(run), "--estimator", "ais", *ais)
+    assert done.returncode == 0, done.stderr
+    written = run / f"evaluation_ais_{','.join(sorted(ais))}.json"
+    record = json.loads(written.read_text())
+    assert record["estimator"] == "ais" and record["settings"]["steps"] == 20 and record["ais/n_images"] == 8
+    assert math.isfinite(record["ais/nll"]) and record["ais/nll"] > 0 and 0 < record["ais/accept"] <= 1
+    assert record["ais/iw_minus_ais"] == pytest.approx(record["ais/iw_nll"] - record["ais/nll"])
+    assert (run / "summary.json").read_bytes() == summary  # the run's own numbers are untouched
+    refused = _script("evaluate", str(run), "--estimator", "ais", "eval.iw_samples=3")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: eval.iw_samples would change"), refused.stderr
+    refused = _script("evaluate", str(run), "--estimator", "ais", "--update-summary")
+    assert refused.returncode == 1 and "--update-summary merges the run's own test numbers" in refused.stderr
+
+    done = _script("bdmc", str(run), "ais.n_images=8", "ais.chains=4", "ais.batch_size=8", "--steps", "2", "30")
+    assert done.returncode == 0, done.stderr
+    short, long = (json.loads((run / f"bdmc_ais.batch_size=8,ais.chains=4,ais.n_images=8,ais.steps={t}.json")
+                              .read_text()) for t in (2, 30))
+    assert short["steps"] == 2 and long["steps"] == 30 and long["settings"]["chains"] == 4
+    assert short["log_px_lower"] < short["log_px_upper"]  # far apart at 2 steps
+    again = _script("bdmc", str(run), "ais.n_images=8", "ais.chains=4", "ais.batch_size=8", "--steps", "30")
+    assert again.returncode == 1 and "already holds a re-scoring" in again.stderr
 
 
 @pytest.mark.slow
@@ -346,3 +383,23 @@ def test_the_test_nll_and_the_milestones_use_the_configured_precision(data_root,
                             "trainer.epochs=1", "trainer.milestones=[1]", "eval.milestone_images=10",
                             "eval.milestone_iw_samples=5", "eval.iw_precision=bfloat16"]), tmp_path)
     assert used == [("rhovae.milestones", "bfloat16"), ("rhovae.evaluation", "bfloat16")]
+
+
+def test_rescoring_names_say_checkpoint_estimator_and_the_settings_that_differ_from_the_runs(tmp_path):
+    from rhovae.rescoring import RescoringExists, rescoring_path, unclaimed
+
+    saved = {"eval": {"iw_samples": 1000}, "trainer": {"threads": None}}
+    name = lambda *args, **kw: rescoring_path(tmp_path, *args, saved=saved, **kw).name  # noqa: E731
+    assert name("evaluation") == "evaluation.json"
+    assert name("evaluation", "epoch_1093", overrides=["eval.iw_samples=5000", "trainer.threads=1"]) == \
+        "evaluation_epoch_1093_eval.iw_samples=5000.json"
+    assert name("evaluation", overrides=["eval.iw_samples=1000"]) == "evaluation.json"  # the run's own value
+    assert name("evaluation", "best", "ais", ["ais.steps=300", "ais.chains=8"]) == \
+        "evaluation_ais_ais.chains=8,ais.steps=300.json"
+    long = name("bdmc", overrides=[f"ais.schedule={'x' * 200}"])
+    assert len(long) < 120 and long != name("bdmc", overrides=[f"ais.schedule={'x' * 199}y"])
+    taken = tmp_path / "evaluation.json"
+    taken.write_text("{}")
+    with pytest.raises(RescoringExists, match=r"evaluation.json already holds a re-scoring .* nothing was written"):
+        unclaimed(taken)
+    assert taken.read_text() == "{}"

@@ -460,3 +460,33 @@ def test_notebook_is_paired_with_its_script_and_stored_without_outputs():
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_diag(tmp_path):
+    """Runs re-scored by AIS: the most accurate re-scoring of each run (most steps) is read, with the BDMC gap of the
+    same schedule; AIS NLL and the IW NLL of the same images are averaged and paired against diag seed by seed."""
+    ais_nll = {"diag": [90.0, 91.0, 92.0], "fullcov": [89.5, 91.0, 91.0]}
+    settings = {"steps": 1000, "chains": 16, "start": "prior", "schedule": "sigmoid", "sigmoid_delta": 4.0,
+                "leapfrog_steps": 10, "target_accept": 0.65}
+    for method, values in ais_nll.items():
+        for seed, nll in enumerate(values):
+            run = tmp_path / f"{method}_s{seed}"
+            run.mkdir()
+            config = {"seed": seed, "posterior": {"name": method}, "dataset": {"name": "mnist"}}
+            (run / "summary.json").write_text(json.dumps({"status": "completed", "test/nll": nll + 1.0,
+                                                          "config": config}))
+            for steps, shift in ((100, 5.0), (1000, 0.0)):  # the longer schedule is the one read
+                record = {"checkpoint": "best", "settings": {**settings, "steps": steps}, "ais/nll": nll + shift,
+                          "ais/iw_nll": nll + 0.5, "ais/iw_minus_ais": 0.5 - shift, "ais/n_images": 500}
+                (run / f"evaluation_ais_ais.steps={steps}.json").write_text(json.dumps(record))
+            (run / "bdmc.json").write_text(json.dumps({"checkpoint": "best", "settings": settings, "gap": 0.08}))
+    runs = results.load_runs(tmp_path)
+    assert list(runs["ais/steps"]) == [1000] * 6 and list(runs["ais/bdmc_gap"]) == [0.08] * 6
+    assert list(runs["ais/nll"]) == [v for m in ("diag", "fullcov") for v in ais_nll[m]]
+    diffs = results.paired_differences(runs)
+    got = diffs[diffs["metric"] == "ais/nll"].iloc[0]
+    assert got["method"] == "fullcov" and got["n"] == 3 and got["mean"] == pytest.approx(-0.5)  # -0.5, 0, -1
+    assert set(diffs["metric"]) == {"test/nll", "ais/nll", "ais/iw_nll"}
+    shown = results.display_table(results.summarize(runs))
+    assert list(shown["AIS NLL"]) == ["91.00 ± 1.00", "90.50 ± 0.87"] and "BDMC gap" in shown
+    assert results.budget(runs)[0]["AIS steps"] == "1000"

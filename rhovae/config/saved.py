@@ -73,6 +73,10 @@ def resumed_config(saved: Mapping[str, Any], current: Mapping[str, Any], given: 
     return unflatten(merged)
 
 
+# the sections that say how a finished run's numbers are estimated; each re-scoring script names those it uses
+ESTIMATING_SECTIONS = ("eval", "gaps", "ais")
+
+
 def rescoring_config(saved: Mapping[str, Any], overrides: Sequence[str], may_override: Sequence[str],
                      run_dir: Path) -> dict[str, Any]:
     """A finished run's saved config with a re-scoring script's ``overrides`` (``eval.iw_samples=500``) on top.
@@ -84,10 +88,10 @@ def rescoring_config(saved: Mapping[str, Any], overrides: Sequence[str], may_ove
     base = OmegaConf.create(with_todays_defaults(saved))
     given = flatten(OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))))
     reject_unknown_keys(given, flatten(OmegaConf.to_container(base)), where="of the run's configuration")
-    accepted = [*may_override, *(k for k in NOT_FACTORS if not in_sections(k, ("eval", "gaps")))]
+    accepted = [*may_override, *(k for k in NOT_FACTORS if not in_sections(k, ESTIMATING_SECTIONS))]
     refused = sorted(k for k in given if not in_sections(k, accepted))
     if refused:
-        shown = ", ".join(f"{k}.*" if k in ("eval", "gaps") else k for k in accepted)
+        shown = ", ".join(f"{k}.*" if k in ESTIMATING_SECTIONS else k for k in accepted)
         raise ConfigError(f"{', '.join(refused)} would change the model or data that {run_dir} trained; nothing was "
                           f"written. Accepted here: {shown}")
     return OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides))))
