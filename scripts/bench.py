@@ -34,7 +34,11 @@ Measures, for the default MLP (784-512-512, d=32, batch 128) on MNIST-shaped dat
     no gradient (blank pixels, dead units) to decay into subnormals, with subnormals kept and flushed to zero
     (``trainer.flush_denormal``, which this benchmark sets too), and how many of them the warm-up left;
 11. on a CPU with glibc, the diag importance-weighted NLL in two fresh processes, one under glibc's own malloc policy
-    and one with freed memory retained (``rhovae.allocator``, which every entry point, this benchmark included, sets).
+    and one with freed memory retained (``rhovae.allocator``, which every entry point, this benchmark included, sets);
+12. annealed importance sampling of diag (``rhovae.ais``): gradient evaluations per second (each one the decoder's
+    forward pass and its backward pass to z, for every chain of every image) as a fraction of the rate those matrix
+    products allow at the measured matmul throughput, and the seconds per image this means at 1,000 steps (the
+    comparison's schedule; every step costs the same, so a short run measures it).
 
 Figures are medians over repeats after warm-up; the machine is noisy, so ratios within one run are the
 figures that count. Results are printed as a table and written as JSON (``--out``).
@@ -58,6 +62,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
+from rhovae.ais import HmcSettings, anneal, annealing, beta_schedule, vae_path
 from rhovae.config import TrainerConfig, load_config, resolve_device
 from rhovae.config.checks import check_bfloat16
 from rhovae.errors import ConfigError
@@ -390,6 +395,31 @@ def bench_iw_eval(args, device, images: torch.Tensor, matmul_gflops: float) -> d
     return out
 
 
+def bench_ais(args, device, images: torch.Tensor, matmul_gflops: float) -> dict:
+    """AIS of diag on ``args.ais_images`` images with ``args.ais_chains`` chains each: gradient evaluations per second
+    against the rate the decoder's forward and backward matrix products allow at the measured matmul throughput."""
+    model = model_for("diag", args.latent_dim, device)
+    x = (images[: args.ais_images].float() / 255).bernoulli()
+    hmc, betas = HmcSettings(leapfrog_steps=args.ais_leapfrog), beta_schedule(args.ais_steps)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.decoder(torch.zeros(args.ais_chains, args.ais_images, args.latent_dim, device=device))
+    # the backward pass to z (the weights are frozen) multiplies each layer's output gradient by its weight once:
+    # the forward's matrix products again
+    evaluation_flops = 2 * counter.get_total_flops()
+    with annealing(model, 0, device):
+        path = vae_path(model, x)
+        seconds = median_time(lambda: anneal(path, path.sample_p0(args.ais_chains), betas, 0.05, hmc), device,
+                              repeats=1)
+    evaluations = 1 + (args.ais_steps - 1) * args.ais_leapfrog  # the start, then L per move (none after the last)
+    rate, limit = evaluations / seconds, matmul_gflops * 1e9 / evaluation_flops
+    at_1000 = (1 + 999 * args.ais_leapfrog) / rate / args.ais_images
+    return {"images": args.ais_images, "chains": args.ais_chains, "steps": args.ais_steps,
+            "leapfrog_steps": args.ais_leapfrog, "evaluation_gflop": evaluation_flops / 1e9,
+            "evaluations_per_s": rate, "evaluations_per_s_limit": limit, "fraction_of_limit": rate / limit,
+            "s_per_image_at_1000_steps": at_1000}
+
+
 def out_of_place_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``bernoulli_log_likelihood``'s formula with every intermediate a new tensor (its autograd form)."""
     return torch.einsum("...p,...p->...", logits, x) - written_out_softplus(logits).sum(-1)
@@ -516,6 +546,11 @@ def print_table(results: dict) -> None:
     if allocator:
         print(f"allocator: diag IW NLL {allocator['retained_images_per_s']:.2f} img/s with freed memory retained, "
               f"{allocator['default_images_per_s']:.2f} under glibc's default policy: {allocator['speedup']:.2f}x")
+    ais = results["ais"]
+    print(f"AIS (diag, {ais['images']} images x {ais['chains']} chains, {ais['leapfrog_steps']} leapfrog steps): "
+          f"{ais['evaluations_per_s']:.1f} gradient evaluations/s = {ais['fraction_of_limit']:.0%} of the decoder's "
+          f"forward+backward matmul limit ({ais['evaluations_per_s_limit']:.1f}/s); "
+          f"{ais['s_per_image_at_1000_steps']:.2f} s per image at 1,000 steps")
     info = results["information"]
     print(f"I(x; z) of {info['images']} images: over every draw {info['all_s']:.2f} s, over the first {info['outer']} "
           f"{info['subset_s']:.2f} s: {info['speedup']:.1f}x faster")
@@ -537,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iw-images", type=int, default=20, help="test images timed for the IW evaluation")
     parser.add_argument("--iw-chunk", type=int, default=200)
     parser.add_argument("--iw-batch-size", type=int, default=20)
+    parser.add_argument("--ais-images", type=int, default=100, help="images annealed together in the AIS row")
+    parser.add_argument("--ais-chains", type=int, default=16)
+    parser.add_argument("--ais-steps", type=int, default=20, help="intermediate distributions timed (rate per step)")
+    parser.add_argument("--ais-leapfrog", type=int, default=10)
     parser.add_argument("--info-images", type=int, default=4000, help="images N of the I(x; z) measurement")
     parser.add_argument("--info-outer", type=int, default=1000, help="its subset M (eval.information_images)")
     parser.add_argument("--data-root", type=Path, default=None,
@@ -552,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.steps, args.data_steps, args.matmul_size = 1, 2, 2, 256
         args.sampler_dims, args.iw_samples, args.iw_images, args.iw_chunk = [4, 8], 20, 4, 10
         args.info_images, args.info_outer, args.flush_warmup = 40, 10, 5
+        args.ais_images, args.ais_chains, args.ais_steps, args.ais_leapfrog = 4, 2, 3, 2
     args.posteriors = ["diag", *(name for name in dict.fromkeys(args.posteriors) if name != "diag")]
     device = resolve_device(args.device)
     set_process_mode(TrainerConfig())  # the mode a run with the default trainer section sets
@@ -578,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             "data_path": bench_data_path(args, device, root, mnist),
             "rho_sampler": bench_rho_sampler(args, device),
             "iw_eval": bench_iw_eval(args, device, images, limit["matmul_gflops"]),
+            "ais": bench_ais(args, device, images, limit["matmul_gflops"]),
             "likelihood": bench_likelihood(args, device),
             "iwae_step": bench_iwae_step(args, device),
             "threads": bench_threads(args, device, images),

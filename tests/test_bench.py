@@ -46,6 +46,10 @@ def test_bench_quick_writes_its_json(tmp_path):
     assert set(result["rho_sampler"]) == {"4", "8"}
     assert all(v["speedup"] > 0 for v in result["rho_sampler"].values())
     assert result["information"]["speedup"] > 0 and result["information"]["outer"] == 10
+    ais = result["ais"]
+    assert ais["images"] == 4 and ais["chains"] == 2 and ais["evaluation_gflop"] > 0
+    assert ais["fraction_of_limit"] == pytest.approx(ais["evaluations_per_s"] / ais["evaluations_per_s_limit"])
+    assert ais["s_per_image_at_1000_steps"] > 0 and "AIS (diag, 4 images x 2 chains" in proc.stdout
     flush = result["flush_denormal"]
     assert flush["warmup_steps"] == 5 and 0 <= flush["subnormal_first_moments"] <= flush["parameters"]
     assert flush["speedup"] == pytest.approx(flush["kept_step_ms"] / flush["flushed_step_ms"])
