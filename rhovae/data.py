@@ -28,7 +28,7 @@ import torch
 from torchvision import datasets
 
 from .errors import ConfigError, DatasetError
-from .config.components import Registry
+from .registry import Registry
 
 # torchvision dataset classes in MNIST's raw layout, by their config name (``dataset=mnist``).
 DATASETS = Registry("dataset.name")

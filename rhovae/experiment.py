@@ -91,7 +91,7 @@ def train_test_and_record(plan: RunPlan, run_dir: Path, sweep: str | None) -> di
         record(summary, run_dir, tracker, ended_by(err, state), config)
         raise
     title = f"{config.dataset.name}, {summary['method']}, seed {config.seed}"
-    pictures = write_pictures(model, data, run_dir, state, latent_means, config.eval.seed, title,
+    pictures = write_pictures(model, data, run_dir, state.history, latent_means, config.eval.seed, title,
                               test.get("test/kl_per_dim"))
     tracker.log_images({p.stem: p for p in pictures}, step=state.epoch)
     epoch_times = [row["epoch_s"] for row in state.history]

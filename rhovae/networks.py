@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config.components import Registry, check_option
+from .registry import Registry, check_option
 
 # Encoder/decoder pairs register here (``@NETWORKS.register("name")``); their keyword options are config keys.
 NETWORKS = Registry("networks")

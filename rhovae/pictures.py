@@ -7,7 +7,7 @@ The grids draw from a seeded random stream of their own, so making them never pe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -16,9 +16,6 @@ from .evaluation import seeded_rng
 from .plots import (kl_per_dimension, latent_scatter, learning_curves, reconstruction_grid, sample_grid, save_figure,
                     save_grid, title_grid)
 from .vae import VAE
-
-if TYPE_CHECKING:
-    from .trainer import TrainState
 
 N_GRID_IMAGES = 64
 
@@ -37,15 +34,17 @@ def image_grids(model: VAE, data: ImageData, eval_seed: int) -> dict[str, torch.
     return grids
 
 
-def write_pictures(model: VAE, data: ImageData, run_dir: Path, state: TrainState, latent_means: torch.Tensor,
-                   eval_seed: int, title: str = "", kl_per_dim: list[float] | None = None) -> list[Path]:
-    """Save every end-of-run picture as PNG in ``run_dir``; return their paths."""
+def write_pictures(model: VAE, data: ImageData, run_dir: Path, history: Sequence[Mapping[str, Any]],
+                   latent_means: torch.Tensor, eval_seed: int, title: str = "",
+                   kl_per_dim: list[float] | None = None) -> list[Path]:
+    """Save every end-of-run picture as PNG in ``run_dir`` (the learning curves from ``history``, the per-epoch
+    metrics); return their paths."""
     paths = []
     headings = {"samples": "samples from the prior", "reconstructions": "test reconstructions"}
     for name, grid in image_grids(model, data, eval_seed).items():
         save_grid(title_grid(grid, f"{headings[name]}: {title}" if title else headings[name]), run_dir / f"{name}.png")
         paths.append(run_dir / f"{name}.png")
-    save_figure(learning_curves(state.history, title), run_dir / "learning_curves.png")
+    save_figure(learning_curves(history, title), run_dir / "learning_curves.png")
     paths.append(run_dir / "learning_curves.png")
     if kl_per_dim:
         save_figure(kl_per_dimension(kl_per_dim, title), run_dir / "kl_per_dim.png")

@@ -72,6 +72,7 @@ def test_schedules_run_from_zero_to_one_and_sigmoid_is_denser_at_the_ends():
         beta_schedule(10, "cosine")
 
 
+@pytest.mark.slow  # seconds of annealing: the full suite checks convergence, the quick tier the parts
 def test_forward_ais_converges_to_the_exact_log_px_of_a_linear_gaussian_model():
     """The error shrinks as T grows, and at T = 300 the mean error over images is within 3 standard errors (of the
     per-image errors' spread) of zero; with T = 3 it is a clear underestimate (a lower bound)."""
@@ -133,6 +134,7 @@ def test_hmc_leaves_each_intermediate_distribution_invariant(beta):
     assert torch.all((sample_cov - cov).abs() < 5 * entry_se), (sample_cov, cov)
 
 
+@pytest.mark.slow  # seconds of annealing: the full suite checks convergence, the quick tier the parts
 def test_ais_on_a_bernoulli_vae_matches_grid_integration_from_either_start():
     """The 6-pixel, 2-D latent VAE: AIS from the prior and from the fitted q(z|x) agree with log p(x) integrated on a
     grid to within 3 standard errors of the per-image errors (plus 0.02 nats)."""
@@ -151,6 +153,7 @@ def test_ais_on_a_bernoulli_vae_matches_grid_integration_from_either_start():
         assert run.accept.mean() > 0.3 and torch.all(run.step_size != 0.1)  # the step sizes were adapted
 
 
+@pytest.mark.slow  # seconds of annealing: the full suite checks convergence, the quick tier the parts
 def test_bdmc_on_data_simulated_from_a_vae_brackets_its_own_forward_estimate():
     """``bdmc``: at 3 steps the reverse bound lies above the forward one beyond 3 standard errors; at 100 steps the
     gap is under half of that (either sign: both bounds are then within noise of log p(x))."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
-from ..config.components import Registry, check_option as check_component_option
+from ..registry import Registry, check_option as check_component_option
 
 # Every posterior registers itself here (``@POSTERIORS.register("name")``) in its own module of this package;
 # ``rhovae.posteriors`` imports all of them, so a new module is picked up with no other edit.
