@@ -165,13 +165,21 @@ class SearchSpace:
         """The keys of the space that this run config has (a posterior's options exist only for that posterior)."""
         return [key for key in self.space if OmegaConf.select(run_cfg, key, default=_ABSENT) is not _ABSENT]
 
-    def check_keys(self, configs: Sequence[DictConfig]) -> None:
-        """Refuse keys that no composed run config has (typos, or an option of no posterior being tuned)."""
+    def check_keys(self, configs: Sequence[DictConfig], defaults: Mapping[str, Any]) -> None:
+        """Refuse keys that no composed run config has: a typo, or a key the command line set (differing from the
+        ``defaults`` space) for an option no posterior being tuned has. A key of the default space that is an option
+        of other posteriors (``posterior.flow_length`` when only diag and rho are tuned) is left out with a log line."""
+        from .posteriors import POSTERIORS
+
         known = {key for cfg in configs for key in self.keys_for(cfg)}
-        unknown = [key for key in self.space if key not in known]
+        options = {f"posterior.{o}" for name in POSTERIORS for o in POSTERIORS.defaults(name)}
+        unused = [key for key in self.space if key not in known]
+        unknown = [key for key in unused if self.space[key] != defaults.get(key) or key not in options]
         if unknown:
             raise ConfigError(f"tune.space has {', '.join(unknown)}, which no run of these posteriors has; "
                               f"accepted: trainer.*, objective.*, posterior.<option> and other run keys")
+        for key in unused:
+            log.info("tune.space's %s is an option of none of the posteriors tuned here: left out", key)
 
     def suggest(self, trial: optuna.Trial, keys: Sequence[str]) -> dict[str, Any]:
         values = {}
@@ -216,10 +224,24 @@ def compose_run(overrides: Sequence[str]) -> DictConfig:
                               f"{str(err).splitlines()[0]}") from None
 
 
-def study_attributes(tune_cfg: TuneConfig, space: SearchSpace) -> dict[str, Any]:
-    """What makes two studies' budgets equal: recorded in each study, checked when a study is continued."""
+# What a trial's value was in every study recorded before the value was part of the budget: tuning then reported
+# the validation ELBO whatever the objective.
+LEGACY_VALUE = "validation ELBO"
+
+
+def trial_value(run_config: DictConfig) -> str:
+    """What a trial's value is for runs composed to ``run_config``: the best validation value of the bound the run
+    trains (``rhovae.trainer.selection_bound``): the ELBO, or the k-sample IWAE bound."""
+    k = int(run_config.objective.iw_samples)
+    return LEGACY_VALUE if k == 1 else f"validation IWAE bound, k = {k}"
+
+
+def study_attributes(tune_cfg: TuneConfig, space: SearchSpace, run_config: DictConfig) -> dict[str, Any]:
+    """What makes two studies' budgets equal, and what their values mean: recorded in each study, checked when a
+    study is continued."""
     return {"space": space.as_json(), "epochs": tune_cfg.epochs, "pruner": tune_cfg.pruner,
-            "startup_trials": tune_cfg.startup_trials, "run": json.dumps(list(tune_cfg.run))}
+            "startup_trials": tune_cfg.startup_trials, "run": json.dumps(list(tune_cfg.run)),
+            "value": trial_value(run_config)}
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
@@ -239,22 +261,26 @@ def make_pruner(tune_cfg: TuneConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.SuccessiveHalvingPruner()
 
 
-def open_study(storage, name: str, tune_cfg: TuneConfig, space: SearchSpace, seed: int) -> optuna.Study:
-    """The study ``name``, created with this budget or continued if its recorded budget is the same."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+def open_study(storage, plan: "PlannedStudy", tune_cfg: TuneConfig, space: SearchSpace, seed: int) -> optuna.Study:
+    """The study of ``plan``, created with this budget or continued if its recorded budget is the same (a study
+    recorded before a key of the budget existed gets that key once it is found to agree)."""
+    study = optuna.create_study(study_name=plan.name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune_cfg.startup_trials,
                                                                    constant_liar=True),
                                 pruner=make_pruner(tune_cfg))
-    wanted = study_attributes(tune_cfg, space)
-    if not study.user_attrs:
-        for key, value in wanted.items():
+    wanted = study_attributes(tune_cfg, space, plan.config)
+    if study.user_attrs:
+        check_budget(plan.name, study.user_attrs, wanted, storage.url)
+    for key, value in wanted.items():
+        if key not in study.user_attrs:
             study.set_user_attr(key, value)
-    check_budget(name, study.user_attrs, wanted, storage.url)
     return study
 
 
 def check_budget(name: str, recorded: Mapping[str, Any], wanted: Mapping[str, Any], url: str) -> None:
-    """Refuse to continue a study whose recorded budget (``study_attributes``) is not this command's."""
+    """Refuse to continue a study whose recorded budget (``study_attributes``) is not this command's; a study that
+    recorded no ``value`` reported the validation ELBO (``LEGACY_VALUE``)."""
+    recorded = {"value": LEGACY_VALUE, **recorded}
     differ = [k for k in wanted if recorded.get(k) != wanted[k]]
     if differ:
         raise ConfigError(f"study {name} in {url} was made with a different {', '.join(differ)}; nothing was "
@@ -378,7 +404,7 @@ def worker(tune_cfg: TuneConfig, plans: Sequence[PlannedStudy], url: str, index:
     space = SearchSpace(tune_cfg.space)
     storage = make_storage(url)
     for plan in plans:
-        study = open_study(storage, plan.name, tune_cfg, space, tune_cfg.seed + index)
+        study = open_study(storage, plan, tune_cfg, space, tune_cfg.seed + index)
         run_study(study, Objective(tune_cfg, space, plan), tune_cfg.n_trials, progress)
 
 
@@ -386,15 +412,15 @@ def check_tuning(tune_cfg: TuneConfig, url: str, plans: Sequence[PlannedStudy]) 
     """Everything a tuning command could refuse, checked before any study is created or changed: the space against
     the composed configs, and the budget recorded in studies that already exist."""
     space = SearchSpace(tune_cfg.space)
-    space.check_keys([plan.config for plan in plans])
+    space.check_keys([plan.config for plan in plans], load_tune_config([]).space)
     try:
         existing = set(optuna.get_all_study_names(url))
     except Exception:  # noqa: BLE001 - a database that does not exist yet holds no study
         existing = set()
-    wanted = study_attributes(tune_cfg, space)
     for plan in plans:
         if plan.name in existing:
-            check_budget(plan.name, optuna.load_study(study_name=plan.name, storage=url).user_attrs, wanted, url)
+            check_budget(plan.name, optuna.load_study(study_name=plan.name, storage=url).user_attrs,
+                         study_attributes(tune_cfg, space, plan.config), url)
 
 
 def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: bool = True) -> list[str]:
@@ -405,7 +431,7 @@ def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: b
     check_tuning(tune_cfg, url, plans)
     storage, space = make_storage(url), SearchSpace(tune_cfg.space)
     for plan in plans:  # every study and its budget record exist before workers race to make them
-        open_study(storage, plan.name, tune_cfg, space, tune_cfg.seed)
+        open_study(storage, plan, tune_cfg, space, tune_cfg.seed)
     if tune_cfg.n_jobs == 1:
         worker(tune_cfg, plans, url, 0, threads, progress)
     else:

@@ -4,12 +4,14 @@ interrupted study continued, the budget recorded in every study, bad input refus
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import TINY_OVERRIDES, compose
+from helpers import REPO, TINY_OVERRIDES, compose, subprocess_env
 from rhovae import trainer, tuning
 from rhovae.errors import ConfigError
 from rhovae.results import BUDGET_KEYS
@@ -60,7 +62,8 @@ def test_every_posterior_gets_the_same_space_and_budget_and_a_poor_trial_is_prun
     tune_cfg, url = tiny_tune(data_root, tmp_path)
     space = tuning.SearchSpace(tune_cfg.space)
     storage = tuning.make_storage(url)
-    diag = tuning.open_study(storage, "mnist-diag", tune_cfg, space, tune_cfg.seed)
+    plans = {plan.name: plan for plan in tuning.planned_studies(tune_cfg)}
+    diag = tuning.open_study(storage, plans["mnist-diag"], tune_cfg, space, tune_cfg.seed)
     for lr in (3e-2, 1e-2, 1e-5):  # the third learns almost nothing: below the median after its warm-up epoch
         diag.enqueue_trial({"trainer.lr": lr})
     tuning.tune(tune_cfg, url, progress=False)
@@ -70,7 +73,8 @@ def test_every_posterior_gets_the_same_space_and_budget_and_a_poor_trial_is_prun
     for name in ("mnist-diag", "mnist-planar"):  # the equal budget, as stored in each study
         s = study(url, name)
         assert len(s.get_trials(states=tuning.COUNTED)) == 3
-        assert s.user_attrs == tuning.study_attributes(tune_cfg, space)
+        assert s.user_attrs == tuning.study_attributes(tune_cfg, space, plans[name].config)
+        assert s.user_attrs["value"] == "validation ELBO"
         assert json.loads(s.user_attrs["space"]) == tune_cfg.space
     assert set(study(url, "mnist-diag").best_params) == {"trainer.lr"}  # planar's option only where it exists
     assert set(study(url, "mnist-planar").best_params) == {"trainer.lr", "posterior.flow_length"}
@@ -112,9 +116,10 @@ def test_an_interrupted_study_continues_and_its_interrupted_trial_never_counts(d
 def test_a_trial_that_finds_no_slot_left_is_recorded_as_surplus_and_not_counted(data_root, tmp_path):
     tune_cfg, url = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=2)
     space = tuning.SearchSpace(tune_cfg.space)
-    s = tuning.open_study(tuning.make_storage(url), "mnist-diag", tune_cfg, space, 0)
+    plan = tuning.planned_studies(tune_cfg)[0]
+    s = tuning.open_study(tuning.make_storage(url), plan, tune_cfg, space, 0)
     s.ask(), s.ask()  # two trials running in other workers hold both slots
-    s.optimize(tuning.Objective(tune_cfg, space, tuning.planned_studies(tune_cfg)[0]), n_trials=1)
+    s.optimize(tuning.Objective(tune_cfg, space, plan), n_trials=1)
     last = s.trials[-1]
     assert last.state == TrialState.FAIL and last.user_attrs == {"surplus": True}
 
@@ -188,3 +193,56 @@ def test_a_tuned_run_takes_its_studys_best_settings(data_root, tmp_path):
     with pytest.raises(ConfigError, match=r"tuned='nowhere.db': no study database there"):
         tuning.apply_tuned(compose(["tuned=nowhere.db"]), given=[])
     assert "config.tuned" in BUDGET_KEYS  # the results table says which runs were tuned, and from which database
+
+
+def tune_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "tune.py"), *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # scripts/tune.py in a subprocess, two tiny trials
+def test_the_default_space_fits_posteriors_without_its_options_and_a_given_key_for_none_is_refused(data_root,
+                                                                                                   tmp_path):
+    """``tune.posteriors=[diag,rho]`` with the default space, whose posterior.flow_length only flows have: both
+    studies run and neither samples flow_length. The same key set on the command line is refused in one line."""
+    run = [f"dataset.root={data_root}", *TINY_OVERRIDES]
+    common = ["tune.posteriors=[diag,rho]", "tune.n_trials=1", "tune.epochs=1", f"tune.storage=sqlite:///{tmp_path}/a.db"]
+    done = tune_command(*common, *run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    url = f"sqlite:///{tmp_path}/a.db"
+    for name in ("mnist-diag", "mnist-rho"):
+        assert set(study(url, name).trials[0].params) == {"trainer.lr", "trainer.kl_warmup_epochs"}
+    refused = tune_command(*common[:-1], f"tune.storage=sqlite:///{tmp_path}/b.db",
+                           "tune.space.posterior.flow_length.high=8", *run)
+    assert refused.returncode == 1 and refused.stderr == (
+        "error: tune.space has posterior.flow_length, which no run of these posteriors has; accepted: trainer.*, "
+        "objective.*, posterior.<option> and other run keys\n")
+    assert not (tmp_path / "b.db").exists()
+
+
+@pytest.mark.slow  # scripts/tune.py in a subprocess
+def test_a_study_recorded_without_its_value_reads_as_the_elbo_and_refuses_another_bound(data_root, tmp_path):
+    """A study made before the trial's value was part of the recorded budget (an IWAE study then stored ELBO values):
+    continuing it with objective.iw_samples=5 is refused in one line and changes nothing; the ELBO one continues."""
+    run = [f"dataset.root={data_root}", *TINY_OVERRIDES]
+    for k, name in ((1, "elbo"), (5, "iwae")):
+        tune_cfg = tuning.load_tune_config(["tune.posteriors=[diag]", "tune.n_trials=1", "tune.epochs=1"])
+        tune_cfg.run = [*tune_cfg.run, *run, *([f"objective.iw_samples={k}"] if k > 1 else [])]
+        plan = tuning.planned_studies(tune_cfg)[0]
+        old = {key: value for key, value in tuning.study_attributes(
+            tune_cfg, tuning.SearchSpace(tune_cfg.space), plan.config).items() if key != "value"}
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        made = optuna.create_study(study_name="mnist-diag", storage=url, direction="maximize")
+        for key, value in old.items():
+            made.set_user_attr(key, value)
+    before = (tmp_path / "iwae.db").read_bytes()
+    refused = tune_command("tune.posteriors=[diag]", "tune.n_trials=1", "tune.epochs=1",
+                           f"tune.storage=sqlite:///{tmp_path}/iwae.db", *run, "objective.iw_samples=5")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: study mnist-diag in ") and \
+        "was made with a different value; nothing was changed" in refused.stderr and refused.stderr.count("\n") == 1
+    assert (tmp_path / "iwae.db").read_bytes() == before
+    done = tune_command("tune.posteriors=[diag]", "tune.n_trials=1", "tune.epochs=1",
+                        f"tune.storage=sqlite:///{tmp_path}/elbo.db", *run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    continued = study(f"sqlite:///{tmp_path}/elbo.db", "mnist-diag")
+    assert continued.user_attrs["value"] == "validation ELBO" and len(continued.trials) == 1
