@@ -491,6 +491,40 @@ def display_differences(diffs: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def ais_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """AIS against the importance-weighted estimate on the same images, per dataset and method, over the completed
+    runs that have an AIS re-scoring (``n``): each estimate's mean ± sd, their difference (the IW estimate's bias,
+    up to AIS's own), the BDMC gap where measured, and each estimate's paired difference from ``baseline`` (95% t
+    interval over the seeds both have). Empty when no run was re-scored by AIS."""
+    done = completed(runs)
+    if "ais/nll" not in done:
+        return pd.DataFrame()
+    scored = done[done["ais/nll"].notna()]
+    rows = []
+    for (dataset, method), group in scored.groupby(["dataset", "method"], sort=False):
+        row = {"dataset": dataset, "method": method, "n": len(group)}
+        for metric in ("ais/nll", "ais/iw_nll", "ais/iw_minus_ais"):
+            row[METRICS[metric][0]] = _mean_sd(group[metric].mean(), group[metric].std(), 2, "±")
+        gap = group["ais/bdmc_gap"].dropna() if "ais/bdmc_gap" in group else pd.Series(dtype=float)
+        row[METRICS["ais/bdmc_gap"][0]] = (f"{gap.mean():.2f} ({len(gap)} run{'s' if len(gap) > 1 else ''})"
+                                           if len(gap) else "not measured")
+        reference = scored[(scored["dataset"] == dataset) & (scored["method"] == baseline)]
+        for metric, title in (("ais/nll", "AIS"), ("ais/iw_nll", "IW")):
+            column = f"{title} vs {baseline} [95% CI] (n)"
+            if method == baseline:
+                row[column] = "baseline"
+                continue
+            diff = seed_differences(group, reference, metric)
+            if len(diff) == 0:
+                row[column] = "no common seed"
+                continue
+            d = difference_stats(diff)
+            interval = "" if pd.isna(d["ci_low"]) else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+            row[column] = f"{d['mean']:+.2f}{interval} ({d['n']})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _latex_escape(text: Any) -> str:
     escaped = str(text).replace("\\", r"\textbackslash{}")
     for char in "_%&#$":

@@ -20,6 +20,9 @@ Writes into the sweep folder:
                   any other key the runs vary, runs still training included (and the same numbers as a table in
                   results.md)
 
+When runs were re-scored by AIS (``scripts/evaluate.py RUN --estimator ais``), results.md also pairs AIS with the
+importance-weighted estimate on the same images (``rhovae.results.ais_table``).
+
 results.md opens with the budget the runs share (epochs, batches, K, gap images), says when they differ, marks a
 smoke run (trainer.max_batches), and names what the runs ran on wherever that differs (torch, CPU, threads, commit).
 
@@ -82,6 +85,12 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: b
                f"The other sweep: {against}. Negative NLL and positive ELBO differences favour this one.", "",
                results.display_differences(between).to_markdown(index=False) if not between.empty
                else "No method and seed completed in both sweeps.", ""]
+    ais = results.ais_table(runs, baseline if baseline in set(runs["method"]) else results.BASELINE)
+    if not ais.empty:
+        md += ["## Annealed importance sampling beside the importance-weighted estimate (same images)", "",
+               "Over the runs re-scored by AIS (`n`); nats per image. IW - AIS is the importance-weighted estimate's "
+               "bias (up to AIS's own, which the BDMC gap bounds on data simulated from the model).", "",
+               ais.to_markdown(index=False), ""]
     milestones = results.load_milestones(runs)  # grouped by what varies among all runs: some may still train
     has_budget = not milestones.empty and "test/nll" in milestones
     if has_budget:
