@@ -6,7 +6,8 @@ holds a run (continue it with ``trainer.resume=true``, replace it with ``trainer
 command leaves the folder byte-identical. Errors caused by the input end the run with one line on stderr; in a
 multirun the sweep carries on with the other jobs and ends with one line naming the jobs that failed (exit
 status 1). SIGTERM and Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); a second
-Ctrl-C exits at once.
+Ctrl-C exits at once. In a multirun they stop the whole sweep: every running job checkpoints its position, no other
+job starts, and the sweep exits with 128 + the signal once the running jobs have saved.
 ``python train.py trainer.resume=true hydra.run.dir=<run folder>`` continues a run with the config it saved.
 """
 
@@ -24,7 +25,8 @@ from rhovae.errors import ConfigError, RhovaeError
 from rhovae.experiment import run_experiment
 from rhovae.config.hydra_run import (accept_renamed, check_known_keys, check_override_keys, failed_jobs_summarized,
                               file_logs_held, given_keys, log_to_file, note_failed_job, sweep_record_kept,
-                              with_saved_choices, write_hydra_record)
+                              sweep_stopped_as_one, with_saved_choices, write_hydra_record)
+from rhovae.interrupt import request_sweep_stop, sweep_stop_signal
 from rhovae.trainer import TrainingInterrupted
 
 log = logging.getLogger("train")
@@ -43,6 +45,11 @@ def main(cfg: DictConfig) -> float:
         if plan.checkpoint is None or not (run_dir / ".hydra").is_dir():
             write_hydra_record(cfg, run_dir)
 
+    if multirun and sweep_stop_signal() is not None:  # a job queued before the sweep was stopped: start nothing
+        print(f"not started: {run_dir.name} (the sweep was stopped)", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+        return float("nan")
     with file_logs_held() as release_file_log:
         try:
             check_known_keys(cfg, overrides)
@@ -54,6 +61,9 @@ def main(cfg: DictConfig) -> float:
         except TrainingInterrupted as err:
             log_to_file(log, logging.WARNING, f"interrupted: {err}")
             print(f"interrupted: {err}", file=sys.stderr)
+            if multirun:  # the other jobs save too, and the sweep ends with the signal's status once they have
+                request_sweep_stop(err.exit_code - 128)
+                return float("nan")
             sys.exit(err.exit_code)
         except RhovaeError as err:
             log_to_file(log, logging.ERROR, f"error: {err}")  # only once the run was accepted (train.log is held)
@@ -75,5 +85,5 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    with sweep_record_kept(sys.argv[1:]), failed_jobs_summarized(sys.argv[1:]):
+    with sweep_record_kept(sys.argv[1:]), failed_jobs_summarized(sys.argv[1:]), sweep_stopped_as_one(sys.argv[1:]):
         main()

@@ -5,6 +5,11 @@ terminal presses Ctrl-C; without a handler Python dies at once and the epoch in 
 ``stop_on_signals`` the first signal only sets a flag that the training loop and the final evaluation poll
 after every step or batch. A second signal means "now": the process exits at once with status 128 + signal,
 keeping the last checkpoint (checkpoints are written atomically, so it is complete).
+
+A sweep stops as one (``sweep_stop``): its process and its jobs (in-process, or the joblib launcher's worker
+processes) share a stop file named by an environment variable they inherit. The first signal the sweep's process
+gets creates it, and so does a job that a signal of its own stopped; every running job polls it as it polls its own
+signal, and a job that starts once it exists does nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +18,38 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import threading
+from pathlib import Path
 from typing import Iterator
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SWEEP_STOP_ENV = "RHOVAE_SWEEP_STOP"  # the path of a sweep's stop file; the file exists once the sweep is stopped
+
+
+def sweep_stop_signal() -> signal.Signals | None:
+    """The signal that stopped the sweep this process belongs to, or None (not stopped, or not in a sweep)."""
+    path = os.environ.get(SWEEP_STOP_ENV)
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return signal.Signals(int(text)) if text.isdigit() else signal.SIGTERM
+
+
+def request_sweep_stop(signum: int) -> None:
+    """Stop the sweep this process belongs to (nothing outside a sweep); raw system calls, safe in a handler."""
+    path = os.environ.get(SWEEP_STOP_ENV)
+    if not path:
+        return
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, str(int(signum)).encode())
+        os.close(fd)
 
 
 class StopRequest:
@@ -33,6 +64,8 @@ class StopRequest:
         self._announced = False
 
     def __call__(self) -> bool:
+        if self.signal is None:
+            self.signal = sweep_stop_signal()  # the sweep was stopped through another of its processes
         if self.signal is not None and not self._announced:
             self._announced = True
             log.warning("received %s: stopping after the current step and saving a checkpoint "
@@ -68,3 +101,35 @@ def stop_on_signals(signals=STOP_SIGNALS) -> Iterator[StopRequest]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def sweep_stop() -> Iterator[Path]:
+    """For the process that launches a sweep's jobs: the shared stop file's path (exported in ``SWEEP_STOP_ENV``),
+    and handlers that turn this process's first SIGINT or SIGTERM into that file (so running jobs save and queued
+    ones start nothing, and the launcher waits for them) and a second one into an exit at once. Yields the path; the
+    file is removed on the way out, after the caller has read ``sweep_stop_signal``."""
+    path = Path(tempfile.gettempdir()) / f"rhovae-sweep-stop-{os.getpid()}-{os.urandom(4).hex()}"
+    os.environ[SWEEP_STOP_ENV] = str(path)
+    received = []
+
+    def handler(signum, _frame):
+        if received:
+            os.write(2, f"received {signal.Signals(signum).name} again: exiting now; each job keeps its last "
+                        "checkpoint\n".encode())
+            os._exit(128 + signum)
+        received.append(signum)
+        os.write(2, f"received {signal.Signals(signum).name}: every running job saves its position, no other job "
+                    "starts (send it again to exit at once)\n".encode())
+        request_sweep_stop(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield path
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        os.environ.pop(SWEEP_STOP_ENV, None)
+        path.unlink(missing_ok=True)

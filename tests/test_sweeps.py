@@ -7,9 +7,11 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -490,3 +492,47 @@ def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_di
     shown = results.display_table(results.summarize(runs))
     assert list(shown["AIS NLL"]) == ["91.00 ± 1.00", "90.50 ± 0.87"] and "BDMC gap" in shown
     assert results.budget(runs)[0]["AIS steps"] == "1000"
+
+
+@pytest.mark.slow  # three real joblib sweeps of three tiny jobs
+def test_ctrl_c_stops_a_joblib_sweep_cleanly_and_resume_continues_every_job_bit_for_bit(data_root, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: the sweep and its workers) while two of three jobs train:
+    both save their position and end, the queued third never starts, the sweep exits 130 without a traceback, and
+    the same command with trainer.resume=true gives every job the numbers of an uninterrupted sweep, bit for bit."""
+    long_jobs = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_batches", "trainer.batch_size"))]
+    args = ["-m", "launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", f"dataset.root={data_root}",
+            *long_jobs, "trainer.batch_size=8", "trainer.epochs=15", "logger=none"]
+    reference = train([*args, f"hydra.sweep.dir={tmp_path / 'reference'}"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(REPO / "train.py"), *args, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum((sweep / f"{i}_mnist_diag_s{i}" / "checkpoints" / "last.pt").exists() for i in (0, 1)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the foreground group
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: the sweep was stopped by SIGINT")
+    for i in (0, 1):
+        summary = json.loads((sweep / f"{i}_mnist_diag_s{i}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["epochs"] < 15
+    assert not (sweep / "2_mnist_diag_s2" / "checkpoints").exists()  # queued, never started
+
+    resumed = train([*args, f"hydra.sweep.dir={sweep}", "trainer.resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for i in range(3):
+        got, want = (json.loads((root / f"{i}_mnist_diag_s{i}" / "summary.json").read_text())
+                     for root in (sweep, tmp_path / "reference"))
+        assert got["status"] == "completed"
+        for key in ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/nll", "test/kl"):
+            assert got[key] == want[key], (i, key)

@@ -41,6 +41,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ..interrupt import sweep_stop, sweep_stop_signal
 from .components import component_config, group_registries, setting_config
 from .keys import flatten, reject_unknown_keys
 from .load import COMPONENT_GROUPS
@@ -165,6 +166,23 @@ def sweep_record_kept(argv: Sequence[str]) -> Iterator[None]:
 
 
 FAILED_JOBS_ENV = "RHOVAE_FAILED_JOBS"
+
+
+@contextlib.contextmanager
+def sweep_stopped_as_one(argv: Sequence[str]) -> Iterator[None]:
+    """For a multirun: Ctrl-C or SIGTERM stops the whole sweep cleanly (``rhovae.interrupt.sweep_stop``): every
+    running job saves its position, no queued job starts, the launcher waits for them, and the command ends with
+    one line and exit status 128 + the signal. The same command with ``trainer.resume=true`` continues every job."""
+    if not {"-m", "--multirun"} & set(argv):
+        yield
+        return
+    with sweep_stop():
+        yield
+        stopped = sweep_stop_signal()
+    if stopped is not None:
+        print(f"interrupted: the sweep was stopped by {stopped.name}; every running job saved its position and no "
+              "other job started. Continue with the same command and trainer.resume=true", file=sys.stderr)
+        sys.exit(128 + int(stopped))
 
 
 @contextlib.contextmanager
