@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that used their share of the budget
 PRUNERS = ("median", "halving")
+LAUNCHERS = ("local", "slurm", "submitit_local")
+JOURNAL_SUFFIX = ".journal"
+STALE_AFTER_S = 600  # a running trial of a journal study not seen alive for this long was killed: failed and retried
 SPACE_TYPES = ("float", "int", "categorical")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -56,7 +60,15 @@ class TuneConfig:
     n_trials: int = 12  # complete or pruned trials per study
     epochs: int = 5  # training epochs per trial
     n_jobs: int = 1  # worker processes (each one CPU thread unless trainer.threads says otherwise)
-    storage: str | None = None  # an SQLAlchemy URL; None = sqlite:///outputs/tune/<name>.db
+    # where the workers run: local (processes on this machine), slurm (one SLURM job per worker, through submitit),
+    # submitit_local (submitit's local executor: separate processes as on a cluster, for trying a set-up out)
+    launcher: str = "local"
+    # submitit's executor parameters for the slurm launcher (timeout_min and cpus_per_task for submitit_local too)
+    slurm: dict[str, Any] = field(default_factory=lambda: {"partition": None, "timeout_min": 240, "cpus_per_task": 1,
+                                                           "mem_gb": 8})
+    # an SQLAlchemy URL or a journal file (a path ending in .journal); None = outputs/tune/<name>.db with the local
+    # launcher, outputs/tune/<name>.journal with the others (SQLite is unsafe on a shared network file system)
+    storage: str | None = None
     seed: int = 0  # TPE's seed (worker i uses seed + i)
     pruner: str = "median"  # median | halving (successive halving), the same for every study
     startup_trials: int = 3  # trials before TPE and the median pruner act
@@ -84,6 +96,8 @@ def load_tune_config(tune_overrides: Sequence[str], path: Path = CONFIG_DIR / "t
     tune_cfg: TuneConfig = OmegaConf.to_object(cfg)
     if tune_cfg.pruner not in PRUNERS:
         raise ConfigError(f"tune.pruner={tune_cfg.pruner!r} is not valid; accepted: {', '.join(PRUNERS)}")
+    if tune_cfg.launcher not in LAUNCHERS:
+        raise ConfigError(f"tune.launcher={tune_cfg.launcher!r} is not valid; accepted: {', '.join(LAUNCHERS)}")
     for key, least in (("n_trials", 1), ("epochs", 1), ("n_jobs", 1), ("startup_trials", 0)):
         if getattr(tune_cfg, key) < least:
             raise ConfigError(f"tune.{key}={getattr(tune_cfg, key)} is not valid; accepted: an integer >= {least}")
@@ -116,21 +130,32 @@ def set_space_field(cfg: DictConfig, path: str, value: str) -> None:
 
 
 def storage_url(tune_cfg: TuneConfig, root: Path) -> str:
-    """The study database: ``tune.storage``, or an SQLite file ``<root>/outputs/tune/<name>.db``."""
+    """The studies' storage: ``tune.storage``, or ``<root>/outputs/tune/<name>.db`` (SQLite) with the local launcher
+    and ``<root>/outputs/tune/<name>.journal`` (Optuna's journal file, safe on a shared file system) with the
+    others."""
     if tune_cfg.storage:
-        return tune_cfg.storage
-    return f"sqlite:///{(root / 'outputs' / 'tune' / f'{tune_cfg.name}.db').resolve()}"
+        return tune_cfg.storage if is_journal(tune_cfg.storage) or "://" in tune_cfg.storage else \
+            str(Path(tune_cfg.storage).expanduser().resolve())
+    folder = (root / "outputs" / "tune").resolve()
+    if tune_cfg.launcher == "local":
+        return f"sqlite:///{folder / f'{tune_cfg.name}.db'}"
+    return str(folder / f"{tune_cfg.name}{JOURNAL_SUFFIX}")
+
+
+def is_journal(url: str) -> bool:
+    return "://" not in url and url.endswith(JOURNAL_SUFFIX)
 
 
 def database_url(path_or_url: str) -> str:
-    """An SQLAlchemy URL as given, or a path to an SQLite study database as its URL (``tuned=outputs/tune/x.db``)."""
+    """An SQLAlchemy URL or a journal file as given, or a path to an SQLite study database as its URL
+    (``tuned=outputs/tune/x.db``)."""
     if "://" in path_or_url:
         return path_or_url
     path = Path(path_or_url).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"tuned={path_or_url!r}: no study database there; accepted: a file written by "
-                          f"scripts/tune.py (outputs/tune/<name>.db) or an SQLAlchemy URL")
-    return f"sqlite:///{path}"
+                          f"scripts/tune.py (outputs/tune/<name>.db or .journal) or an SQLAlchemy URL")
+    return str(path) if is_journal(str(path)) else f"sqlite:///{path}"
 
 
 def study_name(dataset: str, method: str) -> str:
@@ -244,14 +269,57 @@ def study_attributes(tune_cfg: TuneConfig, space: SearchSpace, run_config: DictC
             "value": trial_value(run_config)}
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study database; a trial whose process died is failed after 60 s without a heartbeat and run again."""
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """The studies' storage. A database (RDB) fails a trial whose process died after 60 s without a heartbeat and
+    runs it again; a journal file has no heartbeat, so ``retry_stale_trials`` does the same from the time each trial
+    last reported (``alive_at``)."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what the budget relies on
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if is_journal(url):
+            from optuna.storages.journal import JournalFileBackend
+
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
         return optuna.storages.RDBStorage(url, heartbeat_interval=20, grace_period=60,
                                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+def existing_studies(url: str) -> set[str]:
+    """The names of the studies in ``url`` (none where nothing was written yet)."""
+    if is_journal(url) and not Path(url).is_file():
+        return set()
+    try:
+        return set(optuna.get_all_study_names(make_storage(url)))
+    except Exception:  # noqa: BLE001 - a database that does not exist yet holds no study
+        return set()
+
+
+def load_study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=make_storage(url))
+
+
+def retry_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_S) -> list[int]:
+    """For a storage without a heartbeat (a journal file): fail every running trial that has not reported for
+    ``stale_after`` seconds (its worker was killed) and queue its parameters again, as Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` does for a database. Returns the failed trials' numbers."""
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        return []  # the heartbeat does it
+    now = time.time()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        seen = trial.user_attrs.get("alive_at", trial.datetime_start.timestamp() if trial.datetime_start else now)
+        if now - seen <= stale_after:
+            continue
+        try:
+            changed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except RuntimeError:  # optuna's UpdateFinishedTrialError among them
+            changed = False  # another worker failed it first, or it finished meanwhile
+        if changed:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            failed.append(trial.number)
+    return failed
 
 
 def make_pruner(tune_cfg: TuneConfig) -> optuna.pruners.BasePruner:
@@ -261,7 +329,8 @@ def make_pruner(tune_cfg: TuneConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.SuccessiveHalvingPruner()
 
 
-def open_study(storage, plan: "PlannedStudy", tune_cfg: TuneConfig, space: SearchSpace, seed: int) -> optuna.Study:
+def open_study(storage, plan: "PlannedStudy", tune_cfg: TuneConfig, space: SearchSpace, seed: int,
+               url: str | None = None) -> optuna.Study:
     """The study of ``plan``, created with this budget or continued if its recorded budget is the same (a study
     recorded before a key of the budget existed gets that key once it is found to agree)."""
     study = optuna.create_study(study_name=plan.name, storage=storage, direction="maximize", load_if_exists=True,
@@ -270,7 +339,7 @@ def open_study(storage, plan: "PlannedStudy", tune_cfg: TuneConfig, space: Searc
                                 pruner=make_pruner(tune_cfg))
     wanted = study_attributes(tune_cfg, space, plan.config)
     if study.user_attrs:
-        check_budget(plan.name, study.user_attrs, wanted, storage.url)
+        check_budget(plan.name, study.user_attrs, wanted, url or storage.url)
     for key, value in wanted.items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
@@ -331,6 +400,8 @@ class Objective:
         from .trainer import (NonFiniteLossError, TrainState, configured_optimizer, selection_bound, train_one_epoch,
                               validation_metrics)
 
+        retry_stale_trials(trial.study)  # a killed worker's trial frees its slot (journal storage; RDB: heartbeat)
+        trial.set_user_attr("alive_at", time.time())
         slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
         if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
             trial.set_user_attr("surplus", True)
@@ -354,6 +425,7 @@ class Objective:
             val = selection_bound(validation_metrics(model, data, config))
             best = max(best, val)
             trial.report(val, epoch)
+            trial.set_user_attr("alive_at", time.time())
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val bound {val:.2f} at epoch {epoch}")
         return best
@@ -404,7 +476,7 @@ def worker(tune_cfg: TuneConfig, plans: Sequence[PlannedStudy], url: str, index:
     space = SearchSpace(tune_cfg.space)
     storage = make_storage(url)
     for plan in plans:
-        study = open_study(storage, plan, tune_cfg, space, tune_cfg.seed + index)
+        study = open_study(storage, plan, tune_cfg, space, tune_cfg.seed + index, url)
         run_study(study, Objective(tune_cfg, space, plan), tune_cfg.n_trials, progress)
 
 
@@ -413,13 +485,10 @@ def check_tuning(tune_cfg: TuneConfig, url: str, plans: Sequence[PlannedStudy]) 
     the composed configs, and the budget recorded in studies that already exist."""
     space = SearchSpace(tune_cfg.space)
     space.check_keys([plan.config for plan in plans], load_tune_config([]).space)
-    try:
-        existing = set(optuna.get_all_study_names(url))
-    except Exception:  # noqa: BLE001 - a database that does not exist yet holds no study
-        existing = set()
+    existing = existing_studies(url)
     for plan in plans:
         if plan.name in existing:
-            check_budget(plan.name, optuna.load_study(study_name=plan.name, storage=url).user_attrs,
+            check_budget(plan.name, load_study(url, plan.name).user_attrs,
                          study_attributes(tune_cfg, space, plan.config), url)
 
 
@@ -431,8 +500,10 @@ def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: b
     check_tuning(tune_cfg, url, plans)
     storage, space = make_storage(url), SearchSpace(tune_cfg.space)
     for plan in plans:  # every study and its budget record exist before workers race to make them
-        open_study(storage, plan, tune_cfg, space, tune_cfg.seed)
-    if tune_cfg.n_jobs == 1:
+        open_study(storage, plan, tune_cfg, space, tune_cfg.seed, url)
+    if tune_cfg.launcher != "local":
+        run_on_submitit(tune_cfg, plans, url, threads)
+    elif tune_cfg.n_jobs == 1:
         worker(tune_cfg, plans, url, 0, threads, progress)
     else:
         from joblib import Parallel, delayed
@@ -442,14 +513,41 @@ def tune(tune_cfg: TuneConfig, url: str, threads: int | None = None, progress: b
     return [plan.name for plan in plans]
 
 
+def submitit_folder(url: str) -> Path:
+    """Where submitit keeps the workers' pickles and logs: beside the storage (which a cluster's nodes share)."""
+    base = Path(url.removeprefix("sqlite:///")) if is_journal(url) or url.startswith("sqlite:///") else Path.cwd()
+    return base.with_name(f"{base.stem}_workers") if base.suffix else base / "tune_workers"
+
+
+def run_on_submitit(tune_cfg: TuneConfig, plans: Sequence[PlannedStudy], url: str, threads: int | None) -> None:
+    """``tune.n_jobs`` workers as submitit jobs (SLURM, or submitit's local executor), each running every study as a
+    local worker does; waits for all of them and raises the first worker's error, if any."""
+    import submitit
+
+    folder = submitit_folder(url)
+    params = {k: v for k, v in tune_cfg.slurm.items() if v is not None}
+    if tune_cfg.launcher == "slurm":
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(**{("slurm_partition" if k == "partition" else k): v for k, v in params.items()})
+    else:
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(**{k: v for k, v in params.items() if k in ("timeout_min", "cpus_per_task")})
+    with executor.batch():
+        jobs = [executor.submit(worker, tune_cfg, list(plans), url, i, threads, False) for i in range(tune_cfg.n_jobs)]
+    log.info("%d tuning workers submitted (%s): %s; logs in %s", len(jobs), tune_cfg.launcher,
+             ", ".join(str(j.job_id) for j in jobs), folder)
+    for job in jobs:
+        job.result()
+
+
 # ---- results -----------------------------------------------------------------------------------------------
 
 
 def tuning_table(url: str, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Per study: best parameters and value, trials complete, pruned and failed, and wall time."""
     rows = []
-    for name in names or sorted(optuna.get_all_study_names(url)):
-        study = optuna.load_study(study_name=name, storage=url)
+    for name in names or sorted(existing_studies(url)):
+        study = load_study(url, name)
         trials = study.get_trials(deepcopy=False)
         counted = [t for t in trials if t.state in COUNTED]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -477,7 +575,7 @@ def history_figure(url: str, names: Sequence[str], path: Path) -> Path:
     matplotlib.use("Agg")
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    studies = [optuna.load_study(study_name=n, storage=url) for n in names]
+    studies = [load_study(url, n) for n in names]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = plot_optimization_history(studies, target_name="val bound")
@@ -492,10 +590,10 @@ def best_settings(url: str, dataset: str, method: str) -> dict[str, Any]:
     """The best complete trial's parameters of the study for ``dataset`` and ``method``."""
     name = study_name(dataset, method)
     try:
-        study = optuna.load_study(study_name=name, storage=url)
+        study = load_study(url, name)
     except KeyError:
         raise ConfigError(f"tuned: {url} has no study {name}; it has "
-                          f"{', '.join(sorted(optuna.get_all_study_names(url))) or 'none'}") from None
+                          f"{', '.join(sorted(existing_studies(url))) or 'none'}") from None
     complete = counted_trials(study, (TrialState.COMPLETE,))
     if not complete:
         raise ConfigError(f"tuned: study {name} in {url} has no complete trial yet")

@@ -5,11 +5,15 @@
         dataset.root=../shared/data
     python scripts/tune.py tune.name=smoke trainer.max_batches=5 tune.epochs=2   # a smoke search
     python scripts/tune.py tune.name=long tune.epochs=20 tune.space.trainer.kl_warmup_epochs.high=10  # one range
+    python scripts/tune.py tune.launcher=slurm tune.n_jobs=20 tune.slurm.partition=cpu dataset.root=/shared/data
 
 ``tune.<key>=value`` sets a tuning key (``configs/tune/default.yaml``); any other ``key=value`` is a run key that
-every trial starts from. Rerunning the same command continues every study where it stopped. At the end it prints
+every trial starts from. ``tune.launcher=slurm`` runs the ``tune.n_jobs`` workers as SLURM jobs through submitit
+(``tune.slurm.*``: partition, timeout_min, cpus_per_task, mem_gb) against Optuna's journal file
+``outputs/tune/<name>.journal`` (on the shared file system; ``tune.storage`` takes a database URL instead), and waits
+for them; ``tune.launcher=submitit_local`` does the same with local processes. Rerunning the same command continues every study where it stopped. At the end it prints
 the table (best parameters and value, trials complete and pruned, wall time) and writes it with Optuna's
-optimization history beside the database: ``outputs/tune/<name>.md`` and ``<name>.png``. A comparison with the
+optimization history beside the storage: ``outputs/tune/<name>.md`` and ``<name>.png``. A comparison with the
 best settings: ``python train.py -m experiment=paper_cpu tuned=outputs/tune/<name>.db``.
 """
 
@@ -23,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rhovae.errors import RhovaeError  # noqa: E402
-from rhovae.tuning import history_figure, load_tune_config, storage_url, tune, tuning_table  # noqa: E402
+from rhovae.tuning import (history_figure, is_journal, load_tune_config, storage_url, tune,  # noqa: E402
+                           tuning_table)
 
 
 def main(argv: list[str]) -> int:
@@ -50,7 +55,7 @@ def main(argv: list[str]) -> int:
     table = tuning_table(url, names)
     text = table.to_markdown(index=False, floatfmt=".2f")
     print(text)
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///") or is_journal(url):
         base = Path(url.removeprefix("sqlite:///")).with_suffix("")
         base.with_suffix(".md").write_text(f"# Tuning: {base.name}\n\n{text}\n")
         figure = history_figure(url, names, base.with_suffix(".png"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -246,3 +247,40 @@ def test_a_study_recorded_without_its_value_reads_as_the_elbo_and_refuses_anothe
     assert done.returncode == 0, done.stderr[-2000:]
     continued = study(f"sqlite:///{tmp_path}/elbo.db", "mnist-diag")
     assert continued.user_attrs["value"] == "validation ELBO" and len(continued.trials) == 1
+
+
+@pytest.mark.slow  # scripts/tune.py with two submitit workers in separate processes
+def test_workers_through_submitit_share_a_journal_file_and_keep_the_exact_budget(data_root, tmp_path):
+    """``tune.launcher=submitit_local``: two workers submitted through submitit's local executor (real separate
+    processes, as SLURM jobs would be) run one study against an Optuna journal file: exactly n_trials are counted."""
+    journal = tmp_path / "cluster.journal"
+    done = tune_command("tune.launcher=submitit_local", "tune.n_jobs=2", "tune.posteriors=[diag]", "tune.n_trials=3",
+                        "tune.epochs=1", "tune.startup_trials=1", f"tune.storage={journal}", f"dataset.root={data_root}",
+                        *TINY_OVERRIDES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = optuna.load_study(study_name="mnist-diag", storage=tuning.make_storage(str(journal)))
+    assert len(s.get_trials(states=tuning.COUNTED)) == 3 and s.user_attrs["value"] == "validation ELBO"
+    logs = list((tmp_path / "cluster_workers").glob("*_log.out"))
+    assert len(logs) == 2  # one per submitted worker
+    assert (tmp_path / "cluster.md").is_file()  # the table beside the storage
+
+
+def test_a_killed_workers_trial_in_a_journal_study_is_failed_and_its_parameters_run_again(data_root, tmp_path):
+    """A journal file has no heartbeat: a running trial that stopped reporting (its worker was killed) is failed
+    when the next trial starts, its parameters run again, and the budget still counts exactly n_trials."""
+    tune_cfg, _ = tiny_tune(data_root, tmp_path, posteriors="[diag]", n_trials=2, epochs=1)
+    url = str(tmp_path / "studies.journal")
+    space = tuning.SearchSpace(tune_cfg.space)
+    plan = tuning.planned_studies(tune_cfg)[0]
+    s = tuning.open_study(tuning.make_storage(url), plan, tune_cfg, space, 0)
+    killed = s.ask()
+    lr = killed.suggest_float("trainer.lr", 1e-5, 3e-2, log=True)
+    killed.set_user_attr("alive_at", time.time() - 2 * tuning.STALE_AFTER_S)
+    tuning.tune(tune_cfg, url, progress=False)
+
+    trials = tuning.load_study(url, "mnist-diag").get_trials()
+    assert trials[0].state == TrialState.FAIL
+    counted = [t for t in trials if t.state in tuning.COUNTED]
+    assert len(counted) == 2
+    retried = [t for t in counted if t.user_attrs.get("retry_of") == 0]
+    assert len(retried) == 1 and retried[0].params["trainer.lr"] == lr
