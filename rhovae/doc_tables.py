@@ -24,24 +24,37 @@ def _ais(runs: pd.DataFrame) -> str:
     return results.ais_table(runs).to_markdown(index=False)
 
 
+SUMMARY_COLUMNS = ["dataset", "method", "n", "test ELBO", "test NLL", "test KL", "active units", "NLL at K/10",
+                   "k-hat > 0.7", "s/epoch"]
+
+
 def _summary(runs: pd.DataFrame) -> str:
-    return results.display_table(results.summarize(runs)).to_markdown(index=False)
+    shown = results.display_table(results.summarize(runs))
+    return shown[[c for c in SUMMARY_COLUMNS if c in shown]].to_markdown(index=False)
 
 
 def _differences(runs: pd.DataFrame) -> str:
     return results.display_differences(results.paired_differences(runs)).to_markdown(index=False)
 
 
+def _milestones(runs: pd.DataFrame) -> str:
+    milestones = results.load_milestones(runs)
+    table = results.budget_table(milestones)
+    return table.to_markdown(index=False, floatfmt=["g", *[".2f"] * (table.shape[1] - 1)])
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "ais": _ais,  # AIS beside the IW estimate on the same images, and both paired against diag
-    "summary": _summary,  # mean ± sd over seeds per dataset and method (summarize.py's first table)
+    "summary": _summary,  # mean ± sd over seeds per dataset and method (summarize.py's first table, main columns)
     "differences": _differences,  # paired differences from diag (summarize.py's second table)
+    "milestones": _milestones,  # test NLL at each milestone epoch per run group, runs still training included
 }
 
 
 def documents(repo: Path) -> list[Path]:
-    """The Markdown files that may hold generated tables: README.md and docs/*.md."""
-    return [p for p in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))] if p.is_file()]
+    """The Markdown files that may hold generated tables: README.md, docs/*.md and results/*/README.md."""
+    return [p for p in [repo / "README.md", *sorted((repo / "docs").glob("*.md")),
+                        *sorted((repo / "results").glob("*/README.md"))] if p.is_file()]
 
 
 def regenerate(text: str, repo: Path) -> tuple[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Regenerate the results tables in README.md and docs/ from the committed result files under results/.
+"""Regenerate the results tables in README.md, docs/ and results/*/README.md from the committed result files.
 
     python scripts/doc_tables.py            # rewrite every generated table in place
     python scripts/doc_tables.py --check    # exit 1, naming each table that differs from its results (CI's test)

@@ -32,3 +32,33 @@ def test_a_table_is_rewritten_from_its_results_and_bad_blocks_are_one_line(tmp_p
         regenerate(f"<!-- table: nope {folder} -->\n<!-- end table -->", REPO)
     with pytest.raises(RhovaeError, match=r"names results/none, which is not a folder"):
         regenerate("<!-- table: ais results/none -->\n<!-- end table -->", REPO)
+
+
+@pytest.mark.slow  # scripts/collect_results.py in a subprocess
+def test_collect_results_copies_the_small_files_of_each_run_and_no_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    sweep = tmp_path / "sweep"
+    for job in ("0_mnist_diag_s0", "1_mnist_rho_s0"):
+        run = sweep / job
+        (run / ".hydra").mkdir(parents=True)
+        (run / "checkpoints").mkdir()
+        (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        for name in ("summary.json", "metrics.jsonl", "milestones.jsonl", "train.log", "evaluation_ais.json",
+                     "bdmc.json", "checkpoints/last.pt", "samples.png", "gaps.npz"):
+            (run / name).write_text(name)
+    dest = tmp_path / "results" / "tiny"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"), str(sweep), str(dest)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == sorted(f"{job}/{name}" for job in ("0_mnist_diag_s0", "1_mnist_rho_s0") for name in (
+        ".hydra/config.yaml", "summary.json", "metrics.jsonl", "milestones.jsonl", "train.log",
+        "evaluation_ais.json", "bdmc.json"))
+    single = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"),
+                             str(sweep / "1_mnist_rho_s0"), str(tmp_path / "one")], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0 and (tmp_path / "one" / "1_mnist_rho_s0" / "summary.json").is_file()

@@ -60,12 +60,12 @@ class TrainerConfig:
     # Adam's first moment of a weight whose gradient is always zero (MNIST's blank border pixels, dead ReLU units)
     # decays to the smallest subnormal and stays there (0.9 times it rounds back to it); every step then computes
     # on about 180,000 subnormals through the CPU's slow path: a paper_cpu diag epoch grows from 3.7 s to
-    # 6.3 s by epoch 4. The same parameters bit for bit in the runs checked (README, Speed).
+    # 6.3 s by epoch 4. The same parameters bit for bit in the runs checked (docs/speed.md).
     flush_denormal: bool = key_field(True, resumable=True, factor=False)
     # the encoder's and decoder's matrix products in training, forward and backward: float32 or bfloat16 (autocast;
     # heads, sampling, likelihood, KL and the parameters stay float32). Needs native bfloat16 (AVX-512 BF16, AMX or
     # a GPU); validation and test evaluation run in float32 whatever is set here (eval.iw_precision for the NLL).
-    # 1.32x faster per diag step on one thread; moved a diag run's NLL as a change of machine does (README, Speed).
+    # 1.32x faster per diag step on one thread; moved a diag run's NLL as a change of machine does (docs/speed.md).
     precision: str = "float32"
     kl_warmup_epochs: float = 0  # the KL weight rises linearly 0 -> objective.beta over this many epochs
     adam_eps: float = 1.0e-8  # Adam's epsilon (the IWAE paper used 1e-4)
@@ -110,7 +110,7 @@ class EvalSettings:
     iw_chunk: int = key_field(200, resumable=True, factor=False)
     iw_batch_size: int = key_field(20, resumable=True, factor=False)
     # the decoder's matrix products in the importance-weighted NLL (test and milestones): float32 or bfloat16
-    # (autocast; a 1.8x to 2.5x faster NLL on a CPU with AMX, which moved it by under 0.002 nats: README, Speed)
+    # (autocast; a 1.8x to 2.5x faster NLL on a CPU with AMX, which moved it by under 0.002 nats: docs/speed.md)
     iw_precision: str = key_field("float32", resumable=True)
     mean_samples: int = key_field(100, resumable=True)
     active_threshold: float = key_field(0.01, resumable=True)

@@ -16,7 +16,7 @@ mean over ``kl_samples`` draws of log q(z) - log p(z) (1 = reuse the reconstruct
 ``step_gradient`` scales the gradient that the head producing the steps' per-image parameters sends back into the
 shared encoder (1: the full gradient, 0: the head reads the features without steering them), the lever that
 repairs ``fullcov`` (its ``off_diagonal_gradient``). planar and IAF default to 0: at the paper_cpu budget the full
-gradient cost them 1 to 2 nats of test NLL, 3 seeds each (README, "Do the flows suffer from it too?";
+gradient cost them 1 to 2 nats of test NLL, 3 seeds each (docs/results.md, "Do the flows suffer from it too?";
 ``posterior.step_gradient=1`` reproduces the earlier numbers). The other flows keep 1, as nobody has measured them.
 """
 

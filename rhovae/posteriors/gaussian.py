@@ -113,7 +113,7 @@ class FullCovPosterior(Posterior):
     ``off_diagonal_gradient`` scales the gradient that M's head sends back into the shared encoder (its own weights
     always get the full gradient). The reparameterization gradient of L_ij is g_i eps_j, nearly pure noise at the
     start of training, summed over d(d-1)/2 outputs: at 1 it swamps the trunk's gradient and the encoder trains
-    worse (README, fullcov ablation); 0 (default) lets the head read the features without steering them.
+    worse (docs/results.md, fullcov ablation); 0 (default) lets the head read the features without steering them.
     ``fullcov_free`` (free factor, full gradient) is the parameterization this project shipped first.
     """
 

@@ -4,7 +4,7 @@
 
 on ``torch.distributions.LowRankMultivariateNormal`` (Woodbury and the matrix determinant lemma: O(d r^2) per
 density instead of fullcov's O(d^3) factorization). The V head starts at zero, so training starts mean-field, and,
-as fullcov's off-diagonal head (README, fullcov ablation), it reads the encoder's features without steering them
+as fullcov's off-diagonal head (docs/results.md, fullcov ablation), it reads the encoder's features without steering them
 by default (``factor_gradient`` = 0: its reparameterization gradient g eps^T is mostly noise); 1 lets it train the
 encoder at full weight. The KL to a diagonal Gaussian prior is torch's registered low-rank KL, with the prior
 written as a low-rank normal whose factor is zero.

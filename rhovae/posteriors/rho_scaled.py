@@ -3,7 +3,7 @@
     q(z | x) = N(mu, D T(rho) D),   D = diag(sigma_1, ..., sigma_d),   T_ij = rho^|i - j|
 
 ``rho`` (one shared variance s) pays for fitting dimensions of different scales with one number: its approximation
-gap in the README's comparison is 4 nats above diag's. This family keeps the AR(1) correlation and gives each
+gap in the comparison of docs/results.md is 4 nats above diag's. This family keeps the AR(1) correlation and gives each
 dimension its own scale, so it contains both diag (rho = 0) and rho (equal sigmas). A draw is
 z = mu + sigma * u with u a standardized AR(1) draw (``AR1Normal`` with s = 1), so sampling and the density stay
 O(d): log q(z) = log N_AR1(u; 0, T(rho)) - sum_i log sigma_i. The KL to a diagonal Gaussian N(m, diag(v)) is
