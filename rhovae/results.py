@@ -131,13 +131,15 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
 def ais_rescoring(run: Path) -> dict[str, Any]:
     """The ``ais/*`` numbers of the run's AIS re-scoring of its own checkpoint (``evaluation_ais*.json``, written
     beside its summary by ``scripts/evaluate.py --estimator ais``) with their settings (``ais/steps``, ...); of
-    several, the one with the most intermediate distributions, then chains (the most accurate). ``ais/bdmc_gap`` is
+    several, one from the prior (what the comparison uses: independent of the posterior) before one from q(z|x),
+    then the one with the most intermediate distributions, then chains (the most accurate). ``ais/bdmc_gap`` is
     the BDMC gap of the same schedule on the same model (``bdmc*.json`` of ``scripts/bdmc.py``), where one was
     measured. {} when there is no AIS re-scoring."""
     records = [json.loads(p.read_text()) for p in sorted(run.glob("evaluation_ais*.json"))]
     if not records:
         return {}
-    best = max(records, key=lambda r: (r["settings"]["steps"], r["settings"]["chains"]))
+    best = max(records, key=lambda r: (r["settings"]["start"] == "prior", r["settings"]["steps"],
+                                       r["settings"]["chains"]))
     same = ("steps", "chains", "start", "schedule", "sigmoid_delta", "leapfrog_steps", "target_accept")
     gaps = [r["gap"] for r in (json.loads(p.read_text()) for p in sorted(run.glob("bdmc*.json")))
             if r["checkpoint"] == "best" and all(r["settings"][k] == best["settings"][k] for k in same)]

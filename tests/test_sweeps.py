@@ -465,8 +465,8 @@ def test_notebook_is_paired_with_its_script_and_stored_without_outputs():
 
 
 def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_diag(tmp_path):
-    """Runs re-scored by AIS: the most accurate re-scoring of each run (most steps) is read, with the BDMC gap of the
-    same schedule; AIS NLL and the IW NLL of the same images are averaged and paired against diag seed by seed."""
+    """Runs re-scored by AIS: the most accurate re-scoring from the prior of each run (most steps) is read, with the
+    BDMC gap of the same schedule; AIS NLL and the IW NLL of the same images are averaged and paired against diag seed by seed."""
     ais_nll = {"diag": [90.0, 91.0, 92.0], "fullcov": [89.5, 91.0, 91.0]}
     settings = {"steps": 1000, "chains": 16, "start": "prior", "schedule": "sigmoid", "sigmoid_delta": 4.0,
                 "leapfrog_steps": 10, "target_accept": 0.65}
@@ -477,10 +477,12 @@ def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_di
             config = {"seed": seed, "posterior": {"name": method}, "dataset": {"name": "mnist"}}
             (run / "summary.json").write_text(json.dumps({"status": "completed", "test/nll": nll + 1.0,
                                                           "config": config}))
-            for steps, shift in ((100, 5.0), (1000, 0.0)):  # the longer schedule is the one read
-                record = {"checkpoint": "best", "settings": {**settings, "steps": steps}, "ais/nll": nll + shift,
-                          "ais/iw_nll": nll + 0.5, "ais/iw_minus_ais": 0.5 - shift, "ais/n_images": 500}
-                (run / f"evaluation_ais_ais.steps={steps}.json").write_text(json.dumps(record))
+            # the longer schedule from the prior is the one read; a longer one from q(z|x) is a check beside it
+            for steps, start, shift in ((100, "prior", 5.0), (1000, "prior", 0.0), (3000, "posterior", 7.0)):
+                record = {"checkpoint": "best", "settings": {**settings, "steps": steps, "start": start},
+                          "ais/nll": nll + shift, "ais/iw_nll": nll + 0.5, "ais/iw_minus_ais": 0.5 - shift,
+                          "ais/n_images": 500}
+                (run / f"evaluation_ais_ais.steps={steps},ais.start={start}.json").write_text(json.dumps(record))
             (run / "bdmc.json").write_text(json.dumps({"checkpoint": "best", "settings": settings, "gap": 0.08}))
     runs = results.load_runs(tmp_path)
     assert list(runs["ais/steps"]) == [1000] * 6 and list(runs["ais/bdmc_gap"]) == [0.08] * 6
