@@ -93,11 +93,19 @@ def stop_on_signals(signals=STOP_SIGNALS) -> Iterator[StopRequest]:
             os._exit(128 + signum)
         request.signal = signal.Signals(signum)
 
+    with handling(signals, handler):
+        yield request
+
+
+@contextlib.contextmanager
+def handling(signals, handler) -> Iterator[None]:
+    """``handler`` for ``signals`` inside the block, the previous handlers restored after. Handlers can only be
+    installed from the main thread; elsewhere nothing is installed."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, handler) for s in signals}
     try:
-        yield request
+        yield
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
@@ -123,13 +131,9 @@ def sweep_stop() -> Iterator[Path]:
                     "starts (send it again to exit at once)\n".encode())
         request_sweep_stop(signum)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        yield path
+        with handling(STOP_SIGNALS, handler):
+            yield path
     finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
         os.environ.pop(SWEEP_STOP_ENV, None)
         path.unlink(missing_ok=True)

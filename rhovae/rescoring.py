@@ -5,8 +5,8 @@ A file's name says what made its numbers: ``evaluation.json`` is the run's own c
 settings; ``evaluation_epoch_1093.json`` a milestone's model; ``evaluation_ais.json`` the AIS estimator; and the
 overrides of the estimating sections (``eval``, ``gaps``, ``ais``) that differ from the run's own settings, sorted, end
 the name (``evaluation_epoch_1093_eval.iw_samples=5000.json``). Overrides of how a command runs (``trainer.threads``)
-are not part of the name: they do not change what is estimated; nor is a key set to the value the run has. A name that is taken is refused before any work, in
-one line; the earlier file stays as it was.
+are not part of the name, since they do not change what is estimated, and neither is a key set to the value the run
+has. A name that is taken is refused before any work, in one line; the earlier file stays as it was.
 """
 
 from __future__ import annotations

@@ -522,8 +522,11 @@ def submitit_folder(url: str) -> Path:
 def run_on_submitit(tune_cfg: TuneConfig, plans: Sequence[PlannedStudy], url: str, threads: int | None) -> None:
     """``tune.n_jobs`` workers as submitit jobs (SLURM, or submitit's local executor), each running every study as a
     local worker does; waits for all of them and raises the first worker's error, if any."""
-    import submitit
-
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(f"tune.launcher={tune_cfg.launcher} needs submitit, which is not installed; accepted here: "
+                          "tune.launcher=local (or pip install -e '.[slurm]')") from None
     folder = submitit_folder(url)
     params = {k: v for k, v in tune_cfg.slurm.items() if v is not None}
     if tune_cfg.launcher == "slurm":

@@ -16,9 +16,10 @@ another. With the same eval.seed and settings the numbers reproduce those writte
 ``--estimator ais`` scores the first ``ais.n_images`` test images by annealed importance sampling (``rhovae.ais``:
 the ``ais`` section's schedule, chains, HMC settings and initial distribution) and, on the same images, by the
 importance-weighted estimate with ``ais.iw_samples`` samples, so the two pair image for image; its numbers are
-``ais/*`` (``ais/nll``, ``ais/iw_nll``, ``ais/iw_minus_ais``), with the settings that made them. A milestone's checkpoint (epoch_N) gives that model's numbers on
-the whole test set, where milestones.jsonl has them on the first ``eval.milestone_images`` test images. A key
-that would change the model or its data (``posterior.min_std``, ``latent_dim``) is refused with one line before
+``ais/*`` (``ais/nll``, ``ais/iw_nll``, ``ais/iw_minus_ais``), with the settings that made them (docs/ais.md).
+
+A milestone's checkpoint (epoch_N) gives that model's numbers on the whole test set, where milestones.jsonl has them
+on the first ``eval.milestone_images`` test images. A key that would change the model or its data (``posterior.min_std``, ``latent_dim``) is refused with one line before
 anything runs; ``--update-summary`` records the overrides in summary.json (``rescored_with``) beside the numbers
 they made.
 """
@@ -28,10 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-
 from dataclasses import asdict
+from pathlib import Path
 
 from rhovae.ais import ais_metrics
 from rhovae.errors import RhovaeError
