@@ -1,13 +1,17 @@
-"""The results tables of README.md and docs/, generated from the committed result files under results/.
+"""The results tables and figures of README.md, docs/ and results/*/README.md, generated from the committed result
+files under results/.
 
 A table is the text between ``<!-- table: NAME FOLDER -->`` and ``<!-- end table -->``: ``TABLES[NAME]`` applied
-to the runs below ``FOLDER`` (relative to the repository). ``regenerate`` rewrites those blocks and says which
-changed; ``scripts/doc_tables.py`` is the command and a test fails when a committed table differs from what its
-results give.
+to the runs below ``FOLDER`` (relative to the repository). A figure is ``<!-- figure: NAME FOLDER -->`` ...
+``<!-- end figure -->``: ``FIGURES[NAME]`` draws a PNG into ``docs/figures/`` from the same runs, and the block holds
+the image link with its alt text and the SHA-1 of the numbers drawn, so that new numbers make the block (and the
+figure) stale. ``regenerate`` rewrites the blocks and says which changed; ``scripts/doc_tables.py`` is the command,
+and a test fails when a committed table or figure differs from what its results give.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Callable
@@ -17,7 +21,9 @@ import pandas as pd
 from . import results
 from .errors import RhovaeError
 
-BLOCK = re.compile(r"(<!-- table: (?P<name>\S+) (?P<folder>\S+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<kind>table|figure): (?P<name>\S+) (?P<folder>\S+) -->\n)(?P<body>.*?)"
+                   r"(<!-- end (?P=kind) -->)", re.S)
+FIGURE_FOLDER = Path("docs") / "figures"
 
 
 def _ais(runs: pd.DataFrame) -> str:
@@ -51,26 +57,74 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
 }
 
 
+def _differences_figure(runs: pd.DataFrame):
+    from .plots import paired_difference_strip
+
+    metrics = {m: results.METRICS[m][0] for m in ("test/nll", "ais/nll", "ais/iw_nll") if m in runs}
+    data = runs[["status", "dataset", "method", "seed", *metrics]]
+    return paired_difference_strip(data, metrics), data, (
+        "Paired differences from diag, one dot per seed, with the mean and its 95% t interval: "
+        + ", ".join(metrics.values()))
+
+
+def _milestones_figure(runs: pd.DataFrame):
+    from .plots import budget_curves
+
+    milestones = results.load_milestones(runs)
+    return budget_curves(milestones), milestones.drop(columns=["run_dir"], errors="ignore"), (
+        "Test NLL of each posterior's model at every milestone epoch (log scale), first 2,000 test images")
+
+
+# name -> (figure, the numbers it draws, its alt text)
+FIGURES: dict[str, Callable[[pd.DataFrame], tuple]] = {
+    "differences": _differences_figure,
+    "milestones": _milestones_figure,
+}
+
+
 def documents(repo: Path) -> list[Path]:
     """The Markdown files that may hold generated tables: README.md, docs/*.md and results/*/README.md."""
     return [p for p in [repo / "README.md", *sorted((repo / "docs").glob("*.md")),
                         *sorted((repo / "results").glob("*/README.md"))] if p.is_file()]
 
 
-def regenerate(text: str, repo: Path) -> tuple[str, list[str]]:
-    """``text`` with every generated table made anew from its results, and the blocks that changed
-    (``NAME FOLDER``)."""
+def regenerate(text: str, repo: Path, where: Path | None = None,
+               loaded: dict[str, pd.DataFrame] | None = None) -> tuple[str, list[str]]:
+    """``text`` (a document in the folder ``where``, by default the repository's root) with every generated table
+    and figure made anew from its results, and the blocks that changed (``NAME FOLDER``; a figure's PNG is
+    rewritten only when its numbers changed). ``loaded`` keeps the runs of each folder for the next call (several
+    documents cite one folder)."""
+    import os
+
+    loaded = {} if loaded is None else loaded
+
     changed = []
 
     def replace(match: re.Match) -> str:
-        name, folder = match["name"], match["folder"]
-        if name not in TABLES:
-            raise RhovaeError(f"table {name!r} is not known; accepted: {', '.join(TABLES)}")
+        kind, name, folder = match["kind"], match["name"], match["folder"]
+        known = TABLES if kind == "table" else FIGURES
+        if name not in known:
+            raise RhovaeError(f"{kind} {name!r} is not known; accepted: {', '.join(known)}")
         if not (repo / folder).is_dir():
-            raise RhovaeError(f"table {name} names {folder}, which is not a folder of the repository")
-        body = TABLES[name](results.load_runs(repo / folder)) + "\n"
+            raise RhovaeError(f"{kind} {name} names {folder}, which is not a folder of the repository")
+        if folder not in loaded:
+            loaded[folder] = results.load_runs(repo / folder)
+        runs = loaded[folder]
+        if kind == "table":
+            body = TABLES[name](runs) + "\n"
+        else:
+            figure, data, alt = FIGURES[name](runs)
+            digest = hashlib.sha1(data.to_csv(index=False).encode()).hexdigest()[:12]
+            png = FIGURE_FOLDER / f"{name}-{Path(folder).name}.png"
+            link = Path(os.path.relpath(repo / png, where or repo)).as_posix()
+            body = f"![{alt}]({link})\n<!-- numbers: {digest} -->\n"
+            if body != match["body"] or not (repo / png).is_file():
+                from .plots import save_figure
+
+                (repo / FIGURE_FOLDER).mkdir(parents=True, exist_ok=True)
+                save_figure(figure, repo / png)
         if body != match["body"]:
             changed.append(f"{name} {folder}")
-        return match.group(1) + body + match.group(5)
+        return match.group(1) + body + match.group(6)
 
     return BLOCK.sub(replace, text), changed

@@ -214,3 +214,32 @@ def learning_curve_bands(histories, metric: str = "val/elbo", group: str = "meth
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def paired_difference_strip(runs, metrics: Mapping[str, str], baseline: str = "diag") -> Figure:
+    """Each method minus ``baseline`` on the same dataset and seed: one dot per seed, the mean with its 95% t
+    interval beside the dots, one panel per metric (``{metric column: label}``), a line at 0. Shows what an interval
+    hides: which seeds carry a difference, and how far apart they are."""
+    from scipy import stats
+
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    for ax, (metric, label) in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics.items()):
+        done = runs[(runs["status"] == "completed") & runs[metric].notna()] if metric in runs else runs.iloc[:0]
+        methods = [m for m in dict.fromkeys(done["method"]) if m != baseline]
+        for x, method in enumerate(methods):
+            pairs = done[done["method"] == method][["dataset", "seed", metric]].merge(
+                done[done["method"] == baseline][["dataset", "seed", metric]], on=["dataset", "seed"],
+                suffixes=("", "_base"))
+            diff = (pairs[metric] - pairs[f"{metric}_base"]).to_numpy()
+            ax.plot(np.full(len(diff), x - 0.1), diff, "o", color="0.45", markersize=4)
+            if len(diff) > 1:
+                half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+                ax.errorbar([x + 0.1], [diff.mean()], yerr=[half], fmt="s", color="C0", capsize=4)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylabel(f"{label} minus {baseline} (nats)")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"paired differences from {baseline}: dots are seeds, squares the mean with its 95% t interval",
+                 fontsize=9)
+    return fig

@@ -1,4 +1,4 @@
-"""Regenerate the results tables in README.md, docs/ and results/*/README.md from the committed result files.
+"""Regenerate the results tables and figures in README.md, docs/ and results/*/README.md from the committed results.
 
     python scripts/doc_tables.py            # rewrite every generated table in place
     python scripts/doc_tables.py --check    # exit 1, naming each table that differs from its results (CI's test)
@@ -9,8 +9,9 @@ A generated table sits between two comment lines that name what it is made of, f
     | dataset | method | ... |
     <!-- end table -->
 
-and is ``rhovae.doc_tables.TABLES[name]`` of the runs under that folder. Nothing outside the markers changes, so the
-prose around a table stays written by hand while its numbers cannot go stale.
+and is ``rhovae.doc_tables.TABLES[name]`` of the runs under that folder; ``<!-- figure: NAME FOLDER -->`` blocks
+draw ``docs/figures/NAME-FOLDER.png`` the same way. Nothing outside the markers changes, so the prose around a table
+stays written by hand while its numbers cannot go stale.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is stale")
     args = parser.parse_args(argv)
-    stale = []
+    stale, loaded = [], {}
     try:
         for path in documents(REPO):
             text = path.read_text()
-            new, changed = regenerate(text, REPO)
+            new, changed = regenerate(text, REPO, path.parent, loaded)
             stale += [f"{path.relative_to(REPO)}: {name}" for name in changed]
             if changed and not args.check:
                 path.write_text(new)

@@ -10,12 +10,13 @@ from rhovae.doc_tables import TABLES, documents, regenerate
 from rhovae.errors import RhovaeError
 
 
+@pytest.mark.slow  # reads every cited results folder and draws its figures: seconds
 def test_every_generated_table_matches_its_committed_results():
-    blocks = 0
+    blocks, loaded = 0, {}
     for path in documents(REPO):
         text = path.read_text()
-        blocks += text.count("<!-- table: ")
-        new, changed = regenerate(text, REPO)
+        blocks += text.count("<!-- table: ") + text.count("<!-- figure: ")
+        new, changed = regenerate(text, REPO, path.parent, loaded)
         assert not changed, f"{path.relative_to(REPO)}: {changed} differ from their results; run scripts/doc_tables.py"
         assert new == text
     assert blocks >= 1  # the AIS comparison of docs/ais.md at least
@@ -32,6 +33,28 @@ def test_a_table_is_rewritten_from_its_results_and_bad_blocks_are_one_line(tmp_p
         regenerate(f"<!-- table: nope {folder} -->\n<!-- end table -->", REPO)
     with pytest.raises(RhovaeError, match=r"names results/none, which is not a folder"):
         regenerate("<!-- table: ais results/none -->\n<!-- end table -->", REPO)
+
+
+@pytest.mark.slow  # draws a figure three times: seconds
+def test_a_figure_is_drawn_from_its_results_and_goes_stale_when_its_numbers_change(tmp_path):
+    """A figure block in a copy of the repository's results: the PNG is drawn into docs/figures, the link is relative
+    to the document, and changing one run's number changes the block (the hash of the numbers drawn)."""
+    import json
+    import shutil
+
+    shutil.copytree(REPO / "results" / "paper_cpu_mnist_ais", tmp_path / "results" / "x")
+    block = "<!-- figure: differences results/x -->\n<!-- end figure -->\n"
+    new, changed = regenerate(block, tmp_path, tmp_path / "docs")
+    png = tmp_path / "docs" / "figures" / "differences-x.png"
+    assert changed == ["differences results/x"] and png.read_bytes().startswith(b"\x89PNG")
+    assert "](figures/differences-x.png)" in new and "one dot per seed" in new
+    assert regenerate(new, tmp_path, tmp_path / "docs") == (new, [])
+    summary = tmp_path / "results" / "x" / "0_mnist_diag_s0" / "summary.json"
+    record = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**record, "test/nll": record["test/nll"] + 1}))
+    assert regenerate(new, tmp_path, tmp_path / "docs")[1] == ["differences results/x"]
+    with pytest.raises(RhovaeError, match=r"^figure 'nope' is not known; accepted: differences, milestones$"):
+        regenerate("<!-- figure: nope results/x -->\n<!-- end figure -->", tmp_path)
 
 
 @pytest.mark.slow  # scripts/collect_results.py in a subprocess
