@@ -26,7 +26,7 @@ from rhovae.experiment import run_experiment
 from rhovae.config.hydra_run import (accept_renamed, check_known_keys, check_override_keys, failed_jobs_summarized,
                               file_logs_held, given_keys, log_to_file, note_failed_job, sweep_record_kept,
                               sweep_stopped_as_one, with_saved_choices, write_hydra_record)
-from rhovae.interrupt import request_sweep_stop, sweep_stop_signal
+from rhovae.interrupt import request_sweep_stop, sweep_job, sweep_stop_signal
 from rhovae.trainer import TrainingInterrupted
 
 log = logging.getLogger("train")
@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> float:
         with contextlib.suppress(OSError):
             run_dir.rmdir()
         return float("nan")
-    with file_logs_held() as release_file_log:
+    with file_logs_held() as release_file_log, sweep_job() if multirun else contextlib.nullcontext():
         try:
             check_known_keys(cfg, overrides)
             if cfg.get("tuned"):  # tuned=<study database>: the best settings its study found for this run

@@ -111,6 +111,23 @@ def handling(signals, handler) -> Iterator[None]:
             signal.signal(s, old)
 
 
+def _sweep_stopping_handler(what: str):
+    """A handler whose first SIGINT or SIGTERM stops the sweep (``request_sweep_stop``) and says so, and whose second
+    exits at once; raw system calls only, safe in a handler."""
+    received = []
+
+    def handler(signum, _frame):
+        if received:
+            os.write(2, f"received {signal.Signals(signum).name} again: exiting now; {what}\n".encode())
+            os._exit(128 + signum)
+        received.append(signum)
+        os.write(2, f"received {signal.Signals(signum).name}: every running job saves its position, no other job "
+                    "starts (send it again to exit at once)\n".encode())
+        request_sweep_stop(signum)
+
+    return handler
+
+
 @contextlib.contextmanager
 def sweep_stop() -> Iterator[Path]:
     """For the process that launches a sweep's jobs: the shared stop file's path (exported in ``SWEEP_STOP_ENV``),
@@ -119,21 +136,19 @@ def sweep_stop() -> Iterator[Path]:
     file is removed on the way out, after the caller has read ``sweep_stop_signal``."""
     path = Path(tempfile.gettempdir()) / f"rhovae-sweep-stop-{os.getpid()}-{os.urandom(4).hex()}"
     os.environ[SWEEP_STOP_ENV] = str(path)
-    received = []
-
-    def handler(signum, _frame):
-        if received:
-            os.write(2, f"received {signal.Signals(signum).name} again: exiting now; each job keeps its last "
-                        "checkpoint\n".encode())
-            os._exit(128 + signum)
-        received.append(signum)
-        os.write(2, f"received {signal.Signals(signum).name}: every running job saves its position, no other job "
-                    "starts (send it again to exit at once)\n".encode())
-        request_sweep_stop(signum)
-
     try:
-        with handling(STOP_SIGNALS, handler):
+        with handling(STOP_SIGNALS, _sweep_stopping_handler("each job keeps its last checkpoint")):
             yield path
     finally:
         os.environ.pop(SWEEP_STOP_ENV, None)
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def sweep_job() -> Iterator[None]:
+    """For one job of a sweep, around all of it: a signal that arrives outside training (while the job starts, or
+    writes its pictures and summary after its test) stops the sweep instead of raising ``KeyboardInterrupt`` halfway
+    through a write; the job then ends as it would have. Training installs its own handler inside
+    (``stop_on_signals``), which also sees a sweep stopped this way."""
+    with handling(STOP_SIGNALS, _sweep_stopping_handler("this job keeps its last checkpoint")):
+        yield
