@@ -401,12 +401,12 @@ class Objective:
                               validation_metrics)
 
         retry_stale_trials(trial.study)  # a killed worker's trial frees its slot (journal storage; RDB: heartbeat)
-        trial.set_user_attr("alive_at", time.time())
         slots = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING)))
         if trial.number not in slots[:self.tune_cfg.n_trials]:  # another worker took the last slot
             trial.set_user_attr("surplus", True)
             trial.study.stop()
             return math.nan  # recorded as failed, never counted
+        trial.set_user_attr("alive_at", time.time())
         values = self.space.suggest(trial, self.keys)
         config = load_config(compose_run([*self.base, *(f"{k}={v}" for k, v in values.items())]))
         device = validate_config(config)
