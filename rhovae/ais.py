@@ -330,11 +330,10 @@ def bdmc(model: VAE, settings: AisSettings, n_images: int, *, progress: bool = F
             upper.append(-log_mean_exp(reverse.log_weights)[0])
             accept.append(torch.stack([forward.accept, reverse.accept]))
             bar.update(len(x))
-    lower, upper = torch.cat(lower), torch.cat(upper)
+    lower, upper, accept = torch.cat(lower), torch.cat(upper), torch.cat(accept, 1)
     gaps = upper - lower
     return {"n_images": n_images, "steps": settings.steps, "log_px_lower": lower.mean().item(),
             "log_px_upper": upper.mean().item(), "gap": gaps.mean().item(),
             "gap_se": (gaps.std() / math.sqrt(n_images)).item() if n_images > 1 else math.nan,
-            "accept_forward": torch.cat(accept, 1)[0].mean().item(),
-            "accept_reverse": torch.cat(accept, 1)[1].mean().item(),
+            "accept_forward": accept[0].mean().item(), "accept_reverse": accept[1].mean().item(),
             "seconds": time.perf_counter() - started}
