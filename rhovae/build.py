@@ -15,7 +15,9 @@ from .allocator import retain_freed_memory
 from .checkpoint import load_checkpoint
 from .config import RunConfig, TrainerConfig, component_options, load_config, rescoring_config, validate_config
 from .data import ImageData, load_image_data
+from .errors import RhovaeError
 from .gaps import GapSettings, inference_gaps
+from .milestones import milestone_epoch
 from .networks import build_networks
 from .posteriors import build_posterior
 from .tracking import write_json_atomic
@@ -50,10 +52,22 @@ def set_process_mode(trainer: TrainerConfig) -> None:
     torch.set_flush_denormal(trainer.flush_denormal)
 
 
+def saved_checkpoints(run_dir: Path) -> list[str]:
+    """The checkpoints saved in ``run_dir``: best and last first, then the milestones' epoch_N by epoch."""
+    def order(name: str) -> tuple[int, str]:
+        epoch = milestone_epoch(name)
+        return (-1, name) if epoch is None else (epoch, "")
+    return sorted((p.stem for p in (run_dir / "checkpoints").glob("*.pt")), key=order)
+
+
 def trained_config(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "best",
                    may_override: Sequence[str] = ("eval",)) -> tuple[RunConfig, dict[str, Any]]:
     """A finished run's config (its checkpoint's, with ``overrides`` on top: ``rhovae.config.rescoring_config`` says
-    which keys may change) and the checkpoint itself; a refused key is refused here, before any data is read."""
+    which keys may change) and the ``checkpoint`` itself (best, last or a milestone's epoch_N); a checkpoint that is
+    not saved or a refused key is refused here, before any data is read."""
+    saved = saved_checkpoints(run_dir)
+    if saved and checkpoint not in saved:
+        raise RhovaeError(f"--checkpoint {checkpoint!r} is not saved in {run_dir}; saved: {', '.join(saved)}")
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
     return load_config(rescoring_config(ckpt["config"], overrides, may_override, run_dir)), ckpt
 
@@ -77,17 +91,30 @@ def load_trained_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: s
     return config, data, model, ckpt
 
 
+def gaps_paths(run_dir: Path, checkpoint: str = "best") -> tuple[Path, Path]:
+    """Where the gap analysis of ``checkpoint`` goes: gaps.json and gaps.npz for the run's own model (best),
+    gaps_<checkpoint>.json and .npz for another (a milestone's epoch_N, last)."""
+    stem = "gaps" if checkpoint == "best" else f"gaps_{checkpoint}"
+    return run_dir / f"{stem}.json", run_dir / f"{stem}.npz"
+
+
 def write_gaps(model: VAE, data: ImageData, settings: GapSettings, run_dir: Path, *, progress: bool = False,
-               stop: Callable[[], bool] = lambda: False, overrides: Sequence[str] = ()) -> dict[str, Any]:
+               stop: Callable[[], bool] = lambda: False, overrides: Sequence[str] = (),
+               checkpoint: str = "best", epoch: int | None = None) -> dict[str, Any]:
     """The inference-gap analysis of the first ``settings.n_images`` test images: ``gaps.json`` (with the
-    ``overrides`` a script applied to the run's config) and ``gaps.npz``."""
+    ``overrides`` a script applied to the run's config) and ``gaps.npz``, or ``gaps_paths``' names for another
+    ``checkpoint`` than the run's own (its ``epoch`` recorded beside the numbers)."""
     images = data.test[: settings.n_images]
     log.info("inference gaps on %d test images: %d Adam steps each, log p(x) with K=%d", len(images),
              settings.steps, settings.iw_samples)
     summary, arrays = inference_gaps(model, images, settings, progress=progress, stop=stop)
     summary["overrides"] = list(overrides)
-    write_json_atomic(run_dir / "gaps.json", summary)
-    np.savez(run_dir / "gaps.npz", **{k: v.numpy() for k, v in arrays.items()})
+    summary["checkpoint"] = checkpoint
+    if epoch is not None:
+        summary["epoch"] = epoch
+    json_path, npz_path = gaps_paths(run_dir, checkpoint)
+    write_json_atomic(json_path, summary)
+    np.savez(npz_path, **{k: v.numpy() for k, v in arrays.items()})
     log.info("approximation gap %.2f, amortization gap %.2f nats (log p(x) %.2f, ELBO %.2f -> %.2f locally)",
              summary["approximation_gap"], summary["amortization_gap"], summary["log_px"],
              summary["elbo_amortized"], summary["elbo_local"])

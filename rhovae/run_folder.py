@@ -30,7 +30,7 @@ RUN_RECORDS = (CHECKPOINT, Path("checkpoints") / "best.pt", Path("summary.json")
 # was replaced).
 RUN_OUTPUTS = ("checkpoints", "summary.json", "metrics.jsonl", "milestones.jsonl", "evaluation.json",
                "evaluation_*.json", "samples.png", "reconstructions.png", "learning_curves.png", "latent_means.png",
-               "kl_per_dim.png", "gaps.json", "gaps.npz", "wandb", ".hydra")
+               "kl_per_dim.png", "gaps.json", "gaps.npz", "gaps_*.json", "gaps_*.npz", "wandb", ".hydra")
 
 
 log = logging.getLogger(__name__)

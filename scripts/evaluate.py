@@ -36,7 +36,6 @@ from rhovae.ais import ais_metrics
 from rhovae.errors import RhovaeError
 from rhovae.evaluation import evaluate_test_set
 from rhovae.build import trained_config, trained_model
-from rhovae.milestones import milestone_epoch
 from rhovae.posteriors import posterior_label
 from rhovae.rescoring import rescoring_path, unclaimed
 from rhovae.tracking import write_json_atomic
@@ -44,19 +43,8 @@ from rhovae.tracking import write_json_atomic
 ESTIMATORS = ("iw", "ais")  # the run's own test evaluation (importance-weighted NLL), or annealed importance sampling
 
 
-def saved_checkpoints(run_dir: Path) -> list[str]:
-    """The names ``--checkpoint`` accepts for ``run_dir``: best, last and the milestones' epoch_N."""
-    def order(name: str) -> tuple[int, str]:  # best and last first, then the milestones by epoch
-        epoch = milestone_epoch(name)
-        return (-1, name) if epoch is None else (epoch, "")
-    return sorted((p.stem for p in (run_dir / "checkpoints").glob("*.pt")), key=order)
-
-
 def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", update_summary: bool = False,
             estimator: str = "iw") -> dict:
-    saved = saved_checkpoints(run_dir)
-    if saved and checkpoint not in saved:
-        raise RhovaeError(f"--checkpoint {checkpoint!r} is not saved in {run_dir}; saved: {', '.join(saved)}")
     if update_summary and checkpoint != "best":
         raise RhovaeError(f"--update-summary takes the run's own checkpoint (best), not {checkpoint!r}: summary.json "
                           "holds the numbers of the model the run selected")

@@ -65,7 +65,8 @@ def test_gaps_script_and_eval_gaps_write_the_analysis_and_summarize_shows_it(dat
     gap_overrides = ["gaps.n_images=8", "gaps.steps=20", "gaps.elbo_samples=20", "gaps.iw_samples=50",
                      "gaps.batch_size=4"]
     proc = train(["-m", "posterior=diag,iaf", f"dataset.root={data_root}", *TINY_OVERRIDES, "logger=none",
-                  "trainer.epochs=1", "eval.gaps=true", *gap_overrides, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                  "trainer.epochs=1", "trainer.milestones=[1]", "eval.milestone_images=8", "eval.gaps=true",
+                  *gap_overrides, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for run in sorted(sweep.glob("*_mnist_*")):
         summary = json.loads((run / "summary.json").read_text())
@@ -90,6 +91,25 @@ def test_gaps_script_and_eval_gaps_write_the_analysis_and_summarize_shows_it(dat
     assert json.loads((run / "gaps.json").read_text())["n_images"] == 4
     changed = {k for k in folder_digest(run) if folder_digest(run)[k] != before.get(k)}
     assert changed == {"gaps.json", "gaps.npz"}  # the summary and everything else stay as they were
+
+    # a milestone's model: its own files, with its epoch, beside the run's; an unsaved checkpoint is refused
+    milestone = subprocess.run([*script, "--checkpoint", "epoch_1"], env=subprocess_env(), capture_output=True,
+                               text=True, timeout=300)
+    assert milestone.returncode == 0, milestone.stderr[-2000:]
+    at_milestone = json.loads((run / "gaps_epoch_1.json").read_text())
+    assert at_milestone["checkpoint"] == "epoch_1" and at_milestone["epoch"] == 1 and at_milestone["n_images"] == 4
+    assert np.load(run / "gaps_epoch_1.npz")["log_px"].shape == (4,)
+    assert json.loads((run / "gaps.json").read_text())["n_images"] == 4  # the run's own analysis is untouched
+    before = folder_digest(run)
+    unsaved = subprocess.run([*script, "--checkpoint", "epoch_7"], env=subprocess_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert unsaved.returncode == 1 and unsaved.stderr.strip() == (
+        f"error: --checkpoint 'epoch_7' is not saved in {run}; saved: best, last, epoch_1")
+    again = subprocess.run([*script, "--checkpoint", "epoch_1"], env=subprocess_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1 and again.stderr.strip() == (
+        f"error: {run / 'gaps_epoch_1.json'} exists; nothing was changed. Pass --overwrite to replace it")
+    assert folder_digest(run) == before
 
     summarized = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize.py"), str(sweep)],
                                 env=subprocess_env(), capture_output=True, text=True, timeout=300)
