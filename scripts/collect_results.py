@@ -5,7 +5,7 @@
 
 Each run folder below SOURCE (itself included) is mirrored under DEST with its path relative to SOURCE (a single
 run keeps its own folder name): ``summary.json``, ``.hydra/*.yaml``, ``metrics.jsonl``, ``milestones.jsonl``,
-``train.log``, and its re-scorings (``evaluation*.json``, ``bdmc*.json``, ``gaps.json``). A run still training
+``train.log``, and its re-scorings (``evaluation*.json``, ``bdmc*.json``, ``gaps*.json``). A run still training
 can be collected again as it goes: the copies are refreshed, and nothing else under DEST is touched. The copies
 are what ``scripts/summarize.py DEST`` and ``scripts/doc_tables.py`` read.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from rhovae.results import find_runs  # noqa: E402
 
 PATTERNS = ("summary.json", ".hydra/*.yaml", "metrics.jsonl", "milestones.jsonl", "train.log", "evaluation*.json",
-            "bdmc*.json", "gaps.json")
+            "bdmc*.json", "gaps*.json")
 
 
 def collect(source: Path, dest: Path) -> list[Path]:

@@ -71,7 +71,8 @@ def test_collect_results_copies_the_small_files_of_each_run_and_no_checkpoint(tm
         (run / "checkpoints").mkdir()
         (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
         for name in ("summary.json", "metrics.jsonl", "milestones.jsonl", "train.log", "evaluation_ais.json",
-                     "bdmc.json", "checkpoints/last.pt", "samples.png", "gaps.npz"):
+                     "bdmc.json", "gaps.json", "gaps_epoch_4.json", "checkpoints/last.pt", "samples.png", "gaps.npz",
+                     "gaps_epoch_4.npz"):
             (run / name).write_text(name)
     dest = tmp_path / "results" / "tiny"
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"), str(sweep), str(dest)],
@@ -80,7 +81,7 @@ def test_collect_results_copies_the_small_files_of_each_run_and_no_checkpoint(tm
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == sorted(f"{job}/{name}" for job in ("0_mnist_diag_s0", "1_mnist_rho_s0") for name in (
         ".hydra/config.yaml", "summary.json", "metrics.jsonl", "milestones.jsonl", "train.log",
-        "evaluation_ais.json", "bdmc.json"))
+        "evaluation_ais.json", "bdmc.json", "gaps.json", "gaps_epoch_4.json"))
     single = subprocess.run([sys.executable, str(REPO / "scripts" / "collect_results.py"),
                              str(sweep / "1_mnist_rho_s0"), str(tmp_path / "one")], env=subprocess_env(),
                             capture_output=True, text=True, timeout=120)
