@@ -49,11 +49,20 @@ def _milestones(runs: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=["g", *[".2f"] * (table.shape[1] - 1)])
 
 
+PROTOCOL_FROM_EPOCH = 121  # the IWAE protocol's stages compared with the literature (earlier ones: milestones)
+
+
+def _protocol(runs: pd.DataFrame) -> str:
+    table = results.milestone_table(results.load_milestones(runs), from_epoch=PROTOCOL_FROM_EPOCH)
+    return table.to_markdown(index=False, disable_numparse=True)
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "ais": _ais,  # AIS beside the IW estimate on the same images, and both paired against diag
     "summary": _summary,  # mean ± sd over seeds per dataset and method (summarize.py's first table, main columns)
     "differences": _differences,  # paired differences from diag (summarize.py's second table)
     "milestones": _milestones,  # test NLL at each milestone epoch per run group, runs still training included
+    "protocol": _protocol,  # per stage from epoch 121: NLL vs diag, whole-test-set, AIS and gap scores, hours
 }
 
 
@@ -71,14 +80,33 @@ def _milestones_figure(runs: pd.DataFrame):
     from .plots import budget_curves
 
     milestones = results.load_milestones(runs)
-    return budget_curves(milestones), milestones.drop(columns=["run_dir"], errors="ignore"), (
+    drawn = milestones[[c for c in ("dataset", "group", "seed", "epoch", "test/nll", "n_images", "test/iw_samples")
+                        if c in milestones]]
+    return budget_curves(milestones), drawn, (
         "Test NLL of each posterior's model at every milestone epoch (log scale), first 2,000 test images")
+
+
+def _gaps_figure(runs: pd.DataFrame):
+    from .plots import gap_bars
+
+    table = results.stage_gaps(results.load_milestones(runs))
+    if table.empty:  # the runs' own models (gaps.json)
+        table = results.summarize(runs)
+        table = table[table["gaps/approximation_gap mean"].notna()] if "gaps/approximation_gap mean" in table \
+            else pd.DataFrame()
+    if table.empty:
+        raise RhovaeError("figure gaps: no run below this folder has a gap analysis (scripts/gaps.py)")
+    drawn = table[[c for c in table if c in ("dataset", "method", "n") or c.startswith("gaps/")]]
+    return gap_bars(table), drawn, (
+        "Approximation and amortization gaps stacked per posterior (mean over seeds, ± 1 sd): "
+        "log p(x) - ELBO split into what the family cannot represent and what the encoder misses")
 
 
 # name -> (figure, the numbers it draws, its alt text)
 FIGURES: dict[str, Callable[[pd.DataFrame], tuple]] = {
     "differences": _differences_figure,
     "milestones": _milestones_figure,
+    "gaps": _gaps_figure,
 }
 
 

@@ -15,7 +15,9 @@ read results through this module, so the paper table and the notebook cannot dis
   that spread (``seeds_needed``, a paired power calculation).
 * ``load_histories(runs)``: the per-epoch ``metrics.jsonl`` rows of every completed run, for learning curves.
 * ``load_milestones(runs)``: the ``milestones.jsonl`` rows of every run, for NLL against training budget;
-  ``budget_table(milestones)`` puts them side by side, an epoch per row.
+  ``budget_table(milestones)`` puts them side by side, an epoch per row; ``milestone_table(milestones)`` gives each
+  stage's NLL paired against diag with what was re-scored on the milestone's model (whole test set, AIS, gaps),
+  and ``stage_gaps(milestones)`` those models' inference gaps.
 * ``budget(runs)`` and ``provenance_differences(runs)``: what budget made a table, and what its runs ran on where
   they differ.
 * ``load_wandb_runs(project)``: the same run table from the W&B API instead of local folders.
@@ -128,24 +130,44 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
     return row
 
 
-def ais_rescoring(run: Path) -> dict[str, Any]:
-    """The ``ais/*`` numbers of the run's AIS re-scoring of its own checkpoint (``evaluation_ais*.json``, written
-    beside its summary by ``scripts/evaluate.py --estimator ais``) with their settings (``ais/steps``, ...); of
-    several, one from the prior (what the comparison uses: independent of the posterior) before one from q(z|x),
-    then the one with the most intermediate distributions, then chains (the most accurate). ``ais/bdmc_gap`` is
-    the BDMC gap of the same schedule on the same model (``bdmc*.json`` of ``scripts/bdmc.py``), where one was
-    measured. {} when there is no AIS re-scoring."""
-    records = [json.loads(p.read_text()) for p in sorted(run.glob("evaluation_ais*.json"))]
+def ais_rescoring(run: Path, checkpoint: str = "best") -> dict[str, Any]:
+    """The ``ais/*`` numbers of the run's AIS re-scoring of ``checkpoint`` (``evaluation[_<checkpoint>]_ais*.json``,
+    written beside its summary by ``scripts/evaluate.py --estimator ais``) with their settings (``ais/steps``,
+    ...); of several, one from the prior (what the comparison uses: independent of the posterior) before one from
+    q(z|x), then the one with the most intermediate distributions, then chains (the most accurate).
+    ``ais/bdmc_gap`` is the BDMC gap of the same schedule on the same model (``bdmc*.json`` of ``scripts/bdmc.py``),
+    where one was measured. {} when there is no AIS re-scoring."""
+    prefix = "evaluation_" if checkpoint == "best" else f"evaluation_{checkpoint}_"
+    records = [json.loads(p.read_text()) for p in sorted(run.glob(f"{prefix}ais*.json"))]
     if not records:
         return {}
     best = max(records, key=lambda r: (r["settings"]["start"] == "prior", r["settings"]["steps"],
                                        r["settings"]["chains"]))
     same = ("steps", "chains", "start", "schedule", "sigmoid_delta", "leapfrog_steps", "target_accept")
     gaps = [r["gap"] for r in (json.loads(p.read_text()) for p in sorted(run.glob("bdmc*.json")))
-            if r["checkpoint"] == "best" and all(r["settings"][k] == best["settings"][k] for k in same)]
+            if r["checkpoint"] == checkpoint and all(r["settings"][k] == best["settings"][k] for k in same)]
     return {**{k: v for k, v in best.items() if k.startswith("ais/")},
             **{f"ais/{k}": best["settings"][k] for k in ("steps", "chains", "start", "schedule")},
             **({"ais/bdmc_gap": gaps[-1]} if gaps else {})}
+
+
+def milestone_rescorings(run: Path, epoch: int) -> dict[str, Any]:
+    """What was measured on the model a run saved at milestone ``epoch`` besides its ``milestones.jsonl`` row: the
+    whole test set at the run's own settings (``scripts/evaluate.py --checkpoint epoch_N``: ``whole/nll`` with
+    ``whole/iw_samples`` importance samples), AIS (``ais/*``, as ``ais_rescoring``) and the inference gaps
+    (``scripts/gaps.py --checkpoint epoch_N``: ``gaps/*``)."""
+    checkpoint = f"epoch_{epoch}"
+    found: dict[str, Any] = {}
+    whole = run / f"evaluation_{checkpoint}.json"
+    if whole.is_file():
+        record = json.loads(whole.read_text())
+        found.update({"whole/nll": record["test/nll"], "whole/iw_samples": record["test/iw_samples"]})
+    found.update(ais_rescoring(run, checkpoint))
+    gaps = run / f"gaps_{checkpoint}.json"
+    if gaps.is_file():
+        found.update({f"gaps/{k}": v for k, v in json.loads(gaps.read_text()).items()
+                      if not isinstance(v, (dict, list))})
+    return found
 
 
 def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
@@ -378,8 +400,10 @@ def load_histories(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.
 def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """``milestones.jsonl`` of every run that has one, finished or still training (a budget curve grows while its
     runs do), one row per milestone epoch, with the run's group keys (by default those that vary among all the runs,
-    unfinished ones included), seed and status, and ``group``: the method with the other keys' values
-    (``diag objective.iw_samples=5``), what a budget curve is drawn per."""
+    unfinished ones included), seed and status, ``group``: the method with the other keys' values
+    (``diag objective.iw_samples=5``), what a budget curve is drawn per, the training time up to that epoch
+    (``train_hours``, ``epoch_s`` its mean per epoch; evaluations not counted) and what was measured on the
+    milestone's model since (``milestone_rescorings``)."""
     keys = list(keys or group_keys(runs, include_unfinished=True))
     frames = []
     for _, run in runs.iterrows():
@@ -388,10 +412,23 @@ def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd
             rows = pd.read_json(path, lines=True)
             group = " ".join([str(run["method"]), *(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys
                                                     if k not in ("dataset", "method"))])
-            frames.append(rows.assign(**{k: run[k] for k in keys}, group=group, seed=run["seed"], run=run["run"],
-                                      status=run["status"]))
+            extra = pd.DataFrame([{**training_time(path.parent, epoch), **milestone_rescorings(path.parent, epoch)}
+                                  for epoch in rows["epoch"]], index=rows.index)
+            frames.append(pd.concat([rows, extra], axis=1).assign(
+                **{k: run[k] for k in keys}, group=group, seed=run["seed"], run=run["run"], status=run["status"]))
     return (pd.concat(frames, ignore_index=True) if frames
             else pd.DataFrame(columns=[*keys, "group", "seed", "run", "epoch"]))
+
+
+def training_time(run: Path, epoch: int) -> dict[str, float]:
+    """Hours of training up to the end of ``epoch`` (the ``epoch_s`` of ``metrics.jsonl``; an epoch repeated after
+    a resume counts once, as last written) and the mean seconds per epoch; {} without a metrics file."""
+    path = run / "metrics.jsonl"
+    if not path.is_file() or not path.stat().st_size:
+        return {}
+    epochs = pd.read_json(path, lines=True).drop_duplicates("epoch", keep="last")
+    spent = epochs.loc[epochs["epoch"] <= epoch, "epoch_s"]
+    return {"train_hours": spent.sum() / 3600, "epoch_s": spent.mean()} if len(spent) else {}
 
 
 def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataFrame:
@@ -402,6 +439,66 @@ def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataF
     table.columns = [" ".join(str(part) for part in column) if isinstance(column, tuple) else str(column)
                      for column in table.columns]
     return table.reset_index()
+
+
+def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epoch: int = 0) -> pd.DataFrame:
+    """One row per milestone epoch (from ``from_epoch`` on) and (dataset, group) of ``load_milestones``' output:
+    seeds, the milestone NLL (mean ± sd over seeds) and its paired difference from ``baseline`` on the same dataset,
+    epoch and seed (95% t interval where there are several seeds), then, where measured on the milestone's model,
+    the whole test set's NLL, AIS with the IW estimate's excess over it, and the inference gaps; training seconds
+    per epoch and hours to that epoch. Columns nothing was measured for are left out."""
+    rows = []
+    scored = milestones[milestones["epoch"] >= from_epoch]
+    columns = [k for k in ("dataset", "group") if k in scored]
+    for (epoch, *key), group in scored.groupby(["epoch", *columns], sort=True):
+        where = dict(zip(columns, key))
+        images, samples = group["n_images"].iloc[0], group["test/iw_samples"].iloc[0]
+        row = {"epoch": epoch, **where, "seeds": len(group),
+               f"NLL ({images:,} images, K = {samples})": _mean_sd(group["test/nll"].mean(), group["test/nll"].std(),
+                                                                   2, "±")}
+        reference = scored[(scored["epoch"] == epoch) & (scored["method"] == baseline)
+                           & (scored["dataset"] == where.get("dataset"))]
+        if (group["method"] == baseline).all():
+            row[f"vs {baseline}"] = "baseline"
+        elif reference.empty:
+            row[f"vs {baseline}"] = f"no {baseline} run"
+        else:
+            diff = seed_differences(group, reference, "test/nll")
+            d = difference_stats(diff) if len(diff) else None
+            row[f"vs {baseline}"] = ("no common seed" if d is None else f"{d['mean']:+.2f}" + (
+                "" if pd.isna(d["ci_low"]) else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]") + f" ({d['n']})")
+        for metric, title in (("whole/nll", "NLL (whole test set, K = {})"), ("ais/nll", "AIS NLL ({} images)"),
+                              ("ais/iw_minus_ais", "IW - AIS"), ("gaps/approximation_gap", "approximation gap"),
+                              ("gaps/amortization_gap", "amortization gap")):
+            if metric in group and group[metric].notna().any():
+                size = {"whole/nll": "whole/iw_samples", "ais/nll": "ais/n_images"}.get(metric)
+                label = title.format(int(group[size].dropna().iloc[0])) if size else title
+                values = group[metric].dropna()
+                row[label] = _mean_sd(values.mean(), values.std(), 2, "±") + (
+                    "" if len(values) == len(group) else f" ({len(values)} seed{'s' if len(values) > 1 else ''})")
+        if "train_hours" in group:
+            row["s/epoch"] = f"{group['epoch_s'].mean():.1f}"
+            row["hours"] = f"{group['train_hours'].mean():.1f}"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.fillna("not measured") if not table.empty else table
+
+
+def stage_gaps(milestones: pd.DataFrame) -> pd.DataFrame:
+    """The inference gaps measured on milestone models (``scripts/gaps.py --checkpoint epoch_N``) as
+    ``summarize`` shows a run's own: one row per dataset, epoch and group, ``method`` naming both (``fullcov,
+    epoch 121``), mean and sd over seeds; what ``plots.gap_bars`` draws. Empty when none was measured."""
+    gaps = ["gaps/approximation_gap", "gaps/amortization_gap"]
+    if gaps[0] not in milestones:
+        return pd.DataFrame()
+    measured = milestones[milestones[gaps[0]].notna()]
+    columns = [k for k in ("dataset", "epoch", "group") if k in measured]
+    table = measured.groupby(columns, sort=True)[gaps].agg(["mean", "std"])
+    table.columns = [f"{metric} {'sd' if stat == 'std' else stat}" for metric, stat in table.columns]
+    table = table.reset_index()
+    table["method"] = [f"{g}, epoch {e}" for g, e in zip(table["group"], table["epoch"])]
+    table["n"] = measured.groupby(columns, sort=True).size().to_numpy()
+    return table
 
 
 PROVENANCE = "provenance."  # prefix of the provenance columns (rhovae/provenance.py)

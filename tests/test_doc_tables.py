@@ -53,7 +53,7 @@ def test_a_figure_is_drawn_from_its_results_and_goes_stale_when_its_numbers_chan
     record = json.loads(summary.read_text())
     summary.write_text(json.dumps({**record, "test/nll": record["test/nll"] + 1}))
     assert regenerate(new, tmp_path, tmp_path / "docs")[1] == ["differences results/x"]
-    with pytest.raises(RhovaeError, match=r"^figure 'nope' is not known; accepted: differences, milestones$"):
+    with pytest.raises(RhovaeError, match=r"^figure 'nope' is not known; accepted: differences, milestones, gaps$"):
         regenerate("<!-- figure: nope results/x -->\n<!-- end figure -->", tmp_path)
 
 

@@ -496,6 +496,66 @@ def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_di
     assert results.budget(runs)[0]["AIS steps"] == "1000"
 
 
+def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_measured_on_its_models(tmp_path):
+    """Runs still training at the IWAE protocol (no summary.json): each milestone from epoch 121 on is a row per
+    posterior, paired against diag seed by seed (t interval computed here by scipy), with the whole-test-set, AIS and
+    gap re-scorings of the milestone's model where they exist, and training hours counting a resumed epoch once."""
+    from scipy import stats as scipy_stats
+
+    nll = {("diag", 121): [89.9, 90.1, 90.4], ("fullcov", 121): [88.7, 89.0, 88.6], ("diag", 364): [88.4, 88.5, 88.3],
+           ("fullcov", 364): [87.1, 87.4, 87.0]}
+    ais = {"steps": 1000, "chains": 16, "start": "prior", "schedule": "sigmoid", "sigmoid_delta": 4.0,
+           "leapfrog_steps": 10, "target_accept": 0.65}
+    for method in ("diag", "fullcov"):
+        for seed in range(3):
+            run = tmp_path / f"{method}_s{seed}"
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra" / "config.yaml").write_text(json.dumps(
+                {"seed": seed, "posterior": {"name": method}, "dataset": {"name": "mnist"}}))
+            (run / "milestones.jsonl").write_text("".join(
+                json.dumps({"epoch": e, "n_images": 2000, "test/iw_samples": 1000,
+                            "test/nll": nll[(method, e)][seed] if e > 40 else 95.0}) + "\n" for e in (40, 121, 364)))
+            # 10 s per epoch to 364, epoch 200 written twice (interrupted, then resumed): the resumed one counts
+            epochs = [{"epoch": e, "epoch_s": 10.0} for e in range(1, 365)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
+                                                       [*epochs[:200], {"epoch": 200, "epoch_s": 370.0}, *epochs[200:]]))
+            if method == "fullcov":
+                (run / "evaluation_epoch_364_ais.json").write_text(json.dumps(
+                    {"checkpoint": "epoch_364", "settings": ais, "ais/nll": 86.0 + seed, "ais/iw_nll": 86.8 + seed,
+                     "ais/iw_minus_ais": 0.8, "ais/n_images": 500}))
+                if seed == 0:
+                    (run / "evaluation_epoch_364.json").write_text(json.dumps({"test/nll": 86.9,
+                                                                               "test/iw_samples": 5000}))
+            (run / "gaps_epoch_364.json").write_text(json.dumps(
+                {"approximation_gap": 1.0 + seed + (method == "diag"), "amortization_gap": 2.0, "n_images": 1000,
+                 "settings": {"steps": 500}, "overrides": []}))
+    runs = results.load_runs(tmp_path)
+    assert set(runs["status"]) == {"unfinished"}
+    milestones = results.load_milestones(runs)
+    at_364 = milestones[milestones["epoch"] == 364]
+    assert list(at_364["train_hours"]) == pytest.approx([(363 * 10 + 370) / 3600] * 6)
+    table = results.milestone_table(milestones, from_epoch=121)
+    assert list(zip(table["epoch"], table["group"])) == [(121, "diag"), (121, "fullcov"), (364, "diag"),
+                                                         (364, "fullcov")]
+    diff = np.subtract(nll[("fullcov", 121)], nll[("diag", 121)])
+    low, high = scipy_stats.t.interval(0.95, 2, loc=diff.mean(), scale=scipy_stats.sem(diff))
+    fullcov_121 = table.iloc[1]
+    assert fullcov_121["vs diag"] == f"{diff.mean():+.2f} [{low:+.2f}, {high:+.2f}] (3)"
+    assert table.iloc[0]["vs diag"] == "baseline" and fullcov_121["seeds"] == 3
+    assert fullcov_121["NLL (2,000 images, K = 1000)"] == f"{np.mean(nll[('fullcov', 121)]):.2f} ± " \
+                                                         f"{np.std(nll[('fullcov', 121)], ddof=1):.2f}"
+    fullcov_364 = table.iloc[3]
+    assert fullcov_364["NLL (whole test set, K = 5000)"] == "86.90 (1 seed)"
+    assert fullcov_364["AIS NLL (500 images)"] == "87.00 ± 1.00" and fullcov_364["IW - AIS"] == "0.80 ± 0.00"
+    assert fullcov_364["approximation gap"] == "2.00 ± 1.00" and table.iloc[2]["approximation gap"] == "3.00 ± 1.00"
+    assert fullcov_121["AIS NLL (500 images)"] == "not measured"
+    assert table.iloc[3]["hours"] == f"{(363 * 10 + 370) / 3600:.1f}"
+
+    gaps = results.stage_gaps(milestones)
+    assert list(gaps["method"]) == ["diag, epoch 364", "fullcov, epoch 364"] and list(gaps["n"]) == [3, 3]
+    assert list(gaps["gaps/approximation_gap mean"]) == [3.0, 2.0] and list(gaps["gaps/approximation_gap sd"]) == [1.0, 1.0]
+
+
 @pytest.mark.slow  # three real joblib sweeps of three tiny jobs
 def test_ctrl_c_stops_a_joblib_sweep_cleanly_and_resume_continues_every_job_bit_for_bit(data_root, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group: the sweep and its workers) while two of three jobs train:
