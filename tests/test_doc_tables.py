@@ -86,3 +86,27 @@ def test_collect_results_copies_the_small_files_of_each_run_and_no_checkpoint(tm
                              str(sweep / "1_mnist_rho_s0"), str(tmp_path / "one")], env=subprocess_env(),
                             capture_output=True, text=True, timeout=120)
     assert single.returncode == 0 and (tmp_path / "one" / "1_mnist_rho_s0" / "summary.json").is_file()
+
+
+def test_the_gaps_figure_draws_the_milestone_models_gaps_and_says_when_there_are_none(tmp_path):
+    import json
+
+    for method, approximation in (("diag", 1.5), ("iaf", 0.5)):
+        run = tmp_path / "results" / "x" / method
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(json.dumps(
+            {"seed": 0, "posterior": {"name": method}, "dataset": {"name": "mnist"}}))
+        (run / "milestones.jsonl").write_text(json.dumps({"epoch": 364, "n_images": 2000, "test/nll": 88.0}) + "\n")
+    block = "<!-- figure: gaps results/x -->\n<!-- end figure -->\n"
+    with pytest.raises(RhovaeError, match=r"^figure gaps: no run below this folder has a gap analysis"):
+        regenerate(block, tmp_path)
+    for method, approximation in (("diag", 1.5), ("iaf", 0.5)):
+        (tmp_path / "results" / "x" / method / "gaps_epoch_364.json").write_text(json.dumps(
+            {"approximation_gap": approximation, "amortization_gap": 3.0, "n_images": 1000}))
+    new, changed = regenerate(block, tmp_path)
+    png = tmp_path / "docs" / "figures" / "gaps-x.png"
+    assert changed == ["gaps results/x"] and png.read_bytes().startswith(b"\x89PNG")
+    assert "![Approximation and amortization gaps" in new and "](docs/figures/gaps-x.png)" in new
+    (tmp_path / "results" / "x" / "iaf" / "gaps_epoch_364.json").write_text(json.dumps(
+        {"approximation_gap": 0.7, "amortization_gap": 3.0, "n_images": 1000}))
+    assert regenerate(new, tmp_path)[1] == ["gaps results/x"]  # a new number makes the block stale
