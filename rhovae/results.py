@@ -481,7 +481,10 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
             row["hours"] = f"{group['train_hours'].mean():.1f}"
         rows.append(row)
     table = pd.DataFrame(rows)
-    return table.fillna("not measured") if not table.empty else table
+    if table.empty:
+        return table
+    timing = [c for c in ("s/epoch", "hours") if c in table]
+    return table[[c for c in table if c not in timing] + timing].fillna("not measured")
 
 
 def stage_gaps(milestones: pd.DataFrame) -> pd.DataFrame:
