@@ -57,8 +57,18 @@ def _protocol(runs: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
 
+def _ais_rescorings(runs: pd.DataFrame) -> str:
+    return results.ais_rescorings_table(runs).to_markdown(index=False, disable_numparse=True)
+
+
+def _bdmc(runs: pd.DataFrame) -> str:
+    return results.bdmc_table(runs).to_markdown(index=False, disable_numparse=True)
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "ais": _ais,  # AIS beside the IW estimate on the same images, and both paired against diag
+    "ais_rescorings": _ais_rescorings,  # every AIS re-scoring of every run (start, schedule, MC error)
+    "bdmc": _bdmc,  # every BDMC measurement: forward and reverse bounds and their gap per schedule
     "summary": _summary,  # mean ± sd over seeds per dataset and method (summarize.py's first table, main columns)
     "differences": _differences,  # paired differences from diag (summarize.py's second table)
     "milestones": _milestones,  # test NLL at each milestone epoch per run group, runs still training included

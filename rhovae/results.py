@@ -18,6 +18,8 @@ read results through this module, so the paper table and the notebook cannot dis
   ``budget_table(milestones)`` puts them side by side, an epoch per row; ``milestone_table(milestones)`` gives each
   stage's NLL paired against diag with what was re-scored on the milestone's model (whole test set, AIS, gaps),
   and ``stage_gaps(milestones)`` those models' inference gaps.
+* ``ais_table(runs)``: AIS beside the IW estimate, paired against diag; ``ais_rescorings_table(runs)`` and
+  ``bdmc_table(runs)``: every AIS re-scoring and every BDMC measurement, one row each.
 * ``budget(runs)`` and ``provenance_differences(runs)``: what budget made a table, and what its runs ran on where
   they differ.
 * ``load_wandb_runs(project)``: the same run table from the W&B API instead of local folders.
@@ -625,6 +627,42 @@ def ais_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
             row[column] = f"{d['mean']:+.2f}{interval} ({d['n']})"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _run_records(runs: pd.DataFrame, pattern: str) -> list[tuple[pd.Series, dict[str, Any]]]:
+    """Each run's JSON files matching ``pattern`` (re-scorings, BDMC) beside the run's row, in run order."""
+    return [(run, json.loads(path.read_text())) for _, run in runs.iterrows() if run.get("run_dir")
+            for path in sorted(Path(run["run_dir"]).glob(pattern))]
+
+
+def ais_rescorings_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every AIS re-scoring of every run (``evaluation*_ais*.json``), one row each: the run, the checkpoint, the
+    initial distribution and schedule, AIS NLL with its Monte Carlo standard error, the IW estimate on the same
+    images where it was made, and the seconds per image; what a check of the estimator's settings reads."""
+    rows = []
+    for run, record in _run_records(runs, "evaluation*_ais*.json"):
+        settings = record["settings"]
+        iw = record.get("ais/iw_nll")
+        rows.append({"dataset": run["dataset"], "method": run["method"], "seed": run["seed"],
+                     "checkpoint": record.get("checkpoint", "best"), "start": settings["start"],
+                     "T": settings["steps"], "chains": settings["chains"], "images": record["ais/n_images"],
+                     "AIS NLL": f"{record['ais/nll']:.2f}", "MC s.e.": f"{record['ais/nll_mc_se']:.3f}",
+                     "IW NLL (same images)": "not made" if iw is None else f"{iw:.2f}",
+                     "s per image": f"{record['ais/s_per_image']:.1f}"})
+    return pd.DataFrame(rows)
+
+
+def bdmc_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every BDMC measurement (``bdmc*.json`` of ``scripts/bdmc.py``), one row each, by run and number of steps T:
+    the forward (stochastic lower) and reverse (upper) bounds of log p(x) on data simulated from the model, their
+    gap (the bound on forward AIS's error with that schedule) and its standard error."""
+    rows = [{"dataset": run["dataset"], "method": run["method"], "seed": run["seed"],
+             "checkpoint": record["checkpoint"], "T": record["steps"], "images": record["n_images"],
+             "forward (lower)": f"{record['log_px_lower']:.2f}", "reverse (upper)": f"{record['log_px_upper']:.2f}",
+             "gap": f"{record['gap']:.2f}", "gap s.e.": f"{record['gap_se']:.2f}"}
+            for run, record in _run_records(runs, "bdmc*.json")]
+    table = pd.DataFrame(rows)
+    return table.sort_values(["dataset", "method", "seed", "checkpoint", "T"], kind="stable") if rows else table
 
 
 def _latex_escape(text: Any) -> str:

@@ -481,9 +481,11 @@ def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_di
             for steps, start, shift in ((100, "prior", 5.0), (1000, "prior", 0.0), (3000, "posterior", 7.0)):
                 record = {"checkpoint": "best", "settings": {**settings, "steps": steps, "start": start},
                           "ais/nll": nll + shift, "ais/iw_nll": nll + 0.5, "ais/iw_minus_ais": 0.5 - shift,
-                          "ais/n_images": 500}
+                          "ais/n_images": 500, "ais/nll_mc_se": 0.03, "ais/s_per_image": 0.16}
                 (run / f"evaluation_ais_ais.steps={steps},ais.start={start}.json").write_text(json.dumps(record))
-            (run / "bdmc.json").write_text(json.dumps({"checkpoint": "best", "settings": settings, "gap": 0.08}))
+            (run / "bdmc.json").write_text(json.dumps(
+                {"checkpoint": "best", "settings": settings, "gap": 0.08, "steps": 1000, "n_images": 100,
+                 "log_px_lower": -nll - 0.08, "log_px_upper": -nll, "gap_se": 0.04}))
     runs = results.load_runs(tmp_path)
     assert list(runs["ais/steps"]) == [1000] * 6 and list(runs["ais/bdmc_gap"]) == [0.08] * 6
     assert list(runs["ais/nll"]) == [v for m in ("diag", "fullcov") for v in ais_nll[m]]
@@ -494,6 +496,12 @@ def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_di
     shown = results.display_table(results.summarize(runs))
     assert list(shown["AIS NLL"]) == ["91.00 ± 1.00", "90.50 ± 0.87"] and "BDMC gap" in shown
     assert results.budget(runs)[0]["AIS steps"] == "1000"
+    every = results.ais_rescorings_table(runs)  # each re-scoring of each run, the checks beside the one read
+    assert len(every) == 18 and list(every.loc[:2, "T"]) == [100, 1000, 3000]
+    assert list(every.loc[:2, "AIS NLL"]) == ["95.00", "90.00", "97.00"] and set(every["start"]) == {"prior", "posterior"}
+    bdmc = results.bdmc_table(runs)
+    assert len(bdmc) == 6 and list(bdmc.iloc[0][["forward (lower)", "reverse (upper)", "gap"]]) == [
+        "-90.08", "-90.00", "0.08"]
 
 
 def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_measured_on_its_models(tmp_path):
