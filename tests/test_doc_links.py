@@ -1,4 +1,4 @@
-"""Every relative link and #anchor in README.md, docs/, configs/README.md and results/*/README.md points at a file
+"""Every relative link and #anchor in README.md, docs/, configs/README.md and results/README.md and results/*/README.md points at a file
 that exists and, with an anchor, at a heading of that file (GitHub's anchors: lower case, punctuation dropped,
 spaces as hyphens)."""
 
@@ -14,7 +14,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 def markdown_files() -> list[Path]:
     return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "configs" / "README.md",
-            *sorted((REPO / "results").glob("*/README.md"))]
+            REPO / "results" / "README.md", *sorted((REPO / "results").glob("*/README.md"))]
 
 
 def outside_code(text: str) -> str:
