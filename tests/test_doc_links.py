@@ -1,4 +1,4 @@
-"""Every relative link and #anchor in README.md, docs/, configs/README.md and results/README.md and results/*/README.md points at a file
+"""Every relative link and #anchor in README.md, docs/, configs/README.md, results/README.md and results/*/README.md points at a file
 that exists and, with an anchor, at a heading of that file (GitHub's anchors: lower case, punctuation dropped,
 spaces as hyphens)."""
 
