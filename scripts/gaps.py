@@ -8,9 +8,11 @@
 Loads the best checkpoint (or ``--checkpoint``: last, a milestone's epoch_N), optimizes each test image's local
 posterior parameters (``rhovae/gaps.py`` says how every number is estimated) and writes RUN_DIR/gaps.json (means,
 spreads, settings, time) and RUN_DIR/gaps.npz (the per-image arrays); another checkpoint's analysis goes to
-gaps_<checkpoint>.json and .npz, with its epoch, so a run's milestones can be analysed while it trains on. Nothing else in the run folder changes; ``scripts/summarize.py`` picks gaps.json up. A key
-that would change the model or its data (``posterior.min_std``, ``latent_dim``) or that this analysis does not
-read (``eval.*``) is refused before anything runs, and the overrides are recorded in gaps.json.
+gaps_<checkpoint>.json and .npz, with its epoch, so a run's milestones can be analysed while it trains on. Nothing
+else in the run folder changes; ``scripts/summarize.py`` picks gaps.json up, ``scripts/doc_tables.py`` the
+milestones' files. A key that would change the model or its data (``posterior.min_std``, ``latent_dim``) or that
+this analysis does not read (``eval.*``) is refused before anything runs, and the overrides are recorded in the
+file.
 """
 
 from __future__ import annotations
