@@ -110,3 +110,17 @@ def test_the_gaps_figure_draws_the_milestone_models_gaps_and_says_when_there_are
     (tmp_path / "results" / "x" / "iaf" / "gaps_epoch_364.json").write_text(json.dumps(
         {"approximation_gap": 0.7, "amortization_gap": 3.0, "n_images": 1000}))
     assert regenerate(new, tmp_path)[1] == ["gaps results/x"]  # a new number makes the block stale
+
+
+def test_without_milestone_gaps_the_gaps_figure_draws_the_runs_own(tmp_path):
+    import json
+
+    for method in ("diag", "iaf"):
+        run = tmp_path / "results" / "y" / method
+        run.mkdir(parents=True)
+        config = {"seed": 0, "posterior": {"name": method}, "dataset": {"name": "mnist"}}
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "test/nll": 90.0, "config": config}))
+        (run / "gaps.json").write_text(json.dumps({"approximation_gap": 1.0, "amortization_gap": 4.0,
+                                                   "n_images": 1000, "overrides": []}))
+    new, changed = regenerate("<!-- figure: gaps results/y -->\n<!-- end figure -->\n", tmp_path)
+    assert changed == ["gaps results/y"] and (tmp_path / "docs" / "figures" / "gaps-y.png").is_file()
