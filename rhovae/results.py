@@ -320,6 +320,15 @@ def difference_stats(diff: pd.Series, confidence: float = 0.95) -> dict[str, flo
             "seeds_for_0_5": seeds_needed(sd)}
 
 
+def difference_text(diff: pd.Series) -> str:
+    """Paired differences as a table shows them: ``mean [95% t interval] (n)``, no interval for one seed."""
+    if len(diff) == 0:
+        return "no common seed"
+    d = difference_stats(diff)
+    interval = "" if pd.isna(d["ci_low"]) else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+    return f"{d['mean']:+.2f}{interval} ({d['n']})"
+
+
 class AmbiguousPairing(ValueError):
     """Two sweeps cannot be paired run for run: a method meets several candidates in the other sweep."""
 
@@ -414,23 +423,26 @@ def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd
             rows = pd.read_json(path, lines=True)
             group = " ".join([str(run["method"]), *(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys
                                                     if k not in ("dataset", "method"))])
-            extra = pd.DataFrame([{**training_time(path.parent, epoch), **milestone_rescorings(path.parent, epoch)}
-                                  for epoch in rows["epoch"]], index=rows.index)
+            extra = pd.DataFrame([{**spent, **milestone_rescorings(path.parent, epoch)} for epoch, spent in
+                                  zip(rows["epoch"], training_time(path.parent, rows["epoch"]))], index=rows.index)
             frames.append(pd.concat([rows, extra], axis=1).assign(
                 **{k: run[k] for k in keys}, group=group, seed=run["seed"], run=run["run"], status=run["status"]))
     return (pd.concat(frames, ignore_index=True) if frames
             else pd.DataFrame(columns=[*keys, "group", "seed", "run", "epoch"]))
 
 
-def training_time(run: Path, epoch: int) -> dict[str, float]:
-    """Hours of training up to the end of ``epoch`` (the ``epoch_s`` of ``metrics.jsonl``; an epoch repeated after
-    a resume counts once, as last written) and the mean seconds per epoch; {} without a metrics file."""
+def training_time(run: Path, epochs: Iterable[int]) -> list[dict[str, float]]:
+    """For each of ``epochs``, the hours of training up to its end (the ``epoch_s`` of ``metrics.jsonl``, read once;
+    an epoch repeated after a resume counts once, as last written) and the mean seconds per epoch; {} for an epoch
+    without metrics."""
     path = run / "metrics.jsonl"
-    if not path.is_file() or not path.stat().st_size:
-        return {}
-    epochs = pd.read_json(path, lines=True).drop_duplicates("epoch", keep="last")
-    spent = epochs.loc[epochs["epoch"] <= epoch, "epoch_s"]
-    return {"train_hours": spent.sum() / 3600, "epoch_s": spent.mean()} if len(spent) else {}
+    recorded = (pd.read_json(path, lines=True).drop_duplicates("epoch", keep="last")
+                if path.is_file() and path.stat().st_size else pd.DataFrame(columns=["epoch", "epoch_s"]))
+    times = []
+    for epoch in epochs:
+        spent = recorded.loc[recorded["epoch"] <= epoch, "epoch_s"]
+        times.append({"train_hours": spent.sum() / 3600, "epoch_s": spent.mean()} if len(spent) else {})
+    return times
 
 
 def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataFrame:
@@ -465,10 +477,7 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
         elif reference.empty:
             row[f"vs {baseline}"] = f"no {baseline} run"
         else:
-            diff = seed_differences(group, reference, "test/nll")
-            d = difference_stats(diff) if len(diff) else None
-            row[f"vs {baseline}"] = ("no common seed" if d is None else f"{d['mean']:+.2f}" + (
-                "" if pd.isna(d["ci_low"]) else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]") + f" ({d['n']})")
+            row[f"vs {baseline}"] = difference_text(seed_differences(group, reference, "test/nll"))
         for metric, title in (("whole/nll", "NLL (whole test set, K = {})"), ("ais/nll", "AIS NLL ({} images)"),
                               ("ais/iw_minus_ais", "IW - AIS"), ("gaps/approximation_gap", "approximation gap"),
                               ("gaps/amortization_gap", "amortization gap")):
@@ -618,13 +627,7 @@ def ais_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
             if method == baseline:
                 row[column] = "baseline"
                 continue
-            diff = seed_differences(group, reference, metric)
-            if len(diff) == 0:
-                row[column] = "no common seed"
-                continue
-            d = difference_stats(diff)
-            interval = "" if pd.isna(d["ci_low"]) else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
-            row[column] = f"{d['mean']:+.2f}{interval} ({d['n']})"
+            row[column] = difference_text(seed_differences(group, reference, metric))
         rows.append(row)
     return pd.DataFrame(rows)
 
