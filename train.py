@@ -7,7 +7,9 @@ command leaves the folder byte-identical. Errors caused by the input end the run
 multirun the sweep carries on with the other jobs and ends with one line naming the jobs that failed (exit
 status 1). SIGTERM and Ctrl-C checkpoint the exact position and exit with 128 + the signal (143, 130); a second
 Ctrl-C exits at once. In a multirun they stop the whole sweep: every running job checkpoints its position, no other
-job starts, and the sweep exits with 128 + the signal once the running jobs have saved.
+job starts, and the sweep exits with 128 + the signal once the running jobs have saved. ``trainer.stop_at_epoch=N``
+ends a working stretch after epoch N the same way, saved and resumable, but as planned: exit status 0, and a sweep
+goes on with its other jobs.
 ``python train.py trainer.resume=true hydra.run.dir=<run folder>`` continues a run with the config it saved.
 """
 
@@ -27,7 +29,7 @@ from rhovae.config.hydra_run import (accept_renamed, check_known_keys, check_ove
                               file_logs_held, given_keys, log_to_file, note_failed_job, sweep_record_kept,
                               sweep_stopped_as_one, with_saved_choices, write_hydra_record)
 from rhovae.interrupt import request_sweep_stop, sweep_job, sweep_stop_signal
-from rhovae.trainer import TrainingInterrupted
+from rhovae.trainer import TrainingInterrupted, TrainingPaused
 
 log = logging.getLogger("train")
 
@@ -58,6 +60,10 @@ def main(cfg: DictConfig) -> float:
 
                 apply_tuned(cfg, [o.split("=", 1)[0].lstrip("+~") for o in overrides])
             summary = run_experiment(cfg, run_dir, sweep=sweep, given=given_keys(cfg, overrides), on_start=on_start)
+        except TrainingPaused as err:  # the stretch the user asked for is done: the sweep goes on
+            log_to_file(log, logging.INFO, f"paused: {err}")
+            print(f"paused: {err}", file=sys.stderr)
+            return float("nan")
         except TrainingInterrupted as err:
             log_to_file(log, logging.WARNING, f"interrupted: {err}")
             print(f"interrupted: {err}", file=sys.stderr)

@@ -157,8 +157,19 @@ def plan_run(cfg: DictConfig | RunConfig, run_dir: Path, given: Iterable[str] | 
         plan = RunPlan(config, resolve_device(config.trainer.device), checkpoint=checkpoint,
                        status=recorded_status(run_dir))
     if not plan.complete:
+        check_stop_at_epoch(plan, run_dir)
         plan.data, plan.model = prepare(plan.config, plan.device)
     return plan
+
+
+def check_stop_at_epoch(plan: RunPlan, run_dir: Path) -> None:
+    """A resumed run already at (or past) ``trainer.stop_at_epoch`` would stop again at once: refuse in one line."""
+    stop_at = plan.config.trainer.stop_at_epoch
+    done = plan.checkpoint["state"]["epoch"] if plan.checkpoint is not None else 0
+    if stop_at is not None and done >= stop_at:
+        raise ConfigError(f"trainer.stop_at_epoch={stop_at}, but the run in {run_dir} has already trained {done} "
+                          f"epochs; accepted: an epoch after {done}, or null to train to trainer.epochs="
+                          f"{plan.config.trainer.epochs}")
 
 
 def prepare(config: RunConfig, device: torch.device) -> tuple[ImageData, VAE]:

@@ -50,6 +50,14 @@ class TrainingInterrupted(RhovaeError):
         self.exit_code = exit_code
 
 
+class TrainingPaused(TrainingInterrupted):
+    """``trainer.stop_at_epoch`` was reached: the run is saved and resumable, and nothing went wrong (exit status 0;
+    a sweep goes on with its other jobs)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=0)
+
+
 def interrupted(stop: Callable[[], bool], message: str) -> TrainingInterrupted:
     """The exception for a stop requested through ``stop`` (a ``StopRequest`` knows which signal it was)."""
     return TrainingInterrupted(message, getattr(stop, "exit_code", 143))
@@ -283,9 +291,9 @@ def training_finished(state: TrainState, epochs: int, patience: int | None) -> b
     return state.epoch >= epochs or bool(patience and state.epochs_since_best >= patience)
 
 
-def resume_command(run_dir: Path) -> str:
+def resume_command(run_dir: Path, *overrides: str) -> str:
     """The one command that continues the run in ``run_dir`` (its config comes from the checkpoint)."""
-    return f"python train.py trainer.resume=true hydra.run.dir={run_dir}"
+    return " ".join(["python train.py trainer.resume=true", *overrides, f"hydra.run.dir={run_dir}"])
 
 
 def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: False,
@@ -294,7 +302,8 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
 
     A restored ``run`` (``TrainingRun.restore``) carries on where its checkpoint stopped. Every
     ``logger.image_every`` epochs the tracker gets sample and reconstruction grids. When ``stop()`` turns
-    true, the exact position is checkpointed to ``last.pt`` and ``TrainingInterrupted`` is raised.
+    true, the exact position is checkpointed to ``last.pt`` and ``TrainingInterrupted`` is raised; after the epoch
+    ``trainer.stop_at_epoch`` (saved like any other), ``TrainingPaused``.
     After each epoch of ``trainer.milestones``, ``on_milestone(run)`` runs before ``last.pt`` moves past that
     epoch (so a run killed during it redoes the epoch and the milestone on resume); what it returns is logged to
     the tracker.
@@ -339,6 +348,10 @@ def fit(run: TrainingRun, *, tracker=None, stop: Callable[[], bool] = lambda: Fa
         if stop() and state.epoch < trainer.epochs:
             raise interrupted(stop, f"stop requested: epoch {state.epoch} is complete and saved to "
                                     f"{ckpt_dir / 'last.pt'}; continue with: {resume_command(run.run_dir)}")
+        if state.epoch == trainer.stop_at_epoch and not training_finished(state, trainer.epochs, trainer.patience):
+            raise TrainingPaused(f"trainer.stop_at_epoch={state.epoch} reached: epoch {state.epoch} is complete and "
+                                 f"saved to {ckpt_dir / 'last.pt'}; continue with: "
+                                 f"{resume_command(run.run_dir, 'trainer.stop_at_epoch=null')}")
         if trainer.patience and state.epochs_since_best >= trainer.patience:
             log.info("early stopping: no improvement of the validation bound for %d epochs (best %.2f at epoch %d)",
                      trainer.patience, state.best_val_bound, state.best_epoch)

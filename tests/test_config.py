@@ -101,6 +101,7 @@ BAD = [
     ("trainer.max_batches=0", "trainer.max_batches=0"),
     ("trainer.threads=0", "trainer.threads=0.*integer >= 1 or null"),
     ("trainer.patience=0", "trainer.patience=0"),
+    ("trainer.stop_at_epoch=0", "trainer.stop_at_epoch=0"),
     ("trainer.kl_warmup_epochs=-1", "trainer.kl_warmup_epochs=-1"),
     ("trainer.device=tpu", "trainer.device='tpu'.*auto, cpu, cuda"),
     ("dataset.binarize=half", "dataset.binarize='half'.*dynamic, static, none"),

@@ -19,7 +19,7 @@ from rhovae.checkpoint import load_checkpoint
 from rhovae.errors import ConfigError
 from rhovae.run_folder import RunFolderError, exclusive_use
 from rhovae.tracking import read_jsonl
-from rhovae.trainer import TrainingInterrupted
+from rhovae.trainer import TrainingInterrupted, TrainingPaused
 
 COMPARED = ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/recon", "test/kl", "test/nll",
             "test/active_units", "n_params")
@@ -149,3 +149,29 @@ def test_a_second_process_is_refused_while_the_first_trains_and_may_resume_once_
     proc = train(training_args(data_root, run_dir, "trainer.resume=true", "trainer.epochs=1"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]  # the killed process held nothing any more
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_stop_at_epoch_ends_a_stretch_resumably_and_the_run_continues_bit_for_bit(data_root, tmp_path, uninterrupted):
+    """trainer.stop_at_epoch=2 stops after epoch 2, saved (status interrupted, nothing tested); resumed with the
+    saved stop still set it is refused without touching the folder; resumed with null it ends where the
+    uninterrupted run ends."""
+    base = [f"dataset.root={data_root}", *RESUME_OVERRIDES]
+    with pytest.raises(TrainingPaused, match=r"trainer.stop_at_epoch=2 reached: epoch 2 is complete .* continue "
+                                             r"with: python train.py trainer.resume=true trainer.stop_at_epoch=null"):
+        experiment.run_experiment(compose([*base, "trainer.stop_at_epoch=2"]), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] == 2 and "test/nll" not in summary
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["epoch"] == 2
+
+    before = folder_digest(tmp_path)
+    for again in ([], ["trainer.stop_at_epoch=1"]):  # the saved stop (as the command line gives keys), an earlier one
+        overrides = [*base, "trainer.resume=true", *again]
+        with pytest.raises(ConfigError, match=r"trainer.stop_at_epoch=\d, but the run in .* has already trained 2 "
+                                              r"epochs; accepted: an epoch after 2, or null"):
+            experiment.run_experiment(compose(overrides), tmp_path, given=[o.split("=")[0] for o in overrides])
+    assert folder_digest(tmp_path) == before
+
+    resumed = experiment.run_experiment(compose([*base, "trainer.resume=true", "trainer.stop_at_epoch=null"]),
+                                        tmp_path)
+    same_numbers(resumed, uninterrupted)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]

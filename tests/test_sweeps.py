@@ -606,3 +606,24 @@ def test_ctrl_c_stops_a_joblib_sweep_cleanly_and_resume_continues_every_job_bit_
         assert got["status"] == "completed"
         for key in ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/nll", "test/kl"):
             assert got[key] == want[key], (i, key)
+
+
+@pytest.mark.slow  # two sweeps of two tiny jobs through train.py
+def test_a_sweep_with_stop_at_epoch_pauses_every_job_and_exits_0_and_resuming_it_finishes_them(data_root, tmp_path):
+    """A planned stop is not Ctrl-C: each job stops after its epoch, saved, and the sweep goes on to the next job and
+    ends with status 0; the same sweep resumed with trainer.stop_at_epoch=null trains every job to the end."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", f"dataset.root={data_root}", *TINY_OVERRIDES, "trainer.epochs=2", "logger=none",
+            f"hydra.sweep.dir={sweep}"]
+    paused = train([*args, "trainer.stop_at_epoch=1"], cwd=tmp_path)
+    assert paused.returncode == 0, paused.stderr[-3000:]
+    assert paused.stderr.count("paused: trainer.stop_at_epoch=1 reached") == 2 and "Traceback" not in paused.stderr
+    for i in (0, 1):
+        summary = json.loads((sweep / f"{i}_mnist_diag_s{i}" / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["epochs"] == 1
+
+    resumed = train([*args, "trainer.resume=true", "trainer.stop_at_epoch=null"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for i in (0, 1):
+        summary = json.loads((sweep / f"{i}_mnist_diag_s{i}" / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["epochs"] == 2

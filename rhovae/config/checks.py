@@ -126,6 +126,7 @@ def validate_config(config: RunConfig):
     _list_of_ints(config, "trainer.lr_stage_epochs", "stage lengths in epochs")
     _number_above(config, "trainer.lr_stage_decay", 0)
     _int_at_least(config, "trainer.patience", 1, optional=True)
+    _int_at_least(config, "trainer.stop_at_epoch", 1, optional=True)
     _list_of_ints(config, "trainer.milestones", "epochs")
     _one_of(config, "trainer.precision", list(PRECISIONS))
     _number_above(config, "objective.beta", 0, inclusive=True)

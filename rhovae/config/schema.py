@@ -79,6 +79,10 @@ class TrainerConfig:
     lr_stage_decay: float = 1.0
     # stop after this many epochs without a better val ELBO; None = never
     patience: Optional[int] = key_field(10, resumable=True)
+    # end this working stretch once this many epochs are done, the run saved and resumable (as a Ctrl-C between
+    # epochs leaves it; summary status interrupted, exit status 0, a sweep goes on with its other jobs). Continue
+    # with trainer.resume=true and a later epoch here, or null to train to trainer.epochs. None = no such stop
+    stop_at_epoch: Optional[int] = key_field(None, resumable=True, factor=False)
     # tqdm bar per epoch (hidden automatically when stderr is not a terminal)
     progress: bool = key_field(True, resumable=True, factor=False)
     # continue the run in hydra.run.dir from its checkpoints/last.pt, with its saved config
