@@ -2,7 +2,7 @@
 files under results/.
 
 A table is the text between ``<!-- table: NAME FOLDER -->`` and ``<!-- end table -->``: ``TABLES[NAME]`` applied
-to the runs below ``FOLDER`` (relative to the repository). A figure is ``<!-- figure: NAME FOLDER -->`` ...
+to the runs below ``FOLDER`` (relative to the repository; ``A+B`` for the runs of both folders). A figure is ``<!-- figure: NAME FOLDER -->`` ...
 ``<!-- end figure -->``: ``FIGURES[NAME]`` draws a PNG into ``docs/figures/`` from the same runs, and the block holds
 the image link with its alt text and the SHA-1 of the numbers drawn, so that new numbers make the block (and the
 figure) stale. ``regenerate`` rewrites the blocks and says which changed; ``scripts/doc_tables.py`` is the command,
@@ -24,6 +24,7 @@ from .errors import RhovaeError
 BLOCK = re.compile(r"(<!-- (?P<kind>table|figure): (?P<name>\S+) (?P<folder>\S+) -->\n)(?P<body>.*?)"
                    r"(<!-- end (?P=kind) -->)", re.S)
 FIGURE_FOLDER = Path("docs") / "figures"
+FOLDER_JOIN = "+"  # FOLDER may be several folders joined by it: their runs make one table (seeds run in two sweeps)
 
 
 def _ais(runs: pd.DataFrame) -> str:
@@ -143,17 +144,19 @@ def regenerate(text: str, repo: Path, where: Path | None = None,
         known = TABLES if kind == "table" else FIGURES
         if name not in known:
             raise RhovaeError(f"{kind} {name!r} is not known; accepted: {', '.join(known)}")
-        if not (repo / folder).is_dir():
-            raise RhovaeError(f"{kind} {name} names {folder}, which is not a folder of the repository")
-        if folder not in loaded:
-            loaded[folder] = results.load_runs(repo / folder)
-        runs = loaded[folder]
+        parts = folder.split(FOLDER_JOIN)
+        for part in parts:
+            if not (repo / part).is_dir():
+                raise RhovaeError(f"{kind} {name} names {part}, which is not a folder of the repository")
+            if part not in loaded:
+                loaded[part] = results.load_runs(repo / part)
+        runs = results.sort_runs(pd.concat([loaded[part] for part in parts], ignore_index=True))
         if kind == "table":
             body = TABLES[name](runs) + "\n"
         else:
             figure, data, alt = FIGURES[name](runs)
             digest = hashlib.sha1(data.to_csv(index=False).encode()).hexdigest()[:12]
-            png = FIGURE_FOLDER / f"{name}-{Path(folder).name}.png"
+            png = FIGURE_FOLDER / f"{name}-{'_and_'.join(Path(part).name for part in parts)}.png"
             link = Path(os.path.relpath(repo / png, where or repo)).as_posix()
             body = f"![{alt}]({link})\n<!-- numbers: {digest} -->\n"
             if body != match["body"] or not (repo / png).is_file():

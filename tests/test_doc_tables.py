@@ -35,6 +35,22 @@ def test_a_table_is_rewritten_from_its_results_and_bad_blocks_are_one_line(tmp_p
         regenerate("<!-- table: ais results/none -->\n<!-- end table -->", REPO)
 
 
+def test_a_table_of_two_folders_pairs_their_runs_as_one_folder_would(tmp_path):
+    """Seeds trained in two sweeps make one table: the runs of results/a+results/b, split by seed, give the table
+    of the folder they came from, paired over all seeds."""
+    import shutil
+
+    source = REPO / "results" / "paper_cpu_mnist_ais"
+    for run in source.glob("*_s[0-9]"):
+        shutil.copytree(run, tmp_path / "results" / ("a" if int(run.name[-1]) < 3 else "b") / run.name)
+    whole, _ = regenerate(f"<!-- table: differences {source.relative_to(REPO)} -->\n<!-- end table -->", REPO)
+    joined, changed = regenerate("<!-- table: differences results/a+results/b -->\n<!-- end table -->", tmp_path)
+    assert changed == ["differences results/a+results/b"]
+    assert joined.split("\n", 1)[1] == whole.split("\n", 1)[1] and "|   5 |" in joined
+    with pytest.raises(RhovaeError, match=r"names results/c, which is not a folder"):
+        regenerate("<!-- table: differences results/a+results/c -->\n<!-- end table -->", tmp_path)
+
+
 @pytest.mark.slow  # draws a figure three times: seconds
 def test_a_figure_is_drawn_from_its_results_and_goes_stale_when_its_numbers_change(tmp_path):
     """A figure block in a copy of the repository's results: the PNG is drawn into docs/figures, the link is relative
