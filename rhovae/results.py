@@ -165,11 +165,16 @@ def milestone_rescorings(run: Path, epoch: int) -> dict[str, Any]:
         record = json.loads(whole.read_text())
         found.update({"whole/nll": record["test/nll"], "whole/iw_samples": record["test/iw_samples"]})
     found.update(ais_rescoring(run, checkpoint))
-    gaps = run / f"gaps_{checkpoint}.json"
-    if gaps.is_file():
-        found.update({f"gaps/{k}": v for k, v in json.loads(gaps.read_text()).items()
-                      if not isinstance(v, (dict, list))})
+    found.update(gap_numbers(run / f"gaps_{checkpoint}.json"))
     return found
+
+
+def gap_numbers(path: Path) -> dict[str, Any]:
+    """The numbers of a gap analysis (``gaps*.json`` of ``scripts/gaps.py``) as ``gaps/*`` columns, without its
+    settings and overrides; {} when there is none."""
+    if not path.is_file():
+        return {}
+    return {f"gaps/{k}": v for k, v in json.loads(path.read_text()).items() if not isinstance(v, (dict, list))}
 
 
 def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
@@ -177,12 +182,10 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     root = Path(sweep_dir)
     rows = []
     for run in find_runs(root):
-        summary_path, gaps_path = run / "summary.json", run / "gaps.json"
+        summary_path = run / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        if gaps_path.is_file():  # written later by scripts/gaps.py, beside a summary it never rewrites
-            gaps = json.loads(gaps_path.read_text())
-            summary = {**{f"gaps/{k}": v for k, v in gaps.items() if not isinstance(v, dict)}, **summary}
-        summary = {**ais_rescoring(run), **summary}
+        # re-scorings written later (scripts/gaps.py, scripts/evaluate.py) beside a summary they never rewrite
+        summary = {**gap_numbers(run / "gaps.json"), **ais_rescoring(run), **summary}
         rows.append(run_row(summary, run_config(run, summary), run=str(run.relative_to(root)) or ".", run_dir=str(run)))
     if not rows:
         raise FileNotFoundError(f"no runs under {root}: expected folders holding summary.json or .hydra/config.yaml")
