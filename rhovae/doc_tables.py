@@ -66,6 +66,10 @@ def _bdmc(runs: pd.DataFrame) -> str:
     return results.bdmc_table(runs).to_markdown(index=False, disable_numparse=True)
 
 
+def _platforms(runs: pd.DataFrame) -> str:
+    return results.platform_table(runs).to_markdown(index=False, disable_numparse=True)
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "ais": _ais,  # AIS beside the IW estimate on the same images, and both paired against diag
     "ais_rescorings": _ais_rescorings,  # every AIS re-scoring of every run (start, schedule, MC error)
@@ -73,6 +77,7 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "summary": _summary,  # mean ± sd over seeds per dataset and method (summarize.py's first table, main columns)
     "differences": _differences,  # paired differences from diag (summarize.py's second table)
     "milestones": _milestones,  # test NLL at each milestone epoch per run group, runs still training included
+    "platforms": _platforms,  # each platform's seeds paired on their own, and the shift between platforms
     "protocol": _protocol,  # per stage from epoch 121: NLL vs diag, whole-test-set, AIS and gap scores, hours
 }
 

@@ -635,6 +635,60 @@ def ais_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def platform(run: pd.Series) -> str:
+    """What a run trained on, in a few words: the GPU, or the CPU and its thread count, and torch's version."""
+    device = run.get(f"{PROVENANCE}device")
+    if device == "cuda":
+        return f"{run.get(f'{PROVENANCE}device_name')}, torch {run.get(f'{PROVENANCE}torch')}"
+    threads = run.get(f"{PROVENANCE}threads")
+    threads = "" if pd.isna(threads) else f", {int(threads)} thread{'s' if int(threads) > 1 else ''}"
+    return f"{run.get(f'{PROVENANCE}cpu')}{threads}, torch {run.get(f'{PROVENANCE}torch')}"
+
+
+def welch_text(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> str:
+    """``mean(b) - mean(a) [Welch t interval]``: the shift between two independent groups of seeds."""
+    if len(a) < 2 or len(b) < 2:
+        return "needs 2 seeds on each"
+    va, vb = a.var() / len(a), b.var() / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    shift, half = b.mean() - a.mean(), stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(va + vb)
+    return f"{shift:+.2f} [{shift - half:+.2f}, {shift + half:+.2f}]"
+
+
+def seed_list(seeds: Iterable[Any]) -> str:
+    """Seeds as a reader scans them: ``0-4, 7``."""
+    spans: list[list[int]] = []
+    for seed in sorted(int(s) for s in seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def platform_table(runs: pd.DataFrame, metric: str = "test/nll", baseline: str = BASELINE) -> pd.DataFrame:
+    """Whether seeds trained on different platforms (``platform``) tell one story: one row per dataset, method and
+    platform with ``metric``'s mean ± sd and its difference from ``baseline`` paired over that platform's seeds,
+    and, from the second platform on, the shift of the method's mean from the first platform's (the seeds differ,
+    so its Welch interval holds seed noise and platform together; a paired difference from ``baseline`` cancels
+    what a platform does to both)."""
+    done = completed(runs)
+    done = done[done[metric].notna()].assign(platform=lambda d: [platform(r) for _, r in d.iterrows()])
+    first = done["platform"].iloc[0] if len(done) else None
+    rows = []
+    for (dataset, method), group in done.groupby(["dataset", "method"], sort=False):
+        for name, here in group.groupby("platform", sort=False):
+            reference = done[(done["dataset"] == dataset) & (done["method"] == baseline) & (done["platform"] == name)]
+            row = {"dataset": dataset, "method": method, "platform": name, "seeds": seed_list(here["seed"]),
+                   METRICS[metric][0]: _mean_sd(here[metric].mean(), here[metric].std(), 2, "±"),
+                   f"vs {baseline} [95% CI] (n)": "baseline" if method == baseline else
+                   difference_text(seed_differences(here, reference, metric)),
+                   "shift from the first platform [95% CI]": "" if name == first else
+                   welch_text(group[group["platform"] == first][metric], here[metric])}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _run_records(runs: pd.DataFrame, pattern: str) -> list[tuple[pd.Series, dict[str, Any]]]:
     """Each run's JSON files matching ``pattern`` (re-scorings, BDMC) beside the run's row, in run order."""
     return [(run, json.loads(path.read_text())) for _, run in runs.iterrows() if run.get("run_dir")

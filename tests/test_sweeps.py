@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from omegaconf import OmegaConf
 
 from helpers import REPO, TINY_OVERRIDES, compose, subprocess_env, train
@@ -371,6 +372,37 @@ def test_a_key_value_baseline_pairs_each_method_with_itself_at_that_value():
                                                       r"that value; trainer.precision here: float32, bfloat16$"):
         results.require_baseline(runs, results.group_keys(runs), "trainer.precision=float16")
     results.require_baseline(runs, results.group_keys(runs), "trainer.precision=bfloat16")  # selects runs: no error
+
+
+def test_the_platform_table_pairs_within_each_platform_and_measures_the_shift_between_them():
+    """Seeds 0-2 on a GPU, 3-6 on a CPU: each platform's rows pair fullcov with diag over its own seeds, and the
+    second platform's rows carry the Welch interval of the shift in mean (checked against scipy's ttest_ind)."""
+    gpu = {"device": "cuda", "device_name": "NVIDIA H200", "torch": "2.11.0"}
+    cpu = {"device": "cpu", "cpu": "AMD EPYC", "threads": 1, "torch": "2.14.1"}
+    nll = {"diag": [92.6, 92.9, 92.8, 93.3, 93.2, 93.5, 93.1], "fullcov": [92.9, 93.0, 93.2, 93.0, 93.9, 93.1, 92.7]}
+
+    def row(method, seed):
+        summary = {"status": "completed", "dataset": "mnist", "method": method, "seed": seed,
+                   "test/nll": nll[method][seed], "provenance": gpu if seed < 3 else cpu}
+        return results.run_row(summary, {"seed": seed, "posterior": {"name": method}, "dataset": {"name": "mnist"}})
+
+    table = results.platform_table(pd.DataFrame([row(m, s) for m in nll for s in range(7)]))
+    assert list(zip(table["method"], table["platform"], table["seeds"])) == [
+        ("diag", "NVIDIA H200, torch 2.11.0", "0-2"), ("diag", "AMD EPYC, 1 thread, torch 2.14.1", "3-6"),
+        ("fullcov", "NVIDIA H200, torch 2.11.0", "0-2"), ("fullcov", "AMD EPYC, 1 thread, torch 2.14.1", "3-6")]
+    assert list(table["test NLL"]) == [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in (
+        nll["diag"][:3], nll["diag"][3:], nll["fullcov"][:3], nll["fullcov"][3:])]
+    gpu_diff = [a - b for a, b in zip(nll["fullcov"][:3], nll["diag"][:3])]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(gpu_diff) / math.sqrt(3)
+    mean = statistics.mean(gpu_diff)
+    assert table.iloc[2]["vs diag [95% CI] (n)"] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (3)"
+    assert table.iloc[3]["vs diag [95% CI] (n)"].endswith("(4)") and table.iloc[0]["vs diag [95% CI] (n)"] == "baseline"
+    shift = stats.ttest_ind(nll["diag"][3:], nll["diag"][:3], equal_var=False)
+    low, high = shift.confidence_interval()
+    diff = statistics.mean(nll["diag"][3:]) - statistics.mean(nll["diag"][:3])
+    assert table.iloc[1]["shift from the first platform [95% CI]"] == f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
+    assert table.iloc[0]["shift from the first platform [95% CI]"] == ""
+    assert results.seed_list([7, 0, 1, 2, 4, 5]) == "0-2, 4-5, 7"
 
 
 def test_two_sweeps_pair_method_by_method_and_seed_by_seed():
