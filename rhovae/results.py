@@ -478,7 +478,7 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
         if (group["method"] == baseline).all():
             row[f"vs {baseline}"] = "baseline"
         elif reference.empty:
-            row[f"vs {baseline}"] = f"no {baseline} run"
+            row[f"vs {baseline}"] = f"no {baseline} run at this epoch"
         else:
             row[f"vs {baseline}"] = difference_text(seed_differences(group, reference, "test/nll"))
         for metric, title in (("whole/nll", "NLL (whole test set, K = {})"), ("ais/nll", "AIS NLL ({} images)"),

@@ -590,6 +590,10 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
     assert fullcov_364["approximation gap"] == "2.00 ± 1.00" and table.iloc[2]["approximation gap"] == "3.00 ± 1.00"
     assert fullcov_121["AIS NLL (500 images)"] == "not measured"
     assert table.iloc[3]["hours"] == f"{(363 * 10 + 370) / 3600:.1f}"
+    without_diag_364 = results.milestone_table(milestones[(milestones["epoch"] < 364) | (milestones["method"] != "diag")],
+                                               from_epoch=121)
+    assert list(without_diag_364["vs diag"]) == [table.iloc[0]["vs diag"], fullcov_121["vs diag"],
+                                                 "no diag run at this epoch"]
 
     gaps = results.stage_gaps(milestones)
     assert list(gaps["method"]) == ["diag, epoch 364", "fullcov, epoch 364"] and list(gaps["n"]) == [3, 3]
