@@ -126,6 +126,20 @@ FIGURES: dict[str, Callable[[pd.DataFrame], tuple]] = {
 }
 
 
+def figure_path(name: str, folder: str) -> Path:
+    """Where the figure block ``NAME FOLDER`` draws its PNG, relative to the repository."""
+    return FIGURE_FOLDER / f"{name}-{'_and_'.join(Path(part).name for part in folder.split(FOLDER_JOIN))}.png"
+
+
+def orphan_figures(repo: Path) -> list[Path]:
+    """PNGs in ``docs/figures`` that no figure block of the documents draws any more (left by a removed or renamed
+    block), relative to the repository."""
+    drawn = {figure_path(m["name"], m["folder"]) for path in documents(repo)
+             for m in BLOCK.finditer(path.read_text()) if m["kind"] == "figure"}
+    return sorted(p.relative_to(repo) for p in (repo / FIGURE_FOLDER).glob("*.png")
+                  if p.relative_to(repo) not in drawn)
+
+
 def documents(repo: Path) -> list[Path]:
     """The Markdown files that may hold generated tables: README.md, docs/*.md and results/*/README.md."""
     return [p for p in [repo / "README.md", *sorted((repo / "docs").glob("*.md")),
@@ -161,7 +175,7 @@ def regenerate(text: str, repo: Path, where: Path | None = None,
         else:
             figure, data, alt = FIGURES[name](runs)
             digest = hashlib.sha1(data.to_csv(index=False).encode()).hexdigest()[:12]
-            png = FIGURE_FOLDER / f"{name}-{'_and_'.join(Path(part).name for part in parts)}.png"
+            png = figure_path(name, folder)
             link = Path(os.path.relpath(repo / png, where or repo)).as_posix()
             body = f"![{alt}]({link})\n<!-- numbers: {digest} -->\n"
             if body != match["body"] or not (repo / png).is_file():

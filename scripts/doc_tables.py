@@ -1,6 +1,6 @@
 """Regenerate the results tables and figures in README.md, docs/ and results/*/README.md from the committed results.
 
-    python scripts/doc_tables.py            # rewrite every generated table in place
+    python scripts/doc_tables.py            # rewrite every generated table in place, remove figures no block draws
     python scripts/doc_tables.py --check    # exit 1, naming each table that differs from its results (CI's test)
 
 A generated table sits between two comment lines that name what it is made of, for example
@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rhovae.doc_tables import documents, regenerate  # noqa: E402
+from rhovae.doc_tables import documents, orphan_figures, regenerate  # noqa: E402
 from rhovae.errors import RhovaeError  # noqa: E402
 
 
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except RhovaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for orphan in orphan_figures(REPO):  # a generated figure no block draws any more
+        stale.append(f"{orphan}: drawn by no figure block" + ("" if args.check else ", removed"))
+        if not args.check:
+            (REPO / orphan).unlink()
     if stale:
         print(("stale: " if args.check else "regenerated: ") + "; ".join(stale), file=sys.stderr if args.check else sys.stdout)
         return 1 if args.check else 0

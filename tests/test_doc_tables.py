@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import REPO
-from rhovae.doc_tables import TABLES, documents, regenerate
+from rhovae.doc_tables import TABLES, documents, orphan_figures, regenerate
 from rhovae.errors import RhovaeError
 
 
@@ -20,6 +20,18 @@ def test_every_generated_table_matches_its_committed_results():
         assert not changed, f"{path.relative_to(REPO)}: {changed} differ from their results; run scripts/doc_tables.py"
         assert new == text
     assert blocks >= 1  # the AIS comparison of docs/ais.md at least
+    assert not orphan_figures(REPO), "figures no block draws; python scripts/doc_tables.py removes them"
+
+
+def test_a_figure_no_block_draws_is_an_orphan(tmp_path):
+    """docs/figures holds what the figure blocks draw; a PNG left by a removed or renamed block is named."""
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "README.md").write_text("<!-- figure: differences results/a+results/b -->\n<!-- end figure -->\n")
+    (tmp_path / "docs" / "results.md").write_text("<!-- table: differences results/c -->\n<!-- end table -->\n")
+    for name in ("differences-a_and_b.png", "differences-a.png", "differences-c.png"):
+        (tmp_path / "docs" / "figures" / name).write_bytes(b"\x89PNG")
+    assert [p.as_posix() for p in orphan_figures(tmp_path)] == ["docs/figures/differences-a.png",
+                                                                "docs/figures/differences-c.png"]
 
 
 def test_a_table_is_rewritten_from_its_results_and_bad_blocks_are_one_line(tmp_path):
