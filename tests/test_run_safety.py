@@ -19,10 +19,10 @@ from helpers import REPO, TINY_OVERRIDES, folder_digest, started, subprocess_env
 from rhovae.checkpoint import load_checkpoint
 from rhovae.tracking import read_jsonl
 
-# 200 training images in batches of 8 (25 steps per epoch), rho posterior, W&B offline: not the defaults, so a
+# 200 training images in batches of 8 (25 steps per epoch), rho posterior, seed 1, W&B offline: not the defaults, so a
 # resume that forgot the original overrides would show.
 ARGS = [o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_batches", "trainer.batch_size"))]
-ARGS += ["posterior=rho", "trainer.batch_size=8", "trainer.epochs=2", "trainer.device=cpu"]
+ARGS += ["posterior=rho", "seed=1", "trainer.batch_size=8", "trainer.epochs=2", "trainer.device=cpu"]
 COMPARED = ("epochs", "best_epoch", "val/elbo", "test/elbo", "test/kl", "test/nll", "n_params")
 
 pytestmark = pytest.mark.slow  # every test here runs train.py or a script in a subprocess
@@ -182,6 +182,8 @@ def test_ctrl_c_saves_the_position_and_resume_needs_no_overrides(finished, data_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (run_dir, finished))
     assert summary["status"] == "completed" and summary["posterior"] == "rho"
+    logged = [line for line in (resumed.stdout + resumed.stderr).splitlines() if "[rhovae." in line]
+    assert logged and all("[mnist_rho_s1][rhovae." in line for line in logged)  # the run's name, not the defaults'
     for key in COMPARED:
         assert summary[key] == reference[key], key
     # one W&B run for both attempts: every offline run folder and its data file carry the same id

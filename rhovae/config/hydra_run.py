@@ -121,8 +121,9 @@ def check_override_keys(argv: Sequence[str]) -> None:
 
 def with_saved_choices(argv: Sequence[str]) -> list[str]:
     """``argv`` of a single-run resume (``trainer.resume=true hydra.run.dir=RUN``) with the run's own dataset,
-    posterior and networks choices (from ``RUN/.hydra/hydra.yaml``) wherever the command line names none, so that a
-    key of the run's own posterior (``posterior.flow_length=4`` on an iaf run) composes as it did for the run."""
+    posterior and networks choices (from ``RUN/.hydra/hydra.yaml``) and its seed (``RUN/.hydra/config.yaml``) wherever
+    the command line names none, so that a key of the run's own posterior (``posterior.flow_length=4`` on an iaf run)
+    composes as it did for the run, and every log line names the run (``[mnist_iaf_s2]``), not the defaults."""
     argv = list(argv)
     if not any(a.lower() == "trainer.resume=true" for a in argv) or {"-m", "--multirun"} & set(argv):
         return argv
@@ -134,11 +135,15 @@ def with_saved_choices(argv: Sequence[str]) -> list[str]:
     missing = [g for g in ("dataset", "posterior", "networks") if g in choices and
                not any(a.startswith(f"{g}=") for a in argv)]
     IMPLIED_CHOICES[:] = [f"{g}={choices[g]}" for g in missing]
+    saved = record.parent / "config.yaml"
+    if saved.is_file() and not any(a.startswith("seed=") for a in argv):
+        seed = OmegaConf.load(saved).get("seed")
+        IMPLIED_CHOICES.extend([] if seed is None else [f"seed={seed}"])
     return [*IMPLIED_CHOICES, *argv]
 
 
-# Group choices this command did not name but took from the run it resumes (``with_saved_choices``): the baseline
-# of ``given_keys``, not keys the user set.
+# Group choices and the seed that this command did not name but took from the run it resumes
+# (``with_saved_choices``): the baseline of ``given_keys``, not keys the user set.
 IMPLIED_CHOICES: list[str] = []
 
 
