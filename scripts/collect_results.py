@@ -6,49 +6,40 @@
 Each run folder below SOURCE (itself included) is mirrored under DEST with its path relative to SOURCE (a single
 run keeps its own folder name): ``summary.json``, ``.hydra/*.yaml``, ``metrics.jsonl``, ``milestones.jsonl``,
 ``train.log``, and its re-scorings (``evaluation*.json``, ``bdmc*.json``, ``gaps*.json``). A run still training
-can be collected again as it goes: the copies are refreshed, and nothing else under DEST is touched. The copies
-are what ``scripts/summarize.py DEST`` and ``scripts/doc_tables.py`` read.
+can be collected again as it goes: the copies are refreshed, and nothing else under DEST is touched. A copy that
+the source does not continue (another run or a rerun in its place, a re-scoring that differs) is refused, nothing
+copied, unless ``--replace`` is given (rhovae/collecting.py). The copies are what ``scripts/summarize.py DEST`` and
+``scripts/doc_tables.py`` read.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rhovae.results import find_runs  # noqa: E402
-
-PATTERNS = ("summary.json", ".hydra/*.yaml", "metrics.jsonl", "milestones.jsonl", "train.log", "evaluation*.json",
-            "bdmc*.json", "gaps*.json")
-
-
-def collect(source: Path, dest: Path) -> list[Path]:
-    """Copy the result files of every run below ``source`` into ``dest``; return the copies."""
-    copied = []
-    for run in find_runs(source):
-        relative = run.relative_to(source) if run != source else Path(source.name)
-        for pattern in PATTERNS:
-            for path in sorted(run.glob(pattern)):
-                target = dest / relative / path.relative_to(run)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
-                copied.append(target)
-    return copied
+from rhovae.collecting import collect  # noqa: E402
+from rhovae.errors import RhovaeError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a run folder, or a sweep folder holding runs")
     parser.add_argument("dest", type=Path, help="a folder under results/")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace the copies of runs that the source does not continue (another run, a rerun)")
     args = parser.parse_args(argv)
     if not args.source.is_dir():
         print(f"error: {args.source} is not a folder", file=sys.stderr)
         return 1
-    copied = collect(args.source, args.dest)
+    try:
+        copied = collect(args.source, args.dest, replace=args.replace)
+    except RhovaeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if not copied:
         print(f"error: no run under {args.source}: expected folders holding summary.json or .hydra/config.yaml",
               file=sys.stderr)

@@ -1,0 +1,77 @@
+"""Copy the small result files of runs into ``results/`` (the committed evidence), never their checkpoints.
+
+Each run folder below a source (the source itself included) is mirrored under the destination with its path
+relative to the source (a single run keeps its own folder name). A copy already there is committed evidence, so it
+is refreshed only by the same run gone further: its ``metrics.jsonl`` and ``milestones.jsonl`` must be the start of
+the source's (a resumed run only appends), and a re-scoring file present in both must be the same bytes. Anything
+else (another run, a rerun, a shorter run, a re-scoring redone differently) is refused before a file is copied,
+unless ``replace`` is asked for, which deletes those runs' copies first. Files only the copy has (a re-scoring of a
+run folder since lost) are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .errors import RhovaeError
+from .results import find_runs
+
+RESULT_FILES = ("summary.json", ".hydra/*.yaml", "metrics.jsonl", "milestones.jsonl", "train.log", "evaluation*.json",
+                "bdmc*.json", "gaps*.json")
+APPEND_ONLY = ("metrics.jsonl", "milestones.jsonl")  # a continued run adds lines and rewrites none
+RESCORINGS = ("evaluation*.json", "bdmc*.json", "gaps*.json")
+
+
+class CollectConflict(RhovaeError):
+    """A run's copy under the destination holds results that the source's files would replace."""
+
+
+def run_pairs(source: Path, dest: Path) -> list[tuple[Path, Path]]:
+    """(run folder, its copy's folder) for every run below ``source``."""
+    return [(run, dest / (run.relative_to(source) if run != source else Path(source.name)))
+            for run in find_runs(source)]
+
+
+def conflict(run: Path, copy: Path) -> str | None:
+    """Why copying ``run`` over ``copy`` would replace evidence, or None if it only adds to it."""
+    for name in APPEND_ONLY:
+        kept = copy / name
+        if not kept.is_file():
+            continue
+        new = run / name
+        old_bytes = kept.read_bytes()
+        if not new.is_file() or not new.read_bytes().startswith(old_bytes):
+            return f"its {name} is not the start of {new}'s (another run, or a rerun)"
+    for pattern in RESCORINGS:
+        for kept in sorted(copy.glob(pattern)):
+            new = run / kept.name
+            if new.is_file() and new.read_bytes() != kept.read_bytes():
+                return f"its {kept.name} differs from {new}"
+    return None
+
+
+def collect(source: Path, dest: Path, replace: bool = False) -> list[Path]:
+    """Copy the result files of every run below ``source`` into ``dest``; return the copies.
+
+    Raises CollectConflict, having copied nothing, when a copy under ``dest`` holds results the source does not
+    continue; with ``replace`` such copies are deleted and written afresh instead.
+    """
+    pairs = run_pairs(source, dest)
+    clashes = [(copy, why) for run, copy in pairs if copy.is_dir() and (why := conflict(run, copy))]
+    if clashes and not replace:
+        copy, why = clashes[0]
+        more = f" (and {len(clashes) - 1} more runs)" if len(clashes) > 1 else ""
+        raise CollectConflict(f"{copy} already holds results that {source} would replace: {why}{more}; nothing was "
+                              f"copied. Collect into another folder, or pass --replace to replace those runs' copies")
+    for copy, _ in clashes:
+        shutil.rmtree(copy)
+    copied = []
+    for run, copy in pairs:
+        for pattern in RESULT_FILES:
+            for path in sorted(run.glob(pattern)):
+                target = copy / path.relative_to(run)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied.append(target)
+    return copied

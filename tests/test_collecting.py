@@ -1,0 +1,95 @@
+"""Collecting result files into results/: a run's copy grows with its run and is never replaced by another run's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import folder_digest
+from rhovae.collecting import CollectConflict, collect
+
+
+def write_run(run: Path, epochs: int, seed: int = 0, timing: float = 9.0) -> Path:
+    """A run folder as train.py leaves it: config, per-epoch metrics, a milestone per 2 epochs, a checkpoint."""
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "val/elbo": -100.0 + e + seed, "epoch_s": timing}) + "\n" for e in range(1, epochs + 1)))
+    (run / "milestones.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "test/nll": 90.0 - e + seed}) + "\n" for e in range(2, epochs + 1, 2)))
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted", "epochs_trained": epochs}))
+    (run / "train.log").write_text(f"trained {epochs} epochs\n")
+    (run / "checkpoints" / "last.pt").write_text("weights")
+    return run
+
+
+def test_a_copy_follows_its_run_as_it_trains_on_and_keeps_what_only_the_copy_has(tmp_path):
+    run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
+    dest = tmp_path / "results" / "x"
+    collect(run, dest)
+    copy = dest / "mnist_diag_s0"
+    (copy / "evaluation_epoch_2.json").write_text('{"test/nll": 88.0}')  # scored from a folder since lost
+    write_run(run, epochs=8)  # resumed: the same lines, then more
+    copied = collect(run, dest)
+    assert (copy / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert json.loads((copy / "summary.json").read_text())["epochs_trained"] == 8
+    assert (copy / "evaluation_epoch_2.json").read_text() == '{"test/nll": 88.0}'
+    assert not (copy / "checkpoints").exists() and copy / "train.log" in copied
+
+
+@pytest.mark.parametrize("change", ["rerun", "shorter", "rescored", "milestones"])
+def test_a_copy_that_the_source_does_not_continue_is_refused_and_nothing_is_copied(tmp_path, change):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0_mnist_diag_s0", epochs=4)
+    run = write_run(sweep / "1_mnist_rho_s0", epochs=4)
+    (run / "evaluation_epoch_4.json").write_text('{"test/nll": 86.0}')
+    dest = tmp_path / "results" / "x"
+    collect(sweep, dest)
+    if change == "rerun":  # the same settings trained again: the numbers agree, the timings do not
+        write_run(run, epochs=6, timing=9.5)
+    elif change == "shorter":
+        write_run(run, epochs=2)
+    elif change == "rescored":
+        (run / "evaluation_epoch_4.json").write_text('{"test/nll": 86.5}')
+    else:  # a milestone rewritten, though the metrics grew as they should
+        write_run(run, epochs=6)
+        (run / "milestones.jsonl").write_text(json.dumps({"epoch": 2, "test/nll": 80.0}) + "\n")
+    write_run(sweep / "0_mnist_diag_s0", epochs=6)  # collected first, and could be refreshed on its own
+    before = folder_digest(dest)
+    with pytest.raises(CollectConflict, match=r"1_mnist_rho_s0 already holds results that .* would replace: its "
+                                              r"(metrics\.jsonl|milestones\.jsonl|evaluation_epoch_4\.json) .*"
+                                              r"nothing was copied.*--replace"):
+        collect(sweep, dest)
+    assert folder_digest(dest) == before
+
+
+def test_replace_writes_the_refused_copies_afresh(tmp_path):
+    run = write_run(tmp_path / "runs" / "mnist_planar_s0", epochs=4)
+    dest = tmp_path / "results" / "x"
+    collect(run, dest)
+    copy = dest / "mnist_planar_s0"
+    (copy / "gaps_epoch_2.json").write_text("{}")  # belonged to the run being replaced
+    write_run(run, epochs=3, timing=7.0)
+    collect(run, dest, replace=True)
+    assert (copy / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert not (copy / "gaps_epoch_2.json").exists()
+
+
+def test_the_script_says_it_in_one_line_and_exits_1(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "collect_results", Path(__file__).resolve().parent.parent / "scripts" / "collect_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
+    dest = tmp_path / "results" / "x"
+    assert script.main([str(run), str(dest)]) == 0
+    write_run(run, epochs=4, seed=1)
+    assert script.main([str(run), str(dest)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--replace" in err
+    assert script.main([str(run), str(dest), "--replace"]) == 0
