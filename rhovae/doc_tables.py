@@ -147,11 +147,12 @@ def documents(repo: Path) -> list[Path]:
 
 
 def regenerate(text: str, repo: Path, where: Path | None = None,
-               loaded: dict[str, pd.DataFrame] | None = None) -> tuple[str, list[str]]:
+               loaded: dict[str, pd.DataFrame] | None = None, write_figures: bool = True) -> tuple[str, list[str]]:
     """``text`` (a document in the folder ``where``, by default the repository's root) with every generated table
     and figure made anew from its results, and the blocks that changed (``NAME FOLDER``; a figure's PNG is
-    rewritten only when its numbers changed). ``loaded`` keeps the runs of each folder for the next call (several
-    documents cite one folder)."""
+    rewritten only when its numbers changed or the file is missing, and a missing one counts as a change).
+    ``write_figures=False`` writes no PNG (a check that changes nothing). ``loaded`` keeps the runs of each folder
+    for the next call (several documents cite one folder)."""
     import os
 
     loaded = {} if loaded is None else loaded
@@ -178,11 +179,14 @@ def regenerate(text: str, repo: Path, where: Path | None = None,
             png = figure_path(name, folder)
             link = Path(os.path.relpath(repo / png, where or repo)).as_posix()
             body = f"![{alt}]({link})\n<!-- numbers: {digest} -->\n"
-            if body != match["body"] or not (repo / png).is_file():
+            missing = not (repo / png).is_file()
+            if (body != match["body"] or missing) and write_figures:
                 from .plots import save_figure
 
                 (repo / FIGURE_FOLDER).mkdir(parents=True, exist_ok=True)
                 save_figure(figure, repo / png)
+            if missing and body == match["body"]:
+                changed.append(f"{name} {folder} ({png} was missing)")
         if body != match["body"]:
             changed.append(f"{name} {folder}")
         return match.group(1) + body + match.group(6)

@@ -240,6 +240,7 @@ def paired_difference_strip(runs, metrics: Mapping[str, str], baseline: str = "d
         ax.set_ylabel(f"{label} minus {baseline} (nats)")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"paired differences from {baseline}: dots are seeds, squares the mean with its 95% t interval",
+    gap = ": " if len(metrics) > 1 else ":\n"  # one panel is too narrow for the title on one line
+    fig.suptitle(f"paired differences from {baseline}{gap}dots are seeds, squares the mean with its 95% t interval",
                  fontsize=9)
     return fig

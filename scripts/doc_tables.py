@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in documents(REPO):
             text = path.read_text()
-            new, changed = regenerate(text, REPO, path.parent, loaded)
+            new, changed = regenerate(text, REPO, path.parent, loaded, write_figures=not args.check)
             stale += [f"{path.relative_to(REPO)}: {name}" for name in changed]
             if changed and not args.check:
                 path.write_text(new)

@@ -77,6 +77,11 @@ def test_a_figure_is_drawn_from_its_results_and_goes_stale_when_its_numbers_chan
     assert changed == ["differences results/x"] and png.read_bytes().startswith(b"\x89PNG")
     assert "](figures/differences-x.png)" in new and "one dot per seed" in new
     assert regenerate(new, tmp_path, tmp_path / "docs") == (new, [])
+    png.unlink()  # a figure file lost while its block is current: stale, and a check does not draw it
+    assert regenerate(new, tmp_path, tmp_path / "docs", write_figures=False) == (
+        new, ["differences results/x (docs/figures/differences-x.png was missing)"])
+    assert not png.exists()
+    assert regenerate(new, tmp_path, tmp_path / "docs")[1] and png.read_bytes().startswith(b"\x89PNG")
     summary = tmp_path / "results" / "x" / "0_mnist_diag_s0" / "summary.json"
     record = json.loads(summary.read_text())
     summary.write_text(json.dumps({**record, "test/nll": record["test/nll"] + 1}))
