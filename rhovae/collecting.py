@@ -6,11 +6,14 @@ is refreshed only by the same run gone further: its ``metrics.jsonl`` and ``mile
 the source's (a resumed run only appends), and a re-scoring file present in both must be the same bytes. Anything
 else (another run, a rerun, a shorter run, a re-scoring redone differently) is refused before a file is copied,
 unless ``replace`` is asked for, which deletes those runs' copies first. Files only the copy has (a re-scoring of a
-run folder since lost) are kept.
+run folder since lost) are kept. A refusal says whether the source is a rerun that reproduces every recorded number
+but the timings (the training is deterministic on one kind of machine), and then what ``replace`` would lose: the
+old timings, and the re-scorings only the copy has.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +24,7 @@ RESULT_FILES = ("summary.json", ".hydra/*.yaml", "metrics.jsonl", "milestones.js
                 "bdmc*.json", "gaps*.json")
 APPEND_ONLY = ("metrics.jsonl", "milestones.jsonl")  # a continued run adds lines and rewrites none
 RESCORINGS = ("evaluation*.json", "bdmc*.json", "gaps*.json")
+TIMING_SUFFIX = "_s"  # epoch_s, eval_s: seconds, which differ between two runs of the same deterministic training
 
 
 class CollectConflict(RhovaeError):
@@ -33,22 +37,45 @@ def run_pairs(source: Path, dest: Path) -> list[tuple[Path, Path]]:
             for run in find_runs(source)]
 
 
+def reproduces(old: bytes, new: bytes) -> bool:
+    """Whether the JSON lines ``new`` start with the records of ``old``, every value but the timings equal."""
+    def records(text: bytes) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith(TIMING_SUFFIX)}
+                for line in text.splitlines() if line.strip()]
+    try:
+        kept, fresh = records(old), records(new)
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    return fresh[:len(kept)] == kept
+
+
 def conflict(run: Path, copy: Path) -> str | None:
     """Why copying ``run`` over ``copy`` would replace evidence, or None if it only adds to it."""
+    broken = []  # (file, the source's file, whether the source reproduces it timings aside)
     for name in APPEND_ONLY:
         kept = copy / name
         if not kept.is_file():
             continue
         new = run / name
-        old_bytes = kept.read_bytes()
-        if not new.is_file() or not new.read_bytes().startswith(old_bytes):
-            return f"its {name} is not the start of {new}'s (another run, or a rerun)"
+        if not new.is_file():
+            return f"{new} is missing (another run, or one that has not started)"
+        old_bytes, new_bytes = kept.read_bytes(), new.read_bytes()
+        if not new_bytes.startswith(old_bytes):
+            broken.append((name, new, reproduces(old_bytes, new_bytes)))
     for pattern in RESCORINGS:
         for kept in sorted(copy.glob(pattern)):
             new = run / kept.name
             if new.is_file() and new.read_bytes() != kept.read_bytes():
                 return f"its {kept.name} differs from {new}"
-    return None
+    if not broken:
+        return None
+    name, new, _ = next((b for b in broken if not b[2]), broken[0])
+    if not all(same for *_, same in broken):
+        return f"its {name} is not the start of {new}'s (another run, or a rerun that does not reproduce it)"
+    lost = ["the old timings"] + [kept.name for pattern in RESCORINGS for kept in sorted(copy.glob(pattern))
+                                  if not (run / kept.name).exists()]
+    return (f"its {name} is not the start of {new}'s (a rerun that reproduces every recorded number, timings aside; "
+            f"--replace would lose {', '.join(lost)})")
 
 
 def collect(source: Path, dest: Path, replace: bool = False) -> list[Path]:
