@@ -1,7 +1,8 @@
 """What a run ran on: code version, library versions, processor, threads and device.
 
 Rounding differences between torch builds or processors grow through training like a change of seed, so two runs of
-one config on two installs can differ by more than the spread over seeds. Every summary.json, checkpoint and W&B run
+one config on two installs can differ by more than the spread over seeds (a planar run retrained on another AMD EPYC
+scored 133 at its first milestone where the first machine's scored 187; diag reproduced to the last digit). Every summary.json, checkpoint and W&B run
 records this, and ``scripts/summarize.py`` says when the runs of one table differ in it.
 """
 
@@ -28,15 +29,32 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux), or what ``platform`` knows elsewhere."""
+def _cpuinfo() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), or what ``platform`` knows elsewhere."""
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_generation(cpuinfo: str | None = None) -> str | None:
+    """The processor's family, model and stepping (``25/17/1``), which tell apart the generations that share one
+    model name ("AMD EPYC"); None where ``/proc/cpuinfo`` does not say."""
+    fields = {}
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("cpu family", "model", "stepping") and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    if len(fields) < 3:
+        return None
+    return f"{fields['cpu family']}/{fields['model']}/{fields['stepping']}"
 
 
 def _version(package: str) -> str | None:
@@ -59,6 +77,10 @@ def provenance(device: torch.device) -> dict[str, Any]:
     """The code, libraries and machine of this process, as a flat JSON-able dict."""
     return {
         **code_version(), "python": platform.python_version(), **{package: _version(package) for package in PACKAGES},
-        "cpu": cpu_model(), "threads": torch.get_num_threads(), "device": str(device),
+        "cpu": cpu_model(), "cpu_generation": cpu_generation(),
+        # the vector instructions torch's own kernels use (AVX512, AVX2, ...): its elementwise functions round
+        # differently under each, so a run reproduces bit for bit only where this and the generation match
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
     }

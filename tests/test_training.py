@@ -14,6 +14,7 @@ import torch
 from helpers import POSTERIOR_CHOICES, POSTERIOR_NAMES, TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo
+from rhovae.provenance import cpu_generation, cpu_model
 from rhovae.config import load_config, validate_config
 from rhovae.errors import ConfigError
 from rhovae.build import build_vae, load_data
@@ -271,7 +272,18 @@ def test_every_run_records_what_it_ran_on(data_root, tmp_path):
     assert record["torch"] == torch.__version__.split("+")[0] or record["torch"] == torch.__version__
     assert record["threads"] == 1 and record["device"] == "cpu" and record["python"]
     assert record["git_commit"] is None or len(record["git_commit"]) == 40
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["provenance"] == record
+
+
+def test_the_processor_generation_tells_apart_cpus_that_share_a_model_name():
+    def cpuinfo(processor: int, model: int) -> str:
+        return (f"processor\t: {processor}\ncpu family\t: 25\nmodel\t\t: {model}\nmodel name\t: AMD EPYC\n"
+                f"stepping\t: 1\n\n")
+    zen3, zen4_two_cores = cpuinfo(0, 1), cpuinfo(0, 17) + cpuinfo(1, 17)
+    assert cpu_model(zen3) == cpu_model(zen4_two_cores) == "AMD EPYC"
+    assert (cpu_generation(zen3), cpu_generation(zen4_two_cores)) == ("25/1/1", "25/17/1")
+    assert cpu_generation("processor\t: 0\nmodel name\t: Apple M2\n") is None
 
 
 def test_compile_without_a_cpp_compiler_is_refused_in_one_line(data_root, tmp_path, monkeypatch):
