@@ -7,13 +7,14 @@ the source's (a resumed run only appends), and a re-scoring file present in both
 else (another run, a rerun, a shorter run, a re-scoring redone differently) is refused before a file is copied,
 unless ``replace`` is asked for, which deletes those runs' copies first. Files only the copy has (a re-scoring of a
 run folder since lost) are kept. A refusal says whether the source is a rerun that reproduces every recorded number
-but the timings (the training is deterministic on one kind of machine), and then what ``replace`` would lose: the
+but the timings, up to float32 rounding (the training is deterministic on one kind of machine), and then what ``replace`` would lose: the
 old timings, and the re-scorings only the copy has.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ RESULT_FILES = ("summary.json", ".hydra/*.yaml", "metrics.jsonl", "milestones.js
                 "bdmc*.json", "gaps*.json")
 APPEND_ONLY = ("metrics.jsonl", "milestones.jsonl")  # a continued run adds lines and rewrites none
 RESCORINGS = ("evaluation*.json", "bdmc*.json", "gaps*.json")
+ROUNDING = 1e-5  # relative: float32 rounding summed over an epoch, far below any difference a table shows
 TIMING_SUFFIX = "_s"  # epoch_s, eval_s: seconds, which differ between two runs of the same deterministic training
 
 
@@ -37,8 +39,15 @@ def run_pairs(source: Path, dest: Path) -> list[tuple[Path, Path]]:
             for run in find_runs(source)]
 
 
+def _agree(old: object, new: object) -> bool:
+    if isinstance(old, float) and isinstance(new, float):
+        return math.isclose(old, new, rel_tol=ROUNDING, abs_tol=1e-12)
+    return old == new
+
+
 def reproduces(old: bytes, new: bytes) -> bool:
-    """Whether the JSON lines ``new`` start with the records of ``old``, every value but the timings equal."""
+    """Whether the JSON lines ``new`` start with the records of ``old``, every value but the timings equal up to
+    float32 rounding (an epoch's mean training loss, summed in another order, differs in its last digits)."""
     def records(text: bytes) -> list[dict]:
         return [{k: v for k, v in json.loads(line).items() if not k.endswith(TIMING_SUFFIX)}
                 for line in text.splitlines() if line.strip()]
@@ -46,7 +55,8 @@ def reproduces(old: bytes, new: bytes) -> bool:
         kept, fresh = records(old), records(new)
     except (json.JSONDecodeError, AttributeError):
         return False
-    return fresh[:len(kept)] == kept
+    return len(fresh) >= len(kept) and all(
+        a.keys() == b.keys() and all(_agree(a[k], b[k]) for k in a) for a, b in zip(kept, fresh))
 
 
 def conflict(run: Path, copy: Path) -> str | None:
@@ -74,8 +84,8 @@ def conflict(run: Path, copy: Path) -> str | None:
         return f"its {name} is not the start of {new}'s (another run, or a rerun that does not reproduce it)"
     lost = ["the old timings"] + [kept.name for pattern in RESCORINGS for kept in sorted(copy.glob(pattern))
                                   if not (run / kept.name).exists()]
-    return (f"its {name} is not the start of {new}'s (a rerun that reproduces every recorded number, timings aside; "
-            f"--replace would lose {', '.join(lost)})")
+    return (f"its {name} is not the start of {new}'s (a rerun that reproduces every recorded number to float32 "
+            f"rounding, timings aside; --replace would lose {', '.join(lost)})")
 
 
 def collect(source: Path, dest: Path, replace: bool = False) -> list[Path]:

@@ -95,18 +95,23 @@ def test_the_script_says_it_in_one_line_and_exits_1(tmp_path, capsys):
     assert script.main([str(run), str(dest), "--replace"]) == 0
 
 
-@pytest.mark.parametrize("reproduced", [True, False])
-def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_would_lose(tmp_path, reproduced):
+@pytest.mark.parametrize("rerun", ["timings", "rounding", "another seed", "a digit"])
+def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_would_lose(tmp_path, rerun):
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
     dest = tmp_path / "results" / "x"
     collect(run, dest)
     (dest / "mnist_diag_s0" / "evaluation_epoch_2.json").write_text('{"test/nll": 88.0}')  # scored before the loss
-    write_run(run, epochs=6, seed=0 if reproduced else 1, timing=7.5)  # the machine changed; trained again
+    write_run(run, epochs=6, seed=1 if rerun == "another seed" else 0, timing=7.5)  # the machine changed; retrained
+    if rerun in ("rounding", "a digit"):  # an epoch's mean summed in another order, or a real change
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        first = json.loads(lines[0])
+        first["val/elbo"] *= 1 + (3e-7 if rerun == "rounding" else 1e-3)
+        (run / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     with pytest.raises(CollectConflict) as refused:
         collect(run, dest)
     message = str(refused.value)
-    if reproduced:
-        assert "a rerun that reproduces every recorded number, timings aside; --replace would lose the old timings, " \
-               "evaluation_epoch_2.json)" in message
+    if rerun in ("timings", "rounding"):
+        assert "a rerun that reproduces every recorded number to float32 rounding, timings aside; --replace would lose the " \
+               "old timings, evaluation_epoch_2.json)" in message
     else:
         assert "(another run, or a rerun that does not reproduce it)" in message and "timings aside" not in message
