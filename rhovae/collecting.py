@@ -7,8 +7,8 @@ the source's (a resumed run only appends), and a re-scoring file present in both
 else (another run, a rerun, a shorter run, a re-scoring redone differently) is refused before a file is copied,
 unless ``replace`` is asked for, which deletes those runs' copies first. Files only the copy has (a re-scoring of a
 run folder since lost) are kept. A refusal says whether the source is a rerun that reproduces every recorded number
-but the timings, up to float32 rounding (the training is deterministic on one kind of machine), and then what ``replace`` would lose: the
-old timings, and the re-scorings only the copy has.
+but the timings, up to float32 rounding (the training is deterministic on one kind of machine), and then what
+``replace`` would lose: the old timings, and the re-scorings only the copy has.
 """
 
 from __future__ import annotations

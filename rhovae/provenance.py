@@ -2,8 +2,9 @@
 
 Rounding differences between torch builds or processors grow through training like a change of seed, so two runs of
 one config on two installs can differ by more than the spread over seeds (a planar run retrained on another AMD EPYC
-scored 133 at its first milestone where the first machine's scored 187; diag reproduced to the last digit). Every summary.json, checkpoint and W&B run
-records this, and ``scripts/summarize.py`` says when the runs of one table differ in it.
+scored 133 at its first milestone where the first machine's scored 187; diag reproduced to the last digit). Every
+summary.json, checkpoint and W&B run records this, and ``scripts/summarize.py`` says when the runs of one table
+differ in it.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def provenance(device: torch.device) -> dict[str, Any]:
     return {
         **code_version(), "python": platform.python_version(), **{package: _version(package) for package in PACKAGES},
         "cpu": cpu_model(), "cpu_generation": cpu_generation(),
-        # the vector instructions torch's own kernels use (AVX512, AVX2, ...): its elementwise functions round
-        # differently under each, so a run reproduces bit for bit only where this and the generation match
+        # the vector instructions torch's kernels, and the code torch.compile generates, use (AVX512, AVX2, ...):
+        # they round differently, so expect a run to reproduce bit for bit only where this and the generation match
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),

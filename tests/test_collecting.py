@@ -111,7 +111,7 @@ def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_
         collect(run, dest)
     message = str(refused.value)
     if rerun in ("timings", "rounding"):
-        assert "a rerun that reproduces every recorded number to float32 rounding, timings aside; --replace would lose the " \
-               "old timings, evaluation_epoch_2.json)" in message
+        assert ("a rerun that reproduces every recorded number to float32 rounding, timings aside; --replace would lose "
+                "the old timings, evaluation_epoch_2.json)") in message
     else:
         assert "(another run, or a rerun that does not reproduce it)" in message and "timings aside" not in message
