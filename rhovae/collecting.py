@@ -79,9 +79,11 @@ def conflict(run: Path, copy: Path) -> str | None:
                 return f"its {kept.name} differs from {new}"
     if not broken:
         return None
-    name, new, _ = next((b for b in broken if not b[2]), broken[0])
-    if not all(same for *_, same in broken):
+    unreproduced = [(name, new) for name, new, same in broken if not same]
+    if unreproduced:
+        name, new = unreproduced[0]
         return f"its {name} is not the start of {new}'s (another run, or a rerun that does not reproduce it)"
+    name, new, _ = broken[0]
     lost = ["the old timings"] + [kept.name for pattern in RESCORINGS for kept in sorted(copy.glob(pattern))
                                   if not (run / kept.name).exists()]
     return (f"its {name} is not the start of {new}'s (a rerun that reproduces every recorded number to float32 "

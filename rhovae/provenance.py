@@ -76,12 +76,14 @@ def code_version() -> dict[str, Any]:
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """The code, libraries and machine of this process, as a flat JSON-able dict."""
+    cpuinfo = _cpuinfo()
+    cpu = cpu_model(cpuinfo)
     return {
         **code_version(), "python": platform.python_version(), **{package: _version(package) for package in PACKAGES},
-        "cpu": cpu_model(), "cpu_generation": cpu_generation(),
+        "cpu": cpu, "cpu_generation": cpu_generation(cpuinfo),
         # the vector instructions torch's kernels, and the code torch.compile generates, use (AVX512, AVX2, ...):
         # they round differently, so expect a run to reproduce bit for bit only where this and the generation match
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
     }
