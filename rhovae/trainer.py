@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import save_atomic
+from .compiled import checked_compile
 from .data import ImageData, n_train_batches, train_batches
 from .errors import RhovaeError
 from .config import ObjectiveConfig, RunConfig, TrainerConfig, as_dict
@@ -173,12 +174,13 @@ def _check_finite(loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, epo
 
 
 def training_loss(model: VAE, compile: bool) -> Callable[..., tuple[torch.Tensor, Any]]:
-    """``model.loss``, or with ``compile`` its ``torch.compile`` version. Inductor's own random numbers are switched
-    off (``fallback_random``), so a compiled run draws exactly what an eager one draws and resumes bit for bit.
-    Wrapping again each epoch is free: compiled code is cached on the method's code, guarded by the model."""
+    """``model.loss``, or with ``compile`` its ``torch.compile`` version, checked against eager on each epoch's first
+    batch (``rhovae.compiled``). Inductor's own random numbers are switched off (``fallback_random``), so a compiled
+    run draws exactly what an eager one draws and resumes bit for bit. Wrapping again each epoch costs one eager
+    batch: compiled code is cached on the method's code, guarded by the model."""
     if not compile:
         return model.loss
-    return torch.compile(model.loss, options={"fallback_random": True})
+    return checked_compile(model.loss)
 
 
 def train_one_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: ImageData, trainer: TrainerConfig,

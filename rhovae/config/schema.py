@@ -54,7 +54,8 @@ class TrainerConfig:
     threads: Optional[int] = key_field(None, resumable=True, factor=False)
     # the training step's loss (forward and backward) through torch.compile: one compilation of about 30 s per run,
     # then 1.1x (diag) to 1.4x (planar) faster steps on a CPU (scripts/bench.py); the same random draws as eager
-    # (inductor's fallback_random), rounding differs. Needs a C++ compiler on the CPU.
+    # (inductor's fallback_random), rounding differs; each epoch's first batch is checked against eager PyTorch
+    # (rhovae.compiled: a wrong kernel stops the run). Needs a C++ compiler on the CPU.
     compile: bool = key_field(False, resumable=True, factor=False)
     # subnormal floats (below 1.2e-38) flushed to zero (torch.set_flush_denormal: FTZ/DAZ on x86, flush on ARM).
     # Adam's first moment of a weight whose gradient is always zero (MNIST's blank border pixels, dead ReLU units)
