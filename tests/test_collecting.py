@@ -115,3 +115,42 @@ def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_
                 "the old timings, evaluation_epoch_2.json)") in message
     else:
         assert "(another run, or a rerun that does not reproduce it)" in message and "timings aside" not in message
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("rerun", ["shorter, timings differ", "rounding", "another seed", "a digit at epoch 3"])
+def test_compare_runs_checks_the_records_both_runs_hold(tmp_path, capsys, rerun):
+    """A rerun stopped earlier is compared on the epochs it has; rounding and timings are no difference, a digit
+    is, and the script names the first epoch and value where the runs part."""
+    run = write_run(tmp_path / "committed" / "mnist_diag_s0", epochs=6)
+    other = write_run(tmp_path / "rerun" / "mnist_diag_s0", epochs=4, timing=3.0,
+                      seed=1 if rerun == "another seed" else 0)
+    if rerun in ("rounding", "a digit at epoch 3"):
+        lines = (other / "metrics.jsonl").read_text().splitlines()
+        third = json.loads(lines[2])
+        third["val/elbo"] *= 1 + (3e-7 if rerun == "rounding" else 1e-3)
+        lines[2] = json.dumps(third)
+        (other / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    status = load_script("compare_runs").main([str(other), str(run)])
+    out = capsys.readouterr().out
+    if rerun in ("shorter, timings differ", "rounding"):
+        assert status == 0
+        assert "metrics.jsonl: the 4 records both hold agree" in out and "milestones.jsonl: the 2 records" in out
+    else:
+        assert status == 1
+        epoch = 1 if rerun == "another seed" else 3
+        assert f"metrics.jsonl: they part at epoch {epoch}: val/elbo " in out
+
+
+def test_compare_runs_refuses_folders_without_shared_records(tmp_path, capsys):
+    run = write_run(tmp_path / "a", epochs=2)
+    assert load_script("compare_runs").main([str(run), str(tmp_path / "missing")]) == 1
+    assert "share no records" in capsys.readouterr().err
