@@ -2,7 +2,9 @@
 files under results/.
 
 A table is the text between ``<!-- table: NAME FOLDER -->`` and ``<!-- end table -->``: ``TABLES[NAME]`` applied
-to the runs below ``FOLDER`` (relative to the repository; ``A+B`` for the runs of both folders). A figure is ``<!-- figure: NAME FOLDER -->`` ...
+to the runs below ``FOLDER`` (relative to the repository; ``A+B`` for the runs of both folders). A table in
+``PAIR_TABLES`` compares two sets of runs, ``FOLDERS~REFERENCE`` (each side a folder or ``A+B``): the runs left of
+``~`` against their counterparts right of it, seed by seed (tuned against untuned). A figure is ``<!-- figure: NAME FOLDER -->`` ...
 ``<!-- end figure -->``: ``FIGURES[NAME]`` draws a PNG into ``docs/figures/`` from the same runs, and the block holds
 the image link with its alt text and the SHA-1 of the numbers drawn, so that new numbers make the block (and the
 figure) stale. ``regenerate`` rewrites the blocks and says which changed; ``scripts/doc_tables.py`` is the command,
@@ -25,6 +27,7 @@ BLOCK = re.compile(r"(<!-- (?P<kind>table|figure): (?P<name>\S+) (?P<folder>\S+)
                    r"(<!-- end (?P=kind) -->)", re.S)
 FIGURE_FOLDER = Path("docs") / "figures"
 FOLDER_JOIN = "+"  # FOLDER may be several folders joined by it: their runs make one table (seeds run in two sweeps)
+AGAINST = "~"  # a pair table's FOLDER: the runs left of it against those right of it
 
 
 def _ais(runs: pd.DataFrame) -> str:
@@ -69,6 +72,15 @@ def _bdmc(runs: pd.DataFrame) -> str:
 def _platforms(runs: pd.DataFrame) -> str:
     return results.platform_table(runs).to_markdown(index=False, disable_numparse=True)
 
+
+def _between(runs: pd.DataFrame, reference: pd.DataFrame) -> str:
+    diffs = results.paired_between(runs, reference, "reference")
+    return results.display_differences(diffs).drop(columns="baseline", errors="ignore").to_markdown(index=False)
+
+
+PAIR_TABLES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], str]] = {
+    "between": _between,  # each method minus its counterpart in the reference runs, same dataset and seed
+}
 
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "ais": _ais,  # AIS beside the IW estimate on the same images, and both paired against diag
@@ -159,20 +171,27 @@ def regenerate(text: str, repo: Path, where: Path | None = None,
 
     changed = []
 
-    def replace(match: re.Match) -> str:
-        kind, name, folder = match["kind"], match["name"], match["folder"]
-        known = TABLES if kind == "table" else FIGURES
-        if name not in known:
-            raise RhovaeError(f"{kind} {name!r} is not known; accepted: {', '.join(known)}")
+    def load_side(folder: str, block: str) -> pd.DataFrame:
         parts = folder.split(FOLDER_JOIN)
         for part in parts:
             if not (repo / part).is_dir():
-                raise RhovaeError(f"{kind} {name} names {part}, which is not a folder of the repository")
+                raise RhovaeError(f"{block} names {part}, which is not a folder of the repository")
             if part not in loaded:
                 loaded[part] = results.load_runs(repo / part)
-        runs = results.sort_runs(pd.concat([loaded[part] for part in parts], ignore_index=True))
+        return results.sort_runs(pd.concat([loaded[part] for part in parts], ignore_index=True))
+
+    def replace(match: re.Match) -> str:
+        kind, name, folder = match["kind"], match["name"], match["folder"]
+        known = {**TABLES, **PAIR_TABLES} if kind == "table" else FIGURES
+        if name not in known:
+            raise RhovaeError(f"{kind} {name!r} is not known; accepted: {', '.join(known)}")
+        sides = folder.split(AGAINST)
+        if len(sides) != (2 if name in PAIR_TABLES else 1):
+            accepted = "FOLDER~REFERENCE" if name in PAIR_TABLES else "FOLDER or A+B, without ~"
+            raise RhovaeError(f"{kind} {name} names {folder!r}; accepted: {accepted}")
+        runs, *reference = [load_side(side, f"{kind} {name}") for side in sides]
         if kind == "table":
-            body = TABLES[name](runs) + "\n"
+            body = (PAIR_TABLES[name](runs, *reference) if reference else TABLES[name](runs)) + "\n"
         else:
             figure, data, alt = FIGURES[name](runs)
             digest = hashlib.sha1(data.to_csv(index=False).encode()).hexdigest()[:12]

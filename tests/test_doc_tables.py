@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import REPO
-from rhovae.doc_tables import TABLES, documents, orphan_figures, regenerate
+from rhovae.doc_tables import PAIR_TABLES, TABLES, documents, orphan_figures, regenerate
 from rhovae.errors import RhovaeError
 
 
@@ -41,7 +41,7 @@ def test_a_table_is_rewritten_from_its_results_and_bad_blocks_are_one_line(tmp_p
     assert changed == [f"ais {folder}"] and new.startswith("intro\n") and new.endswith("<!-- end table -->\noutro\n")
     assert "| mnist     | rho      |" in new and "| old |" not in new
     assert regenerate(new, REPO) == (new, [])  # generated once, stable
-    with pytest.raises(RhovaeError, match=r"^table 'nope' is not known; accepted: " + ", ".join(TABLES)):
+    with pytest.raises(RhovaeError, match=r"^table 'nope' is not known; accepted: " + ", ".join({**TABLES, **PAIR_TABLES})):
         regenerate(f"<!-- table: nope {folder} -->\n<!-- end table -->", REPO)
     with pytest.raises(RhovaeError, match=r"names results/none, which is not a folder"):
         regenerate("<!-- table: ais results/none -->\n<!-- end table -->", REPO)
@@ -61,6 +61,41 @@ def test_a_table_of_two_folders_pairs_their_runs_as_one_folder_would(tmp_path):
     assert joined.split("\n", 1)[1] == whole.split("\n", 1)[1] and "|   5 |" in joined
     with pytest.raises(RhovaeError, match=r"names results/c, which is not a folder"):
         regenerate("<!-- table: differences results/a+results/c -->\n<!-- end table -->", tmp_path)
+
+
+def test_a_pair_table_gives_each_runs_difference_from_its_counterpart_seed_by_seed(tmp_path):
+    """``between A~B``: the runs of A minus those of B with the same method and seed, as a paired t interval. B is a
+    copy of A whose NLLs are raised by known amounts per seed, so the table must show minus their mean and the t
+    interval of their spread, computed here with scipy; a method B lacks is left out."""
+    import json
+    import shutil
+
+    from scipy import stats
+
+    source = REPO / "results" / "paper_cpu_mnist_ais"
+    shifts = {0: 0.1, 1: 0.25, 2: 0.55}
+    for run in source.glob("*_mnist_[df]*_s[0-2]"):  # diag and fullcov, seeds 0-2
+        shutil.copytree(run, tmp_path / "results" / "a" / run.name)
+        if "fullcov" in run.name:
+            continue
+        shutil.copytree(run, tmp_path / "results" / "b" / run.name)
+        summary_path = tmp_path / "results" / "b" / run.name / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary["test/nll"] += shifts[int(run.name[-1])]
+        summary_path.write_text(json.dumps(summary))
+    table, changed = regenerate("<!-- table: between results/a~results/b -->\n<!-- end table -->", tmp_path)
+    assert changed == ["between results/a~results/b"]
+    values = [-v for v in shifts.values()]
+    half = stats.t.ppf(0.975, 2) * stats.tstd(values) / len(values) ** 0.5
+    mean = sum(values) / 3
+    nll_row = next(line for line in table.splitlines() if "| NLL" in line or "test NLL" in line)
+    assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in nll_row and "diag" in nll_row
+    assert "fullcov" not in table  # no counterpart in results/b
+    for folder in ("results/a", "results/a~results/b~results/a"):
+        with pytest.raises(RhovaeError, match=rf"^table between names '{folder}'; accepted: FOLDER~REFERENCE$"):
+            regenerate(f"<!-- table: between {folder} -->\n<!-- end table -->", tmp_path)
+    with pytest.raises(RhovaeError, match=r"^table differences names 'results/a~results/b'; accepted: FOLDER or A\+B"):
+        regenerate("<!-- table: differences results/a~results/b -->\n<!-- end table -->", tmp_path)
 
 
 @pytest.mark.slow  # draws a figure three times: seconds
