@@ -222,7 +222,9 @@ def paired_difference_strip(runs, metrics: Mapping[str, str], baseline: str = "d
     hides: which seeds carry a difference, and how far apart they are."""
     from scipy import stats
 
-    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    longest = max((len(str(m)) for m in runs["method"]), default=0)
+    upright = longest > 8  # tuned names ("iaf[flow_length=6]") would overlap side by side: turned, with room below
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6 + (0.08 * longest if upright else 0)), layout="constrained")
     for ax, (metric, label) in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics.items()):
         done = runs[(runs["status"] == "completed") & runs[metric].notna()] if metric in runs else runs.iloc[:0]
         methods = [m for m in dict.fromkeys(done["method"]) if m != baseline]
@@ -236,7 +238,7 @@ def paired_difference_strip(runs, metrics: Mapping[str, str], baseline: str = "d
                 half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
                 ax.errorbar([x + 0.1], [diff.mean()], yerr=[half], fmt="s", color="C0", capsize=4)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xticks(range(len(methods)), methods, rotation=90 if upright else 0)
         ax.set_ylabel(f"{label} minus {baseline} (nats)")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")

@@ -84,3 +84,19 @@ def test_budget_figure_title_fits_for_one_dataset():
     canvas.draw()
     box = fig._suptitle.get_window_extent(canvas.get_renderer())
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width and "K = 1000" in fig._suptitle.get_text()
+
+
+def test_paired_strip_tick_labels_do_not_overlap_with_tuned_method_names():
+    from rhovae.plots import paired_difference_strip
+
+    methods = ["diag", "fullcov", "iaf[flow_length=6]", "planar[flow_length=1]", "rho"]
+    runs = pd.DataFrame([{"status": "completed", "dataset": "mnist", "method": m, "seed": s,
+                          "test/nll": 92.0 + i * 0.3 + s * 0.1} for i, m in enumerate(methods) for s in range(3)])
+    fig = paired_difference_strip(runs, {"test/nll": "test NLL"})
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in labels] == methods[1:]
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(box.x0 >= 0 and box.y0 >= 0 for box in boxes)  # turned labels stay inside the figure
