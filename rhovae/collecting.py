@@ -33,10 +33,19 @@ class CollectConflict(RhovaeError):
     """A run's copy under the destination holds results that the source's files would replace."""
 
 
-def run_pairs(source: Path, dest: Path) -> list[tuple[Path, Path]]:
-    """(run folder, its copy's folder) for every run below ``source``."""
+def finished(run: Path) -> bool:
+    """Whether ``run`` has finished training and scoring: its summary.json says ``completed``."""
+    try:
+        return json.loads((run / "summary.json").read_text()).get("status") == "completed"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def run_pairs(source: Path, dest: Path, completed_only: bool = False) -> list[tuple[Path, Path]]:
+    """(run folder, its copy's folder) for every run below ``source`` (only the finished ones if
+    ``completed_only``)."""
     return [(run, dest / (run.relative_to(source) if run != source else Path(source.name)))
-            for run in find_runs(source)]
+            for run in find_runs(source) if not completed_only or finished(run)]
 
 
 def _agree(old: object, new: object) -> bool:
@@ -108,13 +117,14 @@ def conflict(run: Path, copy: Path) -> str | None:
             f"rounding, timings aside; --replace would lose {', '.join(lost)})")
 
 
-def collect(source: Path, dest: Path, replace: bool = False) -> list[Path]:
-    """Copy the result files of every run below ``source`` into ``dest``; return the copies.
+def collect(source: Path, dest: Path, replace: bool = False, completed_only: bool = False) -> list[Path]:
+    """Copy the result files of every run below ``source`` into ``dest``; return the copies. With
+    ``completed_only``, runs still training, stopped or failed are left out (a sweep collected as it goes).
 
     Raises CollectConflict, having copied nothing, when a copy under ``dest`` holds results the source does not
     continue; with ``replace`` such copies are deleted and written afresh instead.
     """
-    pairs = run_pairs(source, dest)
+    pairs = run_pairs(source, dest, completed_only)
     clashes = [(copy, why) for run, copy in pairs if copy.is_dir() and (why := conflict(run, copy))]
     if clashes and not replace:
         copy, why = clashes[0]

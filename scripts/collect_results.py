@@ -2,6 +2,7 @@
 
     python scripts/collect_results.py outputs/multirun/<sweep> results/<experiment>       # every run of a sweep
     python scripts/collect_results.py /runs/iwae_paper/mnist_fullcov_k1_s0 results/iwae_paper_posteriors
+    python scripts/collect_results.py --completed <sweep still running> results/<experiment>  # its finished runs
 
 Each run folder below SOURCE (itself included) is mirrored under DEST with its path relative to SOURCE (a single
 run keeps its own folder name): ``summary.json``, ``.hydra/*.yaml``, ``metrics.jsonl``, ``milestones.jsonl``,
@@ -31,18 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="a folder under results/")
     parser.add_argument("--replace", action="store_true",
                         help="replace the copies of runs that the source does not continue (another run, a rerun)")
+    parser.add_argument("--completed", action="store_true",
+                        help="only the runs whose summary.json says completed (a sweep collected while it runs)")
     args = parser.parse_args(argv)
     if not args.source.is_dir():
         print(f"error: {args.source} is not a folder", file=sys.stderr)
         return 1
     try:
-        copied = collect(args.source, args.dest, replace=args.replace)
+        copied = collect(args.source, args.dest, replace=args.replace, completed_only=args.completed)
     except RhovaeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not copied:
-        print(f"error: no run under {args.source}: expected folders holding summary.json or .hydra/config.yaml",
-              file=sys.stderr)
+        what = "completed run (summary.json with status completed)" if args.completed else \
+            "run: expected folders holding summary.json or .hydra/config.yaml"
+        print(f"error: no {what} under {args.source}", file=sys.stderr)
         return 1
     print(f"{len(copied)} files copied into {args.dest}")
     return 0

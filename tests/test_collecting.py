@@ -78,6 +78,39 @@ def test_replace_writes_the_refused_copies_afresh(tmp_path):
     assert not (copy / "gaps_epoch_2.json").exists()
 
 
+def test_completed_only_leaves_out_the_runs_still_training_until_they_finish(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = write_run(sweep / "0_mnist_diag_s0", epochs=4)
+    (done / "summary.json").write_text(json.dumps({"status": "completed", "epochs_trained": 4}))
+    running = write_run(sweep / "1_mnist_rho_s0", epochs=2)  # summary says interrupted
+    starting = sweep / "2_mnist_iaf_s0" / ".hydra"  # no epoch yet: a config and nothing else
+    starting.mkdir(parents=True)
+    (starting / "config.yaml").write_text("seed: 0\n")
+    dest = tmp_path / "results" / "x"
+    copied = collect(sweep, dest, completed_only=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["0_mnist_diag_s0"]
+    assert dest / "0_mnist_diag_s0" / "summary.json" in copied
+    (running / "summary.json").write_text(json.dumps({"status": "completed", "epochs_trained": 2}))
+    collect(sweep, dest, completed_only=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["0_mnist_diag_s0", "1_mnist_rho_s0"]
+    collect(sweep, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["0_mnist_diag_s0", "1_mnist_rho_s0", "2_mnist_iaf_s0"]
+
+
+def test_the_script_with_completed_and_no_finished_run_says_so(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "collect_results", Path(__file__).resolve().parent.parent / "scripts" / "collect_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
+    dest = tmp_path / "results" / "x"
+    assert script.main(["--completed", str(run), str(dest)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no completed run") and "\n" not in err and not dest.exists()
+
+
 def test_the_script_says_it_in_one_line_and_exits_1(tmp_path, capsys):
     import importlib.util
 
