@@ -26,6 +26,17 @@ def write_run(run: Path, epochs: int, seed: int = 0, timing: float = 9.0) -> Pat
     return run
 
 
+def collect_script():
+    """scripts/collect_results.py as a module, so that its main() runs in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "collect_results", Path(__file__).resolve().parent.parent / "scripts" / "collect_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_a_copy_follows_its_run_as_it_trains_on_and_keeps_what_only_the_copy_has(tmp_path):
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
     dest = tmp_path / "results" / "x"
@@ -98,12 +109,7 @@ def test_completed_only_leaves_out_the_runs_still_training_until_they_finish(tmp
 
 
 def test_the_script_with_completed_and_no_finished_run_says_so(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "collect_results", Path(__file__).resolve().parent.parent / "scripts" / "collect_results.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = collect_script()
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
     dest = tmp_path / "results" / "x"
     assert script.main(["--completed", str(run), str(dest)]) == 1
@@ -112,12 +118,7 @@ def test_the_script_with_completed_and_no_finished_run_says_so(tmp_path, capsys)
 
 
 def test_the_script_says_it_in_one_line_and_exits_1(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "collect_results", Path(__file__).resolve().parent.parent / "scripts" / "collect_results.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = collect_script()
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
     dest = tmp_path / "results" / "x"
     assert script.main([str(run), str(dest)]) == 0
