@@ -26,12 +26,11 @@ def write_run(run: Path, epochs: int, seed: int = 0, timing: float = 9.0) -> Pat
     return run
 
 
-def collect_script():
-    """scripts/collect_results.py as a module, so that its main() runs in this process."""
+def load_script(name: str):
+    """scripts/<name>.py as a module, so that its main() runs in this process."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "collect_results", Path(__file__).resolve().parent.parent / "scripts" / "collect_results.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -109,7 +108,7 @@ def test_completed_only_leaves_out_the_runs_still_training_until_they_finish(tmp
 
 
 def test_the_script_with_completed_and_no_finished_run_says_so(tmp_path, capsys):
-    script = collect_script()
+    script = load_script("collect_results")
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
     dest = tmp_path / "results" / "x"
     assert script.main(["--completed", str(run), str(dest)]) == 1
@@ -118,7 +117,7 @@ def test_the_script_with_completed_and_no_finished_run_says_so(tmp_path, capsys)
 
 
 def test_the_script_says_it_in_one_line_and_exits_1(tmp_path, capsys):
-    script = collect_script()
+    script = load_script("collect_results")
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
     dest = tmp_path / "results" / "x"
     assert script.main([str(run), str(dest)]) == 0
@@ -149,15 +148,6 @@ def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_
                 "the old timings, evaluation_epoch_2.json)") in message
     else:
         assert "(another run, or a rerun that does not reproduce it)" in message and "timings aside" not in message
-
-
-def load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 @pytest.mark.parametrize("rerun", ["shorter, timings differ", "rounding", "another seed", "a digit at epoch 3"])
