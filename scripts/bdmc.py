@@ -20,12 +20,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from rhovae.ais import bdmc
-from rhovae.build import trained_config, trained_model
-from rhovae.errors import RhovaeError
-from rhovae.posteriors import posterior_label
-from rhovae.rescoring import rescoring_path, unclaimed
-from rhovae.tracking import write_json_atomic
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rhovae, not another copy pip installed
+
+from rhovae.ais import bdmc  # noqa: E402
+from rhovae.build import trained_config, trained_model  # noqa: E402
+from rhovae.errors import RhovaeError  # noqa: E402
+from rhovae.posteriors import posterior_label  # noqa: E402
+from rhovae.rescoring import rescoring_path, unclaimed  # noqa: E402
+from rhovae.tracking import write_json_atomic  # noqa: E402
 
 
 def run_bdmc(run_dir: Path, overrides: list[str], checkpoint: str = "best") -> tuple[Path, dict]:

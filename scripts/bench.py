@@ -62,18 +62,21 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from rhovae.ais import HmcSettings, anneal, annealing, beta_schedule, vae_path
-from rhovae.config import TrainerConfig, load_config, resolve_device
-from rhovae.config.checks import check_bfloat16
-from rhovae.errors import ConfigError
-from rhovae.data import ImageData, load_image_data, train_batches
-from rhovae.evaluation import importance_weighted_log_likelihood
-from rhovae.build import build_vae, set_process_mode
-from rhovae.idx import write_dataset
-from rhovae.information import information
-from rhovae.posteriors import AR1Normal, POSTERIORS
-from rhovae.trainer import make_optimizer, training_loss
-from rhovae.vae import VAE, bernoulli_log_likelihood, written_out_softplus
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rhovae, not another copy pip installed
+
+from rhovae.ais import HmcSettings, anneal, annealing, beta_schedule, vae_path  # noqa: E402
+from rhovae.config import TrainerConfig, load_config, resolve_device  # noqa: E402
+from rhovae.config.checks import check_bfloat16  # noqa: E402
+from rhovae.errors import ConfigError  # noqa: E402
+from rhovae.data import ImageData, load_image_data, train_batches  # noqa: E402
+from rhovae.evaluation import importance_weighted_log_likelihood  # noqa: E402
+from rhovae.build import build_vae, set_process_mode  # noqa: E402
+from rhovae.idx import write_dataset  # noqa: E402
+from rhovae.information import information  # noqa: E402
+from rhovae.posteriors import AR1Normal, POSTERIORS  # noqa: E402
+from rhovae.trainer import make_optimizer, training_loss  # noqa: E402
+from rhovae.vae import VAE, bernoulli_log_likelihood, written_out_softplus  # noqa: E402
 
 EPOCH_IMAGES = 60_000
 

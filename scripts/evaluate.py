@@ -32,13 +32,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from rhovae.ais import ais_metrics
-from rhovae.errors import RhovaeError
-from rhovae.evaluation import evaluate_test_set
-from rhovae.build import trained_config, trained_model
-from rhovae.posteriors import posterior_label
-from rhovae.rescoring import rescoring_path, unclaimed
-from rhovae.tracking import write_json_atomic
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rhovae, not another copy pip installed
+
+from rhovae.ais import ais_metrics  # noqa: E402
+from rhovae.errors import RhovaeError  # noqa: E402
+from rhovae.evaluation import evaluate_test_set  # noqa: E402
+from rhovae.build import trained_config, trained_model  # noqa: E402
+from rhovae.posteriors import posterior_label  # noqa: E402
+from rhovae.rescoring import rescoring_path, unclaimed  # noqa: E402
+from rhovae.tracking import write_json_atomic  # noqa: E402
 
 ESTIMATORS = ("iw", "ais")  # the run's own test evaluation (importance-weighted NLL), or annealed importance sampling
 

@@ -21,8 +21,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from rhovae.errors import RhovaeError
-from rhovae.build import gaps_paths, load_trained_run, write_gaps
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rhovae, not another copy pip installed
+
+from rhovae.errors import RhovaeError  # noqa: E402
+from rhovae.build import gaps_paths, load_trained_run, write_gaps  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

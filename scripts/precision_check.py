@@ -17,9 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from rhovae.build import load_trained_run
-from rhovae.errors import RhovaeError
-from rhovae.evaluation import importance_weighted_estimates
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rhovae, not another copy pip installed
+
+from rhovae.build import load_trained_run  # noqa: E402
+from rhovae.errors import RhovaeError  # noqa: E402
+from rhovae.evaluation import importance_weighted_estimates  # noqa: E402
 
 
 def paired_check(run_dir: Path, images: int, samples: int) -> dict:

@@ -37,8 +37,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from rhovae import results
-from rhovae.plots import budget_curves, gap_bars, likelihood_comparison, save_figure
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's rhovae, not another copy pip installed
+
+from rhovae import results  # noqa: E402
+from rhovae.plots import budget_curves, gap_bars, likelihood_comparison, save_figure  # noqa: E402
 
 
 def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: bool = False,

@@ -1,12 +1,17 @@
 """The package's import graph, read from the source with ``ast``: no module imports another that imports it back, and
-the model side never imports the configuration package (which collects the model side's registries)."""
+the model side never imports the configuration package (which collects the model side's registries). And every
+command (train.py, scripts/*.py) runs the rhovae of the checkout it lives in, not another copy on the path."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-from helpers import REPO
+import pytest
+
+from helpers import REPO, subprocess_env
 
 PACKAGE = REPO / "rhovae"
 # the modules whose components are config options: they register in a rhovae.registry.Registry, and the config
@@ -111,3 +116,21 @@ def test_the_model_side_never_imports_the_configuration_package():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+COMMANDS = [REPO / "train.py", *sorted((REPO / "scripts").glob("*.py"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda p: p.name)
+def test_every_command_runs_its_own_checkouts_package(command, tmp_path):
+    """A decoy ``rhovae`` first on PYTHONPATH (another clone, or a stale install) must not be what a command imports:
+    with two clones, a script would otherwise run the other clone's code without a word."""
+    decoy = tmp_path / "rhovae"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text('raise ImportError("the decoy rhovae was imported")\n')
+    env = {**subprocess_env(), "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(command), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "decoy" not in proc.stderr
