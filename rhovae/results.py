@@ -415,7 +415,8 @@ def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd
     """``milestones.jsonl`` of every run that has one, finished or still training (a budget curve grows while its
     runs do), one row per milestone epoch, with the run's group keys (by default those that vary among all the runs,
     unfinished ones included), seed and status, ``group``: the method with the other keys' values
-    (``diag objective.iw_samples=5``), what a budget curve is drawn per, the training time up to that epoch
+    (``diag objective.iw_samples=5``; ``factors``: those values alone), what a budget curve is drawn per, the
+    training time up to that epoch
     (``train_hours``, ``epoch_s`` its mean per epoch; evaluations not counted) and what was measured on the
     milestone's model since (``milestone_rescorings``)."""
     keys = list(keys or group_keys(runs, include_unfinished=True))
@@ -424,14 +425,16 @@ def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd
         path = Path(run["run_dir"]) / "milestones.jsonl" if run.get("run_dir") else None
         if path is not None and path.is_file() and path.stat().st_size:
             rows = pd.read_json(path, lines=True)
-            group = " ".join([str(run["method"]), *(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys
-                                                    if k not in ("dataset", "method"))])
+            factors = " ".join(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys
+                               if k not in ("dataset", "method"))
+            group = f"{run['method']} {factors}".strip()
             extra = pd.DataFrame([{**spent, **milestone_rescorings(path.parent, epoch)} for epoch, spent in
                                   zip(rows["epoch"], training_time(path.parent, rows["epoch"]))], index=rows.index)
             frames.append(pd.concat([rows, extra], axis=1).assign(
-                **{k: run[k] for k in keys}, group=group, seed=run["seed"], run=run["run"], status=run["status"]))
+                **{k: run[k] for k in keys}, group=group, factors=factors, seed=run["seed"], run=run["run"],
+                status=run["status"]))
     return (pd.concat(frames, ignore_index=True) if frames
-            else pd.DataFrame(columns=[*keys, "group", "seed", "run", "epoch"]))
+            else pd.DataFrame(columns=[*keys, "group", "factors", "seed", "run", "epoch"]))
 
 
 def training_time(run: Path, epochs: Iterable[int]) -> list[dict[str, float]]:
@@ -461,7 +464,7 @@ def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataF
 def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epoch: int = 0) -> pd.DataFrame:
     """One row per milestone epoch (from ``from_epoch`` on) and (dataset, group) of ``load_milestones``' output:
     seeds, the milestone NLL (mean ± sd over seeds) and its paired difference from ``baseline`` on the same dataset,
-    epoch and seed (95% t interval where there are several seeds), then, where measured on the milestone's model,
+    epoch, seed and other factors (95% t interval where there are several seeds), then, where measured on the milestone's model,
     the whole test set's NLL, AIS with the IW estimate's excess over it, and the inference gaps; training seconds
     per epoch and hours to that epoch. Columns nothing was measured for are left out."""
     rows = []
@@ -473,12 +476,16 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
         row = {"epoch": epoch, **where, "seeds": len(group),
                f"NLL ({images:,} images, K = {samples})": _mean_sd(group["test/nll"].mean(), group["test/nll"].std(),
                                                                    2, "±")}
+        # the baseline trained the same way: the same values of every other key the runs vary (factors)
+        factors = group["factors"].iloc[0] if "factors" in group else ""
         reference = scored[(scored["epoch"] == epoch) & (scored["method"] == baseline)
                            & (scored["dataset"] == where.get("dataset"))]
+        if "factors" in scored:
+            reference = reference[reference["factors"] == factors]
         if (group["method"] == baseline).all():
             row[f"vs {baseline}"] = "baseline"
         elif reference.empty:
-            row[f"vs {baseline}"] = f"no {baseline} run at this epoch"
+            row[f"vs {baseline}"] = f"no {baseline} run{' with ' + factors if factors else ''} at this epoch"
         else:
             row[f"vs {baseline}"] = difference_text(seed_differences(group, reference, "test/nll"))
         for metric, title in (("whole/nll", "NLL (whole test set, K = {})"), ("ais/nll", "AIS NLL ({} images)"),

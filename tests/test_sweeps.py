@@ -600,6 +600,28 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
     assert list(gaps["gaps/approximation_gap mean"]) == [3.0, 2.0] and list(gaps["gaps/approximation_gap sd"]) == [1.0, 1.0]
 
 
+def test_the_protocol_table_pairs_a_stage_only_with_diag_trained_the_same_way(tmp_path):
+    """A key some runs change (a KL warm-up): each posterior is paired with the diag run at the same value of it,
+    never with diag at another, and a stage without such a diag run says so instead of pairing across recipes."""
+    nll = {("diag", 0): 90.0, ("iaf", 0): 93.0, ("diag", 10): 90.2, ("iaf", 10): 90.7}
+    for (method, warmup), value in nll.items():
+        run = tmp_path / f"{method}_w{warmup}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(json.dumps(
+            {"seed": 0, "posterior": {"name": method}, "dataset": {"name": "mnist"},
+             "trainer": {"kl_warmup_epochs": warmup}}))
+        epochs = (121, 364) if (method, warmup) != ("diag", 10) else (121,)
+        (run / "milestones.jsonl").write_text("".join(json.dumps(
+            {"epoch": e, "n_images": 2000, "test/iw_samples": 1000, "test/nll": value - (e == 364)}) + "\n"
+            for e in epochs))
+    table = results.milestone_table(results.load_milestones(results.load_runs(tmp_path)), from_epoch=121)
+    vs = dict(zip(zip(table["epoch"], table["group"]), table["vs diag"]))
+    assert vs[(121, "iaf trainer.kl_warmup_epochs=0")] == "+3.00 (1)"
+    assert vs[(121, "iaf trainer.kl_warmup_epochs=10")] == "+0.50 (1)"
+    assert vs[(364, "iaf trainer.kl_warmup_epochs=0")] == "+3.00 (1)"
+    assert vs[(364, "iaf trainer.kl_warmup_epochs=10")] == "no diag run with trainer.kl_warmup_epochs=10 at this epoch"
+
+
 @pytest.mark.slow  # three real joblib sweeps of three tiny jobs
 def test_ctrl_c_stops_a_joblib_sweep_cleanly_and_resume_continues_every_job_bit_for_bit(data_root, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group: the sweep and its workers) while two of three jobs train:
