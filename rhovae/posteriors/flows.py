@@ -19,7 +19,8 @@ repairs ``fullcov`` (its ``off_diagonal_gradient``). planar and IAF default to 0
 gradient cost them 1 to 2 nats of test NLL, 3 seeds each (docs/results.md, "Do the flows suffer from it too?";
 ``posterior.step_gradient=1`` reproduces the earlier numbers). The best value depends on the budget: at the IWAE
 paper's protocol (batch 20, tanh, d = 50) planar needs the full gradient (1 puts it level with diag at epoch 121 over
-three seeds, 0 leaves it 3 nats behind; results/iwae_paper_posteriors), while IAF lags by 2.4 to 2.9 with either.
+three seeds, 0 leaves it 3 nats behind; results/iwae_paper_posteriors), while IAF lags by 2.4 to 3.6 with either
+unless the KL weight is warmed up over the first epochs (``trainer.kl_warmup_epochs``), which makes it level.
 The other flows keep 1, as nobody has measured them.
 """
 
