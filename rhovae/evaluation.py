@@ -9,7 +9,8 @@
 * ``posterior_diagnostics``: active units (latent dimensions whose Cov_x(E_q[z|x]) exceeds a threshold;
   for Monte Carlo means the estimator's own variance is subtracted, so sampling noise does not count as
   activity), the mean and spread of each posterior's own statistics (rho and log s for ``rho``), and the
-  information diagnostics of ``rhovae.information`` (I(x; z), marginal KL, KL per dimension).
+  information diagnostics of ``rhovae.information`` (I(x; z), marginal KL, KL per dimension);
+  ``active_units`` the first alone.
 
 Every evaluation draws its samples from its own seeded random stream (``EvalSettings.seed``), so the
 numbers do not depend on how far training advanced the global generator, a re-scored run reproduces them,
@@ -191,6 +192,26 @@ def importance_metrics(estimates: ImportanceEstimates, n_samples: int) -> dict[s
             "pareto_k_above_0_7": (estimates.k_hat > UNRELIABLE).double().mean().item()}
 
 
+def _activity(means: list[torch.Tensor], noise: list[torch.Tensor]) -> torch.Tensor:
+    """Cov_x(E_q[z|x]) per latent dimension from per-batch means and the variance of each mean's estimate: the
+    covariance of Monte Carlo means is Cov_x(E_q[z|x]) + E_x[Var of the estimate], so the second term is removed."""
+    return torch.cat(means).var(dim=0) - torch.cat(noise).mean(dim=0)
+
+
+def active_units(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
+                 mean_samples: int = 100, threshold: float = 0.01) -> int:
+    """The active units of ``posterior_diagnostics`` alone (no statistics, no information diagnostics): cheap
+    enough for every milestone, where a posterior that stops using its latents shows first."""
+    means, noise = [], []
+    with evaluating(model, eval_seed, images.device):
+        for x in eval_batches(images, batch_size):
+            q = model.posterior.distribution(model.posterior.local_parameters(model.encoder(x)))
+            mean, mean_variance = model.posterior.mean(q, mean_samples)
+            means.append(mean)
+            noise.append(mean_variance)
+    return int((_activity(means, noise) > threshold).sum())
+
+
 def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int = 1000, eval_seed: int = 0,
                           mean_samples: int = 100, threshold: float = 0.01,
                           information_images: int | None = None) -> tuple[dict[str, float], torch.Tensor]:
@@ -208,10 +229,8 @@ def posterior_diagnostics(model: VAE, images: torch.Tensor, *, batch_size: int =
             for name, value in model.posterior.statistics(q).items():
                 stats[name].append(value)
         info = information(model, torch.cat(params), chunk=batch_size, outer=information_images)
+    result: dict[str, float] = {"active_units": int((_activity(means, noise) > threshold).sum())}
     means = torch.cat(means)
-    # Cov_x of Monte Carlo means = Cov_x(E_q[z|x]) + E_x[Var of the estimate]: remove the second term
-    activity = means.var(dim=0) - torch.cat(noise).mean(dim=0)
-    result: dict[str, float] = {"active_units": int((activity > threshold).sum())}
     for name, values in stats.items():
         values = torch.cat(values).double()
         result[f"{name}_mean"], result[f"{name}_std"] = values.mean().item(), values.std().item()

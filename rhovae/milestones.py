@@ -2,7 +2,7 @@
 
 With ``trainer.milestones=[10,20,50,100]`` the training loop stops at the end of each of those epochs, saves that
 epoch's checkpoint to ``checkpoints/epoch_<N>.pt`` and scores the model of that epoch (not the best one so far) on
-the first ``eval.milestone_images`` test images: test ELBO, importance-weighted NLL with
+the first ``eval.milestone_images`` test images: test ELBO, active units, importance-weighted NLL with
 K = ``eval.milestone_iw_samples``, its K / 10 estimate, ESS and the Pareto k-hat (``rhovae.evaluation``). One row
 per milestone goes into ``milestones.jsonl``; ``n_images`` in the row says it is a subset. The final test evaluation
 of the run still scores the whole test set. Every evaluation draws from its own seeded stream, so milestones never
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import save_atomic
-from .evaluation import evaluate_elbo, importance_metrics, importance_weighted_estimates
+from .evaluation import active_units, evaluate_elbo, importance_metrics, importance_weighted_estimates
 from .tracking import append_jsonl, read_jsonl
 from .trainer import TrainingRun
 
@@ -48,6 +48,8 @@ def evaluate_milestone(run: TrainingRun) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch, "n_images": len(images)}
     row.update({f"test/{k}": v for k, v in evaluate_elbo(run.model, images, batch_size=settings.batch_size,
                                                          eval_seed=settings.seed).items()})
+    row["test/active_units"] = active_units(run.model, images, batch_size=settings.batch_size, eval_seed=settings.seed,
+                                            mean_samples=settings.mean_samples, threshold=settings.active_threshold)
     if settings.milestone_iw_samples > 0:
         estimates = importance_weighted_estimates(run.model, images, n_samples=settings.milestone_iw_samples,
                                                   chunk=settings.iw_chunk, batch_size=settings.iw_batch_size,

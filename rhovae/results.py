@@ -464,7 +464,8 @@ def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataF
 def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epoch: int = 0) -> pd.DataFrame:
     """One row per milestone epoch (from ``from_epoch`` on) and (dataset, group) of ``load_milestones``' output:
     seeds, the milestone NLL (mean ± sd over seeds) and its paired difference from ``baseline`` on the same dataset,
-    epoch, seed and other factors (95% t interval where there are several seeds), then, where measured on the milestone's model,
+    epoch, seed and other factors (95% t interval where there are several seeds), the milestone's active units (where
+    recorded), then, where measured on the milestone's model,
     the whole test set's NLL, AIS with the IW estimate's excess over it, and the inference gaps; training seconds
     per epoch and hours to that epoch. Columns nothing was measured for are left out."""
     rows = []
@@ -488,14 +489,15 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
             row[f"vs {baseline}"] = f"no {baseline} run{' with ' + factors if factors else ''} at this epoch"
         else:
             row[f"vs {baseline}"] = difference_text(seed_differences(group, reference, "test/nll"))
-        for metric, title in (("whole/nll", "NLL (whole test set, K = {})"), ("ais/nll", "AIS NLL ({} images)"),
-                              ("ais/iw_minus_ais", "IW - AIS"), ("gaps/approximation_gap", "approximation gap"),
+        for metric, title in (("test/active_units", "active units"), ("whole/nll", "NLL (whole test set, K = {})"),
+                              ("ais/nll", "AIS NLL ({} images)"), ("ais/iw_minus_ais", "IW - AIS"),
+                              ("gaps/approximation_gap", "approximation gap"),
                               ("gaps/amortization_gap", "amortization gap")):
             if metric in group and group[metric].notna().any():
                 size = {"whole/nll": "whole/iw_samples", "ais/nll": "ais/n_images"}.get(metric)
                 label = title.format(int(group[size].dropna().iloc[0])) if size else title
                 values = group[metric].dropna()
-                row[label] = _mean_sd(values.mean(), values.std(), 2, "±") + (
+                row[label] = _mean_sd(values.mean(), values.std(), 0 if metric == "test/active_units" else 2, "±") + (
                     "" if len(values) == len(group) else f" ({len(values)} seed{'s' if len(values) > 1 else ''})")
         if "train_hours" in group:
             row["s/epoch"] = f"{group['epoch_s'].mean():.1f}"

@@ -18,7 +18,7 @@ from helpers import (FLOW_NAMES, POSTERIOR_NAMES, REPO, TINY_OVERRIDES, compose,
 from helpers.models import P, exact_log_px, fit_posterior, tiny_vae
 from rhovae.checkpoint import load_checkpoint
 from rhovae.errors import ConfigError
-from rhovae.evaluation import (evaluate_elbo, importance_metrics, importance_weighted_estimates,
+from rhovae.evaluation import (active_units, evaluate_elbo, importance_metrics, importance_weighted_estimates,
                                importance_weighted_log_likelihood, log_weight_summary, posterior_diagnostics)
 from rhovae.pareto import tail_length
 from rhovae.config import load_config
@@ -248,6 +248,7 @@ def test_active_units_count_dimensions_whose_posterior_mean_varies():
     result, means = posterior_diagnostics(model, images, batch_size=500)
     # Var(u) = 1/12 for u ~ U[0, 1]: dims 0 and 1 vary (0.083, 0.021), dim 2 barely (0.0002), dim 3 not at all
     assert result["active_units"] == 2
+    assert active_units(model, images, batch_size=500) == 2  # the count a milestone records, on its own
     torch.testing.assert_close(means, post(images.float() / 255).mean.detach())
 
 
@@ -267,6 +268,7 @@ def test_monte_carlo_noise_of_flow_means_does_not_count_as_activity(name):
     result, means = posterior_diagnostics(model, images, batch_size=1000, mean_samples=10)
     assert means.var(dim=0).min() > 0.01  # the raw Monte Carlo means do scatter above the 0.01 threshold ...
     assert result["active_units"] == 0  # ... which the estimator's variance accounts for
+    assert active_units(model, images, batch_size=1000, mean_samples=10) == 0
 
 
 def test_rho_statistics_are_reported_over_the_set():

@@ -552,9 +552,12 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
             (run / ".hydra").mkdir(parents=True)
             (run / ".hydra" / "config.yaml").write_text(json.dumps(
                 {"seed": seed, "posterior": {"name": method}, "dataset": {"name": "mnist"}}))
+            # active units recorded by fullcov's seeds 0 and 1 at epoch 364 only (milestones written before they were)
+            units = {"test/active_units": 20 + 2 * seed} if (method, seed) in (("fullcov", 0), ("fullcov", 1)) else {}
             (run / "milestones.jsonl").write_text("".join(
                 json.dumps({"epoch": e, "n_images": 2000, "test/iw_samples": 1000,
-                            "test/nll": nll[(method, e)][seed] if e > 40 else 95.0}) + "\n" for e in (40, 121, 364)))
+                            "test/nll": nll[(method, e)][seed] if e > 40 else 95.0, **(units if e == 364 else {})})
+                + "\n" for e in (40, 121, 364)))
             # 10 s per epoch to 364, epoch 200 written twice (interrupted, then resumed): the resumed one counts
             epochs = [{"epoch": e, "epoch_s": 10.0} for e in range(1, 365)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
@@ -588,6 +591,7 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
     assert fullcov_364["NLL (whole test set, K = 5000)"] == "86.90 (1 seed)"
     assert fullcov_364["AIS NLL (500 images)"] == "87.00 ± 1.00" and fullcov_364["IW - AIS"] == "0.80 ± 0.00"
     assert fullcov_364["approximation gap"] == "2.00 ± 1.00" and table.iloc[2]["approximation gap"] == "3.00 ± 1.00"
+    assert fullcov_364["active units"] == "21 ± 1 (2 seeds)" and fullcov_121["active units"] == "not measured"
     assert fullcov_121["AIS NLL (500 images)"] == "not measured"
     assert table.iloc[3]["hours"] == f"{(363 * 10 + 370) / 3600:.1f}"
     without_diag_364 = results.milestone_table(milestones[(milestones["epoch"] < 364) | (milestones["method"] != "diag")],

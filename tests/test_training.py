@@ -13,7 +13,7 @@ import torch
 
 from helpers import POSTERIOR_CHOICES, POSTERIOR_NAMES, TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
-from rhovae.evaluation import evaluate_elbo
+from rhovae.evaluation import evaluate_elbo, posterior_diagnostics
 from rhovae.provenance import cpu_generation, cpu_model
 from rhovae.config import load_config, validate_config
 from rhovae.errors import ConfigError
@@ -217,9 +217,11 @@ def _without_timings(rows):
 
 
 def test_milestones_score_the_model_of_that_epoch_without_changing_training(data_root, tmp_path):
-    plain = run_experiment(tiny_cfg(data_root, "trainer.epochs=3"), tmp_path / "plain")
-    marked = run_experiment(tiny_cfg(data_root, "trainer.epochs=3", "trainer.milestones=[1,3]",
-                                     "eval.milestone_images=30", "eval.milestone_iw_samples=25"), tmp_path / "marked")
+    # a threshold low enough that a three-epoch model has some active units and some not
+    common = ["trainer.epochs=3", "eval.active_threshold=1e-3"]
+    plain = run_experiment(tiny_cfg(data_root, *common), tmp_path / "plain")
+    marked = run_experiment(tiny_cfg(data_root, *common, "trainer.milestones=[1,3]", "eval.milestone_images=30",
+                                     "eval.milestone_iw_samples=25"), tmp_path / "marked")
     assert _without_timings(read_jsonl(tmp_path / "plain" / "metrics.jsonl")) == _without_timings(
         read_jsonl(tmp_path / "marked" / "metrics.jsonl"))
     assert {k: v for k, v in plain.items() if k.startswith("test/") and not k.endswith("_s")} == {
@@ -235,6 +237,10 @@ def test_milestones_score_the_model_of_that_epoch_without_changing_training(data
     model.load_state_dict(ckpt["model"])
     again = evaluate_elbo(model, data.test[:30], batch_size=config.eval.batch_size, eval_seed=0)
     assert rows[0]["test/elbo"] == pytest.approx(again["elbo"], abs=1e-9)  # the epoch-1 model, not the last one
+    diagnostics, _ = posterior_diagnostics(model, data.test[:30], batch_size=config.eval.batch_size, eval_seed=0,
+                                           mean_samples=config.eval.mean_samples,
+                                           threshold=config.eval.active_threshold)
+    assert 0 < rows[0]["test/active_units"] == diagnostics["active_units"] < 4  # of the 4 latents
     assert rows[0]["test/elbo"] != rows[1]["test/elbo"]
     assert rows[1]["test/nll"] <= -rows[1]["test/elbo"] + 5
 
