@@ -507,7 +507,10 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
     if table.empty:
         return table
     timing = [c for c in ("s/epoch", "hours") if c in table]
-    return table[[c for c in table if c not in timing] + timing].fillna("not measured")
+    columns = [c for c in table if c not in timing and c != "active units"]
+    if "active units" in table:  # beside the milestone's own NLL, which it was measured with
+        columns.insert(columns.index(f"vs {baseline}") + 1, "active units")
+    return table[columns + timing].fillna("not measured")
 
 
 def stage_gaps(milestones: pd.DataFrame) -> pd.DataFrame:

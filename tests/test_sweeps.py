@@ -592,6 +592,7 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
     assert fullcov_364["AIS NLL (500 images)"] == "87.00 ± 1.00" and fullcov_364["IW - AIS"] == "0.80 ± 0.00"
     assert fullcov_364["approximation gap"] == "2.00 ± 1.00" and table.iloc[2]["approximation gap"] == "3.00 ± 1.00"
     assert fullcov_364["active units"] == "21 ± 1 (2 seeds)" and fullcov_121["active units"] == "not measured"
+    assert list(table.columns[4:7]) == ["NLL (2,000 images, K = 1000)", "vs diag", "active units"]
     assert fullcov_121["AIS NLL (500 images)"] == "not measured"
     assert table.iloc[3]["hours"] == f"{(363 * 10 + 370) / 3600:.1f}"
     without_diag_364 = results.milestone_table(milestones[(milestones["epoch"] < 364) | (milestones["method"] != "diag")],
