@@ -478,11 +478,9 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
                f"NLL ({images:,} images, K = {samples})": _mean_sd(group["test/nll"].mean(), group["test/nll"].std(),
                                                                    2, "±")}
         # the baseline trained the same way: the same values of every other key the runs vary (factors)
-        factors = group["factors"].iloc[0] if "factors" in group else ""
+        factors = group["factors"].iloc[0]
         reference = scored[(scored["epoch"] == epoch) & (scored["method"] == baseline)
-                           & (scored["dataset"] == where.get("dataset"))]
-        if "factors" in scored:
-            reference = reference[reference["factors"] == factors]
+                           & (scored["dataset"] == where.get("dataset")) & (scored["factors"] == factors)]
         if (group["method"] == baseline).all():
             row[f"vs {baseline}"] = "baseline"
         elif reference.empty:
