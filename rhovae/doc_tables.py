@@ -111,7 +111,8 @@ def _milestones_figure(runs: pd.DataFrame):
     drawn = milestones[[c for c in ("dataset", "group", "seed", "epoch", "test/nll", "n_images", "test/iw_samples")
                         if c in milestones]]
     return budget_curves(milestones), drawn, (
-        "Test NLL of each posterior's model at every milestone epoch (log scale), first 2,000 test images")
+        "Test NLL of each posterior's model at every milestone epoch (log scale), first 2,000 test images, and beside "
+        "it each posterior minus diag trained the same way on the same seed")
 
 
 def _gaps_figure(runs: pd.DataFrame):

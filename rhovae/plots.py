@@ -11,10 +11,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid, save_image
+
+from .results import milestone_differences
 
 ZOOM = 2  # image grids show each pixel as ZOOM x ZOOM, so a 28 x 28 digit is readable on a slide
 PADDING = 4
@@ -171,28 +175,73 @@ def gap_bars(table) -> Figure:
     return fig
 
 
-def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (nats)") -> Figure:
-    """``metric`` at each milestone epoch per method (mean over seeds, ± 1 sd where there are several), log-scaled
-    epochs, one panel per dataset: how the ranking of posteriors moves with training budget."""
+# where the difference panel of ``budget_curves`` labels its symmetric-log axis, in nats
+DIFFERENCE_TICKS = (-100, -30, -10, -4, -2, -1, 0, 1, 2, 4, 10, 30, 100)
+
+
+def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (nats)",
+                  baseline: str | None = "diag") -> Figure:
+    """``metric`` at each milestone epoch per group (mean over seeds, ± 1 sd where there are several), log-scaled
+    epochs, a row per dataset: how the ranking of posteriors moves with training budget. Where ``baseline`` runs
+    share seeds and recipe with others (``results.milestone_differences``), a second panel shows each group minus
+    the baseline trained the same way: a dot per seed, a line through the means, on a scale linear within ±2 nats
+    (where the posteriors differ near convergence) and logarithmic beyond (the first epochs). A colour per method,
+    a line style per recipe (``factors``)."""
+    key = "group" if "group" in milestones else "method"
+    differences = milestone_differences(milestones, baseline, metric) if baseline else None
+    paired = differences is not None and not differences.empty
     datasets = list(dict.fromkeys(milestones["dataset"]))
-    fig = Figure(figsize=(5 * len(datasets), 4), layout="constrained")
-    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets):
+    groups = list(dict.fromkeys(milestones[key]))
+    methods = list(dict.fromkeys(milestones["method"]))
+    recipes = list(dict.fromkeys(milestones["factors"])) if "factors" in milestones else [""]
+    palette = "tab10" if len(methods) <= 10 else "tab20"
+    colours = {m: colormaps[palette](i % colormaps[palette].N) for i, m in enumerate(methods)}
+    style = {}
+    for name in groups:
+        first = milestones[milestones[key] == name].iloc[0]
+        recipe = recipes.index(first["factors"]) if "factors" in milestones else 0
+        style[name] = {"color": colours[first["method"]], "linestyle": ("-", "--", ":", "-.")[recipe % 4],
+                       "marker": ("o", "s", "^", "D")[recipe % 4]}
+    columns = 2 if paired else 1
+    fig = Figure(figsize=(4.6 * columns + 3.2, 3.9 * len(datasets)), layout="constrained")
+    axes = fig.subplots(len(datasets), columns, squeeze=False)
+    for row, dataset in zip(axes, datasets):
         rows = milestones[milestones["dataset"] == dataset]
-        for name, curve in rows.groupby("group" if "group" in rows else "method", sort=False):
+        epochs = sorted(rows["epoch"].unique())
+        for name, curve in rows.groupby(key, sort=False):
             stats = curve.groupby("epoch")[metric].agg(["mean", "std"])
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                        label=str(name))
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(rows["epoch"].unique()), [str(e) for e in sorted(rows["epoch"].unique())])
-        ax.set_title(dataset)
-        ax.set_xlabel("epochs trained")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            row[0].errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), capsize=3, markersize=4,
+                            label=str(name), **style[name])
+        row[0].set_title(dataset)
+        row[0].set_ylabel(label)
+        if paired:
+            mine = differences[differences["dataset"] == dataset]
+            for name, pairs in mine.groupby("group", sort=False):
+                means = pairs.groupby("epoch")["difference"].mean()
+                row[1].plot(means.index, means, markersize=4, **style[name])
+                row[1].plot(pairs["epoch"], pairs["difference"], linestyle="none", marker=style[name]["marker"],
+                            color=style[name]["color"], markersize=3, alpha=0.45)
+            row[1].axhline(0, color="black", linewidth=0.8)
+            row[1].set_yscale("symlog", linthresh=2.0)
+            low, high = row[1].get_ylim()
+            ticks = [t for t in DIFFERENCE_TICKS if low <= t <= high]
+            row[1].set_yticks(ticks, [f"{t:+g}" if t else "0" for t in ticks])
+            row[1].minorticks_off()
+            row[1].set_title(f"{dataset}: minus {baseline} trained the same way (same seed)", fontsize=9)
+            row[1].set_ylabel(f"difference in {label}")
+        for ax in row:
+            ax.set_xscale("log")
+            ax.set_xticks(epochs, [str(e) for e in epochs])
+            ax.set_xlabel("epochs trained")
+            ax.grid(alpha=0.3)
+        handles = [Line2D([], [], markersize=4, **style[name]) for name in groups if name in set(rows[key])]
+        row[-1].legend(handles, [str(name) for name in groups if name in set(rows[key])], fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     images = ", ".join(str(n) for n in sorted(milestones["n_images"].unique())) if "n_images" in milestones else "?"
     ks = ", ".join(str(int(k)) for k in sorted(milestones["test/iw_samples"].dropna().unique())) \
         if "test/iw_samples" in milestones else "?"
-    fig.suptitle(f"{label} of the model at each milestone\non the first {images} test images, K = {ks}", fontsize=9)
+    fig.suptitle(f"{label} of the model at each milestone\non the first {images} test images, K = {ks}; error bars "
+                 f"± 1 sd over seeds{', dots: seeds' if paired else ''}", fontsize=9)
     return fig
 
 

@@ -15,7 +15,8 @@ read results through this module, so the paper table and the notebook cannot dis
   that spread (``seeds_needed``, a paired power calculation).
 * ``load_histories(runs)``: the per-epoch ``metrics.jsonl`` rows of every completed run, for learning curves.
 * ``load_milestones(runs)``: the ``milestones.jsonl`` rows of every run, for NLL against training budget;
-  ``budget_table(milestones)`` puts them side by side, an epoch per row; ``milestone_table(milestones)`` gives each
+  ``budget_table(milestones)`` puts them side by side, an epoch per row; ``milestone_differences(milestones)`` pairs
+  each run's milestones with diag trained the same way, seed by seed; ``milestone_table(milestones)`` gives each
   stage's NLL paired against diag with what was re-scored on the milestone's model (whole test set, AIS, gaps),
   and ``stage_gaps(milestones)`` those models' inference gaps.
 * ``ais_table(runs)``: AIS beside the IW estimate, paired against diag; ``ais_rescorings_table(runs)`` and
@@ -461,6 +462,22 @@ def budget_table(milestones: pd.DataFrame, metric: str = "test/nll") -> pd.DataF
     return table.reset_index()
 
 
+def milestone_differences(milestones: pd.DataFrame, baseline: str = BASELINE, metric: str = "test/nll") -> pd.DataFrame:
+    """Each run's ``metric`` at each milestone minus that of the ``baseline`` run trained the same way (the same
+    dataset, seed and values of every other key the runs vary: ``factors``) at the same epoch: one row per pair
+    (dataset, group, method, factors, epoch, seed, difference). Milestones without a seed column pair nothing."""
+    columns = ["dataset", "group", "method", "factors", "epoch", "seed", "difference"]
+    if "seed" not in milestones or metric not in milestones:
+        return pd.DataFrame(columns=columns)
+    frame = milestones.assign(**{k: milestones.get(k, "") for k in ("dataset", "factors") if k not in milestones})
+    frame = frame.assign(group=frame["group"] if "group" in frame else frame["method"])
+    on = ["dataset", "factors", "epoch", "seed"]
+    pairs = frame.loc[frame["method"] != baseline, [*on, "group", "method", metric]].merge(
+        frame.loc[frame["method"] == baseline, [*on, metric]], on=on, suffixes=("", "_baseline"))
+    pairs["difference"] = pairs[metric] - pairs[f"{metric}_baseline"]
+    return pairs.dropna(subset=["difference"])[columns].reset_index(drop=True)
+
+
 def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epoch: int = 0) -> pd.DataFrame:
     """One row per milestone epoch (from ``from_epoch`` on) and (dataset, group) of ``load_milestones``' output:
     seeds, the milestone NLL (mean ± sd over seeds) and its paired difference from ``baseline`` on the same dataset,
@@ -470,6 +487,7 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
     per epoch and hours to that epoch. Columns nothing was measured for are left out."""
     rows = []
     scored = milestones[milestones["epoch"] >= from_epoch]
+    differences = milestone_differences(scored, baseline)
     columns = [k for k in ("dataset", "group") if k in scored]
     for (epoch, *key), group in scored.groupby(["epoch", *columns], sort=True):
         where = dict(zip(columns, key))
@@ -486,7 +504,10 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
         elif reference.empty:
             row[f"vs {baseline}"] = f"no {baseline} run{' with ' + factors if factors else ''} at this epoch"
         else:
-            row[f"vs {baseline}"] = difference_text(seed_differences(group, reference, "test/nll"))
+            mine = differences[differences["epoch"] == epoch]
+            for k in columns:
+                mine = mine[mine[k] == where[k]]
+            row[f"vs {baseline}"] = difference_text(mine["difference"])
         for metric, title in (("test/active_units", "active units"), ("whole/nll", "NLL (whole test set, K = {})"),
                               ("ais/nll", "AIS NLL ({} images)"), ("ais/iw_minus_ais", "IW - AIS"),
                               ("gaps/approximation_gap", "approximation gap"),

@@ -18,7 +18,8 @@ Writes into the sweep folder:
     gaps.png      when runs have a gaps.json: approximation and amortization gaps stacked per method
     budget.png    when runs have milestones (trainer.milestones): test NLL against epochs trained per method and
                   any other key the runs vary, runs still training included (and the same numbers as a table in
-                  results.md)
+                  results.md); beside it, where diag runs share seeds and recipe with the others, each one minus
+                  diag trained the same way, a dot per seed
 
 When runs were re-scored by AIS (``scripts/evaluate.py RUN --estimator ais``), results.md also pairs AIS with the
 importance-weighted estimate on the same images (``rhovae.results.ais_table``).

@@ -100,3 +100,55 @@ def test_paired_strip_tick_labels_do_not_overlap_with_tuned_method_names():
     boxes = [t.get_window_extent(canvas.get_renderer()) for t in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert all(box.x0 >= 0 and box.y0 >= 0 for box in boxes)  # turned labels stay inside the figure
+
+
+def _two_recipes_of_milestones():
+    """diag and fullcov on seeds 0 and 1 under two recipes (``factors``), and iaf under the second recipe only on
+    seed 0; iaf under the first recipe has no diag partner at epoch 40 (diag's runs of that recipe stop at 10)."""
+    rows = []
+    nll = {("diag", "w=0"): (100.0, 90.0), ("diag", "w=10"): (104.0, 90.5), ("fullcov", "w=0"): (99.0, 88.0),
+           ("fullcov", "w=10"): (101.0, 89.0), ("iaf", "w=10"): (110.0, 89.5), ("iaf", "w=0"): (112.0, 93.0)}
+    for (method, recipe), (at_10, at_40) in nll.items():
+        for seed in (0, 1):
+            if method == "iaf" and seed == 1:
+                continue
+            for epoch, value in ((10, at_10), (40, at_40)):
+                if method == "diag" and recipe == "w=0" and epoch == 40:
+                    continue
+                rows.append({"dataset": "mnist", "method": method, "factors": recipe, "group": f"{method} {recipe}",
+                             "seed": seed, "epoch": epoch, "test/nll": value + 0.25 * seed, "n_images": 2000,
+                             "test/iw_samples": 1000})
+    return pd.DataFrame(rows)
+
+
+def test_budget_curves_draw_each_posterior_minus_diag_trained_the_same_way():
+    from rhovae.plots import budget_curves
+
+    milestones = _two_recipes_of_milestones()
+    fig = budget_curves(milestones)
+    nll_panel, difference_panel = fig.axes
+    legend = difference_panel.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == list(dict.fromkeys(milestones["group"]))
+    means = {}  # the difference panel's lines through the means: (x, y) pairs, one line per group with a partner
+    for line in difference_panel.get_lines():
+        if line.get_linestyle() != "None" and len(line.get_xdata()) and line.get_xdata()[0] != line.get_xdata()[-1]:
+            means[tuple(line.get_xdata())] = means.get(tuple(line.get_xdata()), []) + [list(line.get_ydata())]
+    # fullcov w=10 minus diag w=10, the same seed: (101 - 104, 89 - 90.5) on both seeds
+    assert [-3.0, -1.5] in means[(10, 40)]
+    # iaf w=10 minus diag w=10 on seed 0 only: (6, -1)
+    assert [6.0, -1.0] in means[(10, 40)]
+    # fullcov w=0 and iaf w=0 pair only at epoch 10 (diag w=0 has no epoch 40): single-point lines, never a
+    # difference across recipes such as iaf w=0 minus diag w=10 at 40 (+2.5)
+    assert all(2.5 not in ys for lines in means.values() for ys in lines)
+    dots = [line for line in difference_panel.get_lines() if line.get_linestyle() == "None"]
+    assert sorted(y for line in dots for y in line.get_ydata()) == sorted(
+        [-1.0, -1.0, -3.0, -3.0, -1.5, -1.5, 6.0, -1.0, 12.0])  # a dot per seed and epoch with a partner
+    assert len(nll_panel.get_lines()) >= len(set(milestones["group"]))
+
+
+def test_budget_curves_without_a_baseline_to_pair_draw_one_panel():
+    from rhovae.plots import budget_curves
+
+    milestones = _two_recipes_of_milestones()
+    assert len(budget_curves(milestones[milestones["method"] != "diag"]).axes) == 1
+    assert len(budget_curves(milestones, baseline=None).axes) == 1
