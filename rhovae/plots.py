@@ -197,11 +197,10 @@ def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (
     palette = "tab10" if len(methods) <= 10 else "tab20"
     colours = {m: colormaps[palette](i % colormaps[palette].N) for i, m in enumerate(methods)}
     style = {}
-    for name in groups:
-        first = milestones[milestones[key] == name].iloc[0]
+    for _, first in milestones.drop_duplicates(key).iterrows():
         recipe = recipes.index(first["factors"]) if "factors" in milestones else 0
-        style[name] = {"color": colours[first["method"]], "linestyle": ("-", "--", ":", "-.")[recipe % 4],
-                       "marker": ("o", "s", "^", "D")[recipe % 4]}
+        style[first[key]] = {"color": colours[first["method"]], "linestyle": ("-", "--", ":", "-.")[recipe % 4],
+                             "marker": ("o", "s", "^", "D")[recipe % 4]}
     columns = 2 if paired else 1
     fig = Figure(figsize=(4.6 * columns + 3.2, 3.9 * len(datasets)), layout="constrained")
     axes = fig.subplots(len(datasets), columns, squeeze=False)
@@ -234,9 +233,9 @@ def budget_curves(milestones, metric: str = "test/nll", label: str = "test NLL (
             ax.set_xticks(epochs, [str(e) for e in epochs])
             ax.set_xlabel("epochs trained")
             ax.grid(alpha=0.3)
-        handles = [Line2D([], [], markersize=4, **style[name]) for name in groups if name in set(rows[key])]
-        row[-1].legend(handles, [str(name) for name in groups if name in set(rows[key])], fontsize=7,
-                       loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        shown = [name for name in groups if name in set(rows[key])]
+        row[-1].legend([Line2D([], [], markersize=4, **style[name]) for name in shown], [str(n) for n in shown],
+                       fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     images = ", ".join(str(n) for n in sorted(milestones["n_images"].unique())) if "n_images" in milestones else "?"
     ks = ", ".join(str(int(k)) for k in sorted(milestones["test/iw_samples"].dropna().unique())) \
         if "test/iw_samples" in milestones else "?"

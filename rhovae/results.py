@@ -487,8 +487,8 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
     per epoch and hours to that epoch. Columns nothing was measured for are left out."""
     rows = []
     scored = milestones[milestones["epoch"] >= from_epoch]
-    differences = milestone_differences(scored, baseline)
     columns = [k for k in ("dataset", "group") if k in scored]
+    differences = dict(list(milestone_differences(scored, baseline).groupby(["epoch", *columns])["difference"]))
     for (epoch, *key), group in scored.groupby(["epoch", *columns], sort=True):
         where = dict(zip(columns, key))
         images, samples = group["n_images"].iloc[0], group["test/iw_samples"].iloc[0]
@@ -504,10 +504,7 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
         elif reference.empty:
             row[f"vs {baseline}"] = f"no {baseline} run{' with ' + factors if factors else ''} at this epoch"
         else:
-            mine = differences[differences["epoch"] == epoch]
-            for k in columns:
-                mine = mine[mine[k] == where[k]]
-            row[f"vs {baseline}"] = difference_text(mine["difference"])
+            row[f"vs {baseline}"] = difference_text(differences.get((epoch, *key), pd.Series(dtype=float)))
         for metric, title in (("test/active_units", "active units"), ("whole/nll", "NLL (whole test set, K = {})"),
                               ("ais/nll", "AIS NLL ({} images)"), ("ais/iw_minus_ais", "IW - AIS"),
                               ("gaps/approximation_gap", "approximation gap"),
