@@ -272,12 +272,21 @@ def ais_estimates(model: VAE, images: torch.Tensor, settings: AisSettings, *, pr
     return AisEstimates(log_px, variance, torch.cat([p.accept for p in parts]), torch.cat([p.step_size for p in parts]))
 
 
+PER_IMAGE = ("ais_log_px", "ais_mc_variance", "accept", "iw_log_px", "iw_mc_variance")  # ais_metrics' arrays
+
+
 def ais_metrics(model: VAE, images: torch.Tensor, settings: AisSettings, *, progress: bool = False,
-                stop: Callable[[], bool] = lambda: False, posterior_label: str = "") -> dict[str, float]:
+                stop: Callable[[], bool] = lambda: False,
+                posterior_label: str = "") -> tuple[dict[str, float], dict[str, list[float]]]:
     """AIS on ``images`` and, with ``settings.iw_samples`` > 0, the importance-weighted estimate on the same images
     (seeded by ``settings.seed``), as reported: ``nll`` (AIS, nats per image), ``nll_mc_se`` (its Monte Carlo
     standard error over chains), ``accept`` (mean acceptance probability), ``step_size_median``, ``s_per_image``, and
-    ``iw_nll``, ``iw_nll_mc_se``, ``iw_minus_ais`` (the importance-weighted estimate's bias, up to AIS's own)."""
+    ``iw_nll``, ``iw_nll_mc_se``, ``iw_minus_ais`` (the importance-weighted estimate's bias, up to AIS's own).
+
+    Second, the per-image values behind them, in the order of ``images`` (``PER_IMAGE``; the ``iw_*`` ones with
+    ``iw_samples`` > 0): log p(x) and its Monte Carlo variance by each estimator, and AIS's acceptance rate. Two
+    models scored on the same images pair image for image (``rhovae.results.ais_image_pairs``), which gives a
+    difference between them an interval that counts which images were drawn, not only the chains' noise."""
     started = time.perf_counter()
     est = ais_estimates(model, images, settings, progress=progress, stop=stop, posterior_label=posterior_label)
     seconds = time.perf_counter() - started
@@ -285,6 +294,7 @@ def ais_metrics(model: VAE, images: torch.Tensor, settings: AisSettings, *, prog
     result = {"n_images": n, "nll": -est.log_px.mean().item(), "nll_mc_se": est.mc_variance.sum().sqrt().item() / n,
               "accept": est.accept.mean().item(), "step_size_median": est.step_size.median().item(),
               "s_per_image": seconds / n}
+    per_image = {"ais_log_px": est.log_px, "ais_mc_variance": est.mc_variance, "accept": est.accept}
     if settings.iw_samples > 0:
         iw = importance_weighted_estimates(model, images, n_samples=settings.iw_samples, chunk=settings.iw_chunk,
                                            batch_size=settings.batch_size, eval_seed=settings.seed, stop=stop,
@@ -292,7 +302,8 @@ def ais_metrics(model: VAE, images: torch.Tensor, settings: AisSettings, *, prog
         result.update({"iw_nll": -iw.log_px.mean().item(), "iw_nll_mc_se": iw.mc_variance.sum().sqrt().item() / n,
                        "iw_samples": settings.iw_samples})
         result["iw_minus_ais"] = result["iw_nll"] - result["nll"]
-    return result
+        per_image.update({"iw_log_px": iw.log_px, "iw_mc_variance": iw.mc_variance})
+    return result, {k: v.double().tolist() for k, v in per_image.items()}
 
 
 def simulate(model: VAE, n: int, generator_seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

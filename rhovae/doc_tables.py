@@ -65,6 +65,10 @@ def _ais_rescorings(runs: pd.DataFrame) -> str:
     return results.ais_rescorings_table(runs).to_markdown(index=False, disable_numparse=True)
 
 
+def _ais_image_pairs(runs: pd.DataFrame) -> str:
+    return results.display_image_pairs(results.ais_image_pairs(runs)).to_markdown(index=False, disable_numparse=True)
+
+
 def _bdmc(runs: pd.DataFrame) -> str:
     return results.bdmc_table(runs).to_markdown(index=False, disable_numparse=True)
 
@@ -85,6 +89,7 @@ PAIR_TABLES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], str]] = {
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "ais": _ais,  # AIS beside the IW estimate on the same images, and both paired against diag
     "ais_rescorings": _ais_rescorings,  # every AIS re-scoring of every run (start, schedule, MC error)
+    "ais_image_pairs": _ais_image_pairs,  # AIS and IW paired image for image against diag's model of the same stage
     "bdmc": _bdmc,  # every BDMC measurement: forward and reverse bounds and their gap per schedule
     "summary": _summary,  # mean ± sd over seeds per dataset and method (summarize.py's first table, main columns)
     "differences": _differences,  # paired differences from diag (summarize.py's second table)

@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 from scipy import stats
@@ -133,6 +134,15 @@ def run_row(summary: Mapping[str, Any], config: Mapping[str, Any], **extra: Any)
     return row
 
 
+# The AIS settings that make two estimates the same estimator (the seed and the batching only change the noise).
+AIS_SCHEDULE = ("steps", "chains", "start", "schedule", "sigmoid_delta", "leapfrog_steps", "target_accept")
+
+
+def same_schedule(one: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two AIS settings (a re-scoring's or a BDMC's ``settings``) anneal the same way."""
+    return all(one.get(k) == other.get(k) for k in AIS_SCHEDULE)
+
+
 def ais_rescoring(run: Path, checkpoint: str = "best") -> dict[str, Any]:
     """The ``ais/*`` numbers of the run's AIS re-scoring of ``checkpoint`` (``evaluation[_<checkpoint>]_ais*.json``,
     written beside its summary by ``scripts/evaluate.py --estimator ais``) with their settings (``ais/steps``,
@@ -146,9 +156,8 @@ def ais_rescoring(run: Path, checkpoint: str = "best") -> dict[str, Any]:
         return {}
     best = max(records, key=lambda r: (r["settings"]["start"] == "prior", r["settings"]["steps"],
                                        r["settings"]["chains"]))
-    same = ("steps", "chains", "start", "schedule", "sigmoid_delta", "leapfrog_steps", "target_accept")
     gaps = [r["gap"] for r in (json.loads(p.read_text()) for p in sorted(run.glob("bdmc*.json")))
-            if r["checkpoint"] == checkpoint and all(r["settings"][k] == best["settings"][k] for k in same)]
+            if r["checkpoint"] == checkpoint and same_schedule(r["settings"], best["settings"])]
     return {**{k: v for k, v in best.items() if k.startswith("ais/")},
             **{f"ais/{k}": best["settings"][k] for k in ("steps", "chains", "start", "schedule")},
             **({"ais/bdmc_gap": gaps[-1]} if gaps else {})}
@@ -412,6 +421,12 @@ def load_histories(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, "seed", "run", "epoch"])
 
 
+def factors_text(run: pd.Series, keys: Sequence[str]) -> str:
+    """The run's values of the group ``keys`` other than dataset and method (``trainer.kl_warmup_epochs=10``): what
+    a run must share with its baseline to be paired with it."""
+    return " ".join(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys if k not in ("dataset", "method"))
+
+
 def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """``milestones.jsonl`` of every run that has one, finished or still training (a budget curve grows while its
     runs do), one row per milestone epoch, with the run's group keys (by default those that vary among all the runs,
@@ -426,8 +441,7 @@ def load_milestones(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> pd
         path = Path(run["run_dir"]) / "milestones.jsonl" if run.get("run_dir") else None
         if path is not None and path.is_file() and path.stat().st_size:
             rows = pd.read_json(path, lines=True)
-            factors = " ".join(f"{k.removeprefix(CONFIG)}={_as_text(run[k])}" for k in keys
-                               if k not in ("dataset", "method"))
+            factors = factors_text(run, keys)
             group = f"{run['method']} {factors}".strip()
             extra = pd.DataFrame([{**spent, **milestone_rescorings(path.parent, epoch)} for epoch, spent in
                                   zip(rows["epoch"], training_time(path.parent, rows["epoch"]))], index=rows.index)
@@ -738,6 +752,71 @@ def ais_rescorings_table(runs: pd.DataFrame) -> pd.DataFrame:
                      "IW NLL (same images)": "not made" if iw is None else f"{iw:.2f}",
                      "s per image": f"{record['ais/s_per_image']:.1f}"})
     return pd.DataFrame(rows)
+
+
+def _checkpoint_order(checkpoint: str) -> tuple[int, str]:
+    """Milestones by epoch (``epoch_121`` before ``epoch_1093``), after the run's own and named checkpoints."""
+    epoch = checkpoint.removeprefix("epoch_")
+    return (int(epoch), "") if epoch.isdigit() else (-1, checkpoint)
+
+
+def ais_image_pairs(runs: pd.DataFrame, baseline: str = BASELINE, confidence: float = 0.95) -> pd.DataFrame:
+    """Each AIS re-scoring that kept its per-image values (``per_image`` of ``scripts/evaluate.py --estimator ais``)
+    against the ``baseline`` run's re-scoring of the same checkpoint, on the same dataset, seed, other factors
+    (``factors_text``), test images and AIS schedule (``same_schedule``): the NLL difference image for image, by
+    AIS and by the IW estimate on the same images, each as mean, sd and t interval over the images, and the
+    difference of the two (how much the IW estimate moves the comparison). One row per pair: ``dataset``, ``group``,
+    ``checkpoint``, ``seed``, ``images``, then ``{ais,iw,iw_minus_ais}_{mean,sd,ci_low,ci_high}``. The interval is
+    over images (which images were drawn, and each image's chain noise), one seed's models: it says whether that
+    pair of models differs on the test distribution, not whether another seed would give the same."""
+    keys = group_keys(runs, include_unfinished=True)
+    scored = []
+    for run, record in _run_records(runs, "evaluation*_ais*.json"):
+        if "per_image" in record:
+            scored.append({"dataset": run["dataset"], "method": run["method"], "factors": factors_text(run, keys),
+                           "seed": run["seed"], "checkpoint": record.get("checkpoint", "best"), "record": record})
+    rows = []
+    for one in scored:
+        if one["method"] == baseline:
+            continue
+        mine = one["record"]
+        for other in scored:
+            theirs = other["record"]
+            if (other["method"] != baseline
+                    or any(other[k] != one[k] for k in ("dataset", "factors", "seed", "checkpoint"))
+                    or theirs["ais/n_images"] != mine["ais/n_images"]
+                    or not same_schedule(theirs["settings"], mine["settings"])):
+                continue
+            row = {"dataset": one["dataset"], "group": f"{one['method']} {one['factors']}".strip(),
+                   "checkpoint": one["checkpoint"], "seed": one["seed"], "images": mine["ais/n_images"]}
+            # NLL = -log p(x): a positive difference is the run behind its baseline
+            differences = {"ais": np.subtract(theirs["per_image"]["ais_log_px"], mine["per_image"]["ais_log_px"])}
+            if "iw_log_px" in mine["per_image"] and "iw_log_px" in theirs["per_image"]:
+                differences["iw"] = np.subtract(theirs["per_image"]["iw_log_px"], mine["per_image"]["iw_log_px"])
+                differences["iw_minus_ais"] = differences["iw"] - differences["ais"]
+            for name, diff in differences.items():
+                found = difference_stats(pd.Series(diff), confidence)
+                row.update({f"{name}_{k}": found[k] for k in ("mean", "sd", "ci_low", "ci_high")})
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = table["checkpoint"].map(_checkpoint_order)
+    return (table.assign(_order=order).sort_values(["dataset", "_order", "group", "seed"], kind="stable")
+            .drop(columns="_order").reset_index(drop=True))
+
+
+def display_image_pairs(pairs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """``ais_image_pairs`` as a table shows it: each difference as ``mean [95% interval]``."""
+    if pairs.empty:
+        return pairs
+    shown = pairs[["dataset", "group", "checkpoint", "seed", "images"]].copy()
+    for name, title in (("ais", f"AIS vs {baseline}"), ("iw", f"IW vs {baseline} (same images)"),
+                        ("iw_minus_ais", "IW minus AIS, of the difference")):
+        if f"{name}_mean" in pairs:
+            shown[title] = [("not made" if pd.isna(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]") for m, lo, hi in
+                            zip(pairs[f"{name}_mean"], pairs[f"{name}_ci_low"], pairs[f"{name}_ci_high"])]
+    return shown
 
 
 def bdmc_table(runs: pd.DataFrame) -> pd.DataFrame:

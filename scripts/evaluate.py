@@ -16,7 +16,9 @@ another. With the same eval.seed and settings the numbers reproduce those writte
 ``--estimator ais`` scores the first ``ais.n_images`` test images by annealed importance sampling (``rhovae.ais``:
 the ``ais`` section's schedule, chains, HMC settings and initial distribution) and, on the same images, by the
 importance-weighted estimate with ``ais.iw_samples`` samples, so the two pair image for image; its numbers are
-``ais/*`` (``ais/nll``, ``ais/iw_nll``, ``ais/iw_minus_ais``), with the settings that made them (docs/ais.md).
+``ais/*`` (``ais/nll``, ``ais/iw_nll``, ``ais/iw_minus_ais``), with the settings that made them (docs/ais.md), and
+``per_image``: each image's log p(x) by both estimators with its Monte Carlo variance, so that two models scored on
+the same images pair image for image (``rhovae.results.ais_image_pairs``, the ``ais_image_pairs`` table).
 
 A milestone's checkpoint (epoch_N) gives that model's numbers on the whole test set, where milestones.jsonl has them
 on the first ``eval.milestone_images`` test images. A key that would change the model or its data (``posterior.min_std``, ``latent_dim``) is refused with one line before
@@ -66,9 +68,10 @@ def rescore(run_dir: Path, overrides: list[str], checkpoint: str = "best", updat
     else:
         images = data.test[: config.ais.n_images]
         label = posterior_label(ckpt["config"]["posterior"])
-        metrics = {f"ais/{k}": v for k, v in ais_metrics(model, images, config.ais, progress=True,
-                                                          posterior_label=label).items()}
+        numbers, per_image = ais_metrics(model, images, config.ais, progress=True, posterior_label=label)
+        metrics = {f"ais/{k}": v for k, v in numbers.items()}
         result["settings"] = asdict(config.ais)
+        result["per_image"] = per_image
     result.update(metrics)
     write_json_atomic(path, result)
     if update_summary:
@@ -98,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     width = max(len(k) for k in result)
     for key, value in result.items():
-        if isinstance(value, dict):
+        if key == "per_image":
+            value = f"{', '.join(value)} for each of the {len(next(iter(value.values())))} images (in the file)"
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     return 0

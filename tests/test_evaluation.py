@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -198,6 +199,13 @@ def test_evaluate_script_scores_by_ais_beside_the_iw_numbers_and_bdmc_writes_one
     assert record["estimator"] == "ais" and record["settings"]["steps"] == 20 and record["ais/n_images"] == 8
     assert math.isfinite(record["ais/nll"]) and record["ais/nll"] > 0 and 0 < record["ais/accept"] <= 1
     assert record["ais/iw_minus_ais"] == pytest.approx(record["ais/iw_nll"] - record["ais/nll"])
+    # the per-image values behind the means, in the test set's order, so that two models pair image for image
+    per_image = record["per_image"]
+    assert set(per_image) == {"ais_log_px", "ais_mc_variance", "accept", "iw_log_px", "iw_mc_variance"}
+    assert all(len(v) == 8 for v in per_image.values())
+    assert -np.mean(per_image["ais_log_px"]) == pytest.approx(record["ais/nll"], rel=1e-6)
+    assert -np.mean(per_image["iw_log_px"]) == pytest.approx(record["ais/iw_nll"], rel=1e-6)
+    assert np.sqrt(np.sum(per_image["ais_mc_variance"])) / 8 == pytest.approx(record["ais/nll_mc_se"], rel=1e-6)
     assert (run / "summary.json").read_bytes() == summary  # the run's own numbers are untouched
     refused = _script("evaluate", str(run), "--estimator", "ais", "eval.iw_samples=3")
     assert refused.returncode == 1 and refused.stderr.startswith("error: eval.iw_samples would change"), refused.stderr

@@ -536,6 +536,57 @@ def test_ais_rescorings_join_the_table_beside_the_iw_numbers_and_pair_against_di
         "-90.08", "-90.00", "0.08"]
 
 
+def test_ais_image_pairs_difference_two_models_image_for_image_only_against_diag_trained_the_same_way(tmp_path):
+    """Per-image AIS values of a milestone's models: each non-diag re-scoring is paired with diag's of the same
+    checkpoint, seed, recipe (the factors), images and schedule; the difference's mean and t interval are over the
+    images (checked against scipy's paired t test), by AIS and by the IW estimate on the same images."""
+    rng = np.random.default_rng(0)
+    settings = {"steps": 1000, "chains": 16, "start": "prior", "schedule": "sigmoid", "sigmoid_delta": 4.0,
+                "leapfrog_steps": 10, "target_accept": 0.65}
+    base = -85.0 + rng.normal(0, 20, 30)  # per-image log p(x) of diag's model, spread as test images are
+    values = {}
+
+    def write(name, method, warmup, checkpoint, ais, iw, n=30, **change):
+        run = tmp_path / name
+        run.mkdir(exist_ok=True)
+        config = {"seed": 0, "posterior": {"name": method}, "dataset": {"name": "mnist"},
+                  "trainer": {"kl_warmup_epochs": warmup}}
+        (run / "summary.json").write_text(json.dumps({"status": "interrupted", "config": config}))
+        record = {"checkpoint": checkpoint, "settings": {**settings, **change}, "ais/n_images": n,
+                  "ais/nll": float(-np.mean(ais[:n])), "per_image": {"ais_log_px": list(ais[:n]),
+                                                                     "iw_log_px": list(iw[:n])}}
+        suffix = ",".join(f"ais.{k}={v}" for k, v in change.items()) or "ais.n_images=30"
+        (run / f"evaluation_{checkpoint}_ais_{suffix}.json").write_text(json.dumps(record))
+        values[(name, checkpoint)] = (np.asarray(ais[:n]), np.asarray(iw[:n]))
+
+    for warmup, shift in ((0, 0.0), (10, 0.3)):  # the two recipes' diag models differ
+        diag_ais, diag_iw = base + shift, base + shift - 0.7 + rng.normal(0, 0.1, 30)
+        write(f"diag_w{warmup}", "diag", warmup, "epoch_1093", diag_ais, diag_iw)
+        write(f"diag_w{warmup}", "diag", warmup, "epoch_364", diag_ais - 1.0, diag_iw - 1.0)
+    iaf_ais = base + 0.3 - 0.4 + rng.normal(0, 1.5, 30)  # 0.4 nats behind diag with the warm-up, image noise 1.5
+    iaf_iw = iaf_ais - 0.3 + rng.normal(0, 0.1, 30)      # the IW estimate flatters IAF less than diag (0.3 < 0.7)
+    write("iaf_w10", "iaf", 10, "epoch_1093", iaf_ais, iaf_iw)
+    write("iaf_w10", "iaf", 10, "epoch_364", iaf_ais - 1.0, iaf_iw - 1.0, steps=300)  # another schedule: no pair
+    write("rho_w0", "rho", 0, "epoch_364", base - 3.0, base - 4.0, n=20)  # fewer images than diag's: no pair
+    runs = results.load_runs(tmp_path)
+
+    pairs = results.ais_image_pairs(runs)
+    assert list(zip(pairs["group"], pairs["checkpoint"])) == [("iaf trainer.kl_warmup_epochs=10", "epoch_1093")]
+    got = pairs.iloc[0]
+    diag_ais, diag_iw = values[("diag_w10", "epoch_1093")]  # diag with the warm-up, not diag without it
+    nll_difference = diag_ais - iaf_ais  # NLL = -log p(x): positive means IAF behind
+    expected = stats.ttest_rel(-iaf_ais, -diag_ais).confidence_interval(0.95)
+    assert got["images"] == 30 and got["ais_mean"] == pytest.approx(nll_difference.mean())
+    assert (got["ais_ci_low"], got["ais_ci_high"]) == pytest.approx((expected.low, expected.high))
+    assert got["iw_mean"] == pytest.approx((diag_iw - iaf_iw).mean())
+    assert got["iw_minus_ais_mean"] == pytest.approx(got["iw_mean"] - got["ais_mean"])
+    assert got["iw_minus_ais_mean"] < 0  # IW flatters the better proposal: it shrinks IAF's deficit
+    shown = results.display_image_pairs(pairs)
+    interval = f"{got['ais_mean']:+.2f} [{got['ais_ci_low']:+.2f}, {got['ais_ci_high']:+.2f}]"
+    assert shown["AIS vs diag"].iloc[0] == interval
+    assert results.ais_image_pairs(runs[runs["method"] != "diag"]).empty  # nothing to pair with
+
+
 def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_measured_on_its_models(tmp_path):
     """Runs still training at the IWAE protocol (no summary.json): each milestone from epoch 121 on is a row per
     posterior, paired against diag seed by seed (t interval computed here by scipy), with the whole-test-set, AIS and
