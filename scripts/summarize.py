@@ -22,7 +22,9 @@ Writes into the sweep folder:
                   diag trained the same way, a dot per seed
 
 When runs were re-scored by AIS (``scripts/evaluate.py RUN --estimator ais``), results.md also pairs AIS with the
-importance-weighted estimate on the same images (``rhovae.results.ais_table``).
+importance-weighted estimate on the same images (``rhovae.results.ais_table``) and, where the re-scorings kept
+each image's values, each model against the baseline's of the same checkpoint image for image
+(``rhovae.results.ais_image_pairs``).
 
 results.md opens with the budget the runs share (epochs, batches, K, gap images), says when they differ, marks a
 smoke run (trainer.max_batches), and names what the runs ran on wherever that differs (torch, CPU, threads, commit).
@@ -89,12 +91,19 @@ def summarize_sweep(sweep_dir: Path, baseline: str = results.BASELINE, strict: b
                f"The other sweep: {against}. Negative NLL and positive ELBO differences favour this one.", "",
                results.display_differences(between).to_markdown(index=False) if not between.empty
                else "No method and seed completed in both sweeps.", ""]
-    ais = results.ais_table(runs, baseline if baseline in set(runs["method"]) else results.BASELINE)
+    ais_baseline = baseline if baseline in set(runs["method"]) else results.BASELINE
+    ais = results.ais_table(runs, ais_baseline)
     if not ais.empty:
         md += ["## Annealed importance sampling beside the importance-weighted estimate (same images)", "",
                "Over the runs re-scored by AIS (`n`); nats per image. IW - AIS is the importance-weighted estimate's "
                "bias (up to AIS's own, which the BDMC gap bounds on data simulated from the model).", "",
                ais.to_markdown(index=False), ""]
+    pairs = results.display_image_pairs(results.ais_image_pairs(runs, ais_baseline), ais_baseline)
+    if not pairs.empty:
+        md += [f"## AIS and IW against {ais_baseline}, image for image (same checkpoint, seed, recipe and images)", "",
+               "Each model minus its baseline's, mean over the images with a 95% t interval over them (which images, "
+               "and each image's Monte Carlo noise; one seed's models, so not the spread over seeds).", "",
+               pairs.to_markdown(index=False, disable_numparse=True), ""]
     milestones = results.load_milestones(runs)  # grouped by what varies among all runs: some may still train
     has_budget = not milestones.empty and "test/nll" in milestones
     if has_budget:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import folder_digest
+from helpers import folder_digest, load_script
 from rhovae.collecting import CollectConflict, collect
 
 
@@ -24,16 +24,6 @@ def write_run(run: Path, epochs: int, seed: int = 0, timing: float = 9.0) -> Pat
     (run / "train.log").write_text(f"trained {epochs} epochs\n")
     (run / "checkpoints" / "last.pt").write_text("weights")
     return run
-
-
-def load_script(name: str):
-    """scripts/<name>.py as a module, so that its main() runs in this process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def test_a_copy_follows_its_run_as_it_trains_on_and_keeps_what_only_the_copy_has(tmp_path):

@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 from omegaconf import OmegaConf
 
-from helpers import REPO, TINY_OVERRIDES, compose, subprocess_env, train
+from helpers import REPO, TINY_OVERRIDES, compose, load_script, subprocess_env, train
 from rhovae import results
 from rhovae.config import validate_config
 from rhovae.config import load_config
@@ -585,6 +585,9 @@ def test_ais_image_pairs_difference_two_models_image_for_image_only_against_diag
     interval = f"{got['ais_mean']:+.2f} [{got['ais_ci_low']:+.2f}, {got['ais_ci_high']:+.2f}]"
     assert shown["AIS vs diag"].iloc[0] == interval
     assert results.ais_image_pairs(runs[runs["method"] != "diag"]).empty  # nothing to pair with
+    assert load_script("summarize").main([str(tmp_path)]) == 0  # the sweep's results.md has the same pairs
+    report = (tmp_path / "results.md").read_text()
+    assert "image for image" in report and interval in report
 
 
 def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_measured_on_its_models(tmp_path):

@@ -56,6 +56,16 @@ def subprocess_env(wandb_silent: bool = True) -> dict[str, str]:
     return env
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module, so that its main() runs in this process (no subprocess: quick tier)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def folder_digest(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` (relative path) with the SHA-256 of its bytes: equal digests = byte-identical."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
