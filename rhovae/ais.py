@@ -272,9 +272,6 @@ def ais_estimates(model: VAE, images: torch.Tensor, settings: AisSettings, *, pr
     return AisEstimates(log_px, variance, torch.cat([p.accept for p in parts]), torch.cat([p.step_size for p in parts]))
 
 
-PER_IMAGE = ("ais_log_px", "ais_mc_variance", "accept", "iw_log_px", "iw_mc_variance")  # ais_metrics' arrays
-
-
 def ais_metrics(model: VAE, images: torch.Tensor, settings: AisSettings, *, progress: bool = False,
                 stop: Callable[[], bool] = lambda: False,
                 posterior_label: str = "") -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -283,10 +280,10 @@ def ais_metrics(model: VAE, images: torch.Tensor, settings: AisSettings, *, prog
     standard error over chains), ``accept`` (mean acceptance probability), ``step_size_median``, ``s_per_image``, and
     ``iw_nll``, ``iw_nll_mc_se``, ``iw_minus_ais`` (the importance-weighted estimate's bias, up to AIS's own).
 
-    Second, the per-image values behind them, in the order of ``images`` (``PER_IMAGE``; the ``iw_*`` ones with
-    ``iw_samples`` > 0): log p(x) and its Monte Carlo variance by each estimator, and AIS's acceptance rate. Two
-    models scored on the same images pair image for image (``rhovae.results.ais_image_pairs``), which gives a
-    difference between them an interval that counts which images were drawn, not only the chains' noise."""
+    Second, the per-image values behind them, in the order of ``images``: ``ais_log_px``, ``ais_mc_variance``,
+    ``accept`` and, with ``iw_samples`` > 0, ``iw_log_px``, ``iw_mc_variance``. Two models scored on the same images
+    pair image for image (``rhovae.results.ais_image_pairs``), which gives a difference between them an interval
+    that counts which images were drawn, not only the chains' noise."""
     started = time.perf_counter()
     est = ais_estimates(model, images, settings, progress=progress, stop=stop, posterior_label=posterior_label)
     seconds = time.perf_counter() - started

@@ -812,7 +812,7 @@ def display_image_pairs(pairs: pd.DataFrame, baseline: str = BASELINE) -> pd.Dat
         return pairs
     shown = pairs[["dataset", "group", "checkpoint", "seed", "images"]].copy()
     for name, title in (("ais", f"AIS vs {baseline}"), ("iw", f"IW vs {baseline} (same images)"),
-                        ("iw_minus_ais", "IW minus AIS, of the difference")):
+                        ("iw_minus_ais", "IW - AIS, of the difference")):
         if f"{name}_mean" in pairs:
             shown[title] = [("not made" if pd.isna(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]") for m, lo, hi in
                             zip(pairs[f"{name}_mean"], pairs[f"{name}_ci_low"], pairs[f"{name}_ci_high"])]
