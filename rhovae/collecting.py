@@ -71,19 +71,21 @@ def reproduces(old: bytes, new: bytes) -> bool:
         a.keys() == b.keys() and all(_agree(a[k], b[k]) for k in a) for a, b in zip(kept, fresh))
 
 
-def first_difference(one: bytes, other: bytes) -> tuple[int, str | None]:
-    """How many records two runs' JSON lines share (the shorter file's count), and where they first part: None when
-    every shared record agrees up to float32 rounding, timings aside, else its epoch and the first value that differs
-    (``"epoch 3: test/nll 92.21 against 92.30"``)."""
+def first_difference(one: bytes, other: bytes) -> tuple[int, str | None, list[str]]:
+    """How many records two runs' JSON lines share (the shorter file's count), where they first part, and the keys
+    only one of them records. The second is None when every value both records hold agrees up to float32 rounding,
+    timings aside, else its epoch and the first value that differs (``"epoch 3: test/nll 92.21 against 92.30"``).
+    A key only one run records (a metric a later version of the code adds, such as ``test/active_units``) is no
+    difference in what both measured; the third lists them, sorted, so that a report can say so."""
     mine, theirs = _records(one), _records(other)
+    only_one: set[str] = set()
     for a, b in zip(mine, theirs):
-        where = f"epoch {a.get('epoch', '?')}"
-        if a.keys() != b.keys():
-            return min(len(mine), len(theirs)), f"{where}: keys {sorted(a.keys() ^ b.keys())} in only one"
-        for key in a:
+        only_one |= a.keys() ^ b.keys()
+        for key in a.keys() & b.keys():
             if not _agree(a[key], b[key]):
-                return min(len(mine), len(theirs)), f"{where}: {key} {a[key]!r} against {b[key]!r}"
-    return min(len(mine), len(theirs)), None
+                where = f"epoch {a.get('epoch', '?')}"
+                return min(len(mine), len(theirs)), f"{where}: {key} {a[key]!r} against {b[key]!r}", sorted(only_one)
+    return min(len(mine), len(theirs)), None, sorted(only_one)
 
 
 def conflict(run: Path, copy: Path) -> str | None:

@@ -140,7 +140,8 @@ def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_
         assert "(another run, or a rerun that does not reproduce it)" in message and "timings aside" not in message
 
 
-@pytest.mark.parametrize("rerun", ["shorter, timings differ", "rounding", "another seed", "a digit at epoch 3"])
+@pytest.mark.parametrize("rerun", ["shorter, timings differ", "rounding", "another seed", "a digit at epoch 3",
+                                   "a metric added since", "a metric added since, a digit at epoch 4"])
 def test_compare_runs_checks_the_records_both_runs_hold(tmp_path, capsys, rerun):
     """A rerun stopped earlier is compared on the epochs it has; rounding and timings are no difference, a digit
     is, and the script names the first epoch and value where the runs part."""
@@ -153,11 +154,20 @@ def test_compare_runs_checks_the_records_both_runs_hold(tmp_path, capsys, rerun)
         third["val/elbo"] *= 1 + (3e-7 if rerun == "rounding" else 1e-3)
         lines[2] = json.dumps(third)
         (other / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if rerun.startswith("a metric added since"):  # the rerun's code records active units at each milestone
+        rows = [json.loads(line) for line in (other / "milestones.jsonl").read_text().splitlines()]
+        rows = [{**row, "test/active_units": 20} for row in rows]
+        if rerun.endswith("epoch 4"):
+            rows[1]["test/nll"] += 0.01
+        (other / "milestones.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     status = load_script("compare_runs").main([str(other), str(run)])
     out = capsys.readouterr().out
-    if rerun in ("shorter, timings differ", "rounding"):
+    if rerun in ("shorter, timings differ", "rounding", "a metric added since"):
         assert status == 0
         assert "metrics.jsonl: the 4 records both hold agree" in out and "milestones.jsonl: the 2 records" in out
+        assert ("recorded by one run only, not compared: test/active_units" in out) == rerun.startswith("a metric")
+    elif rerun.startswith("a metric added since"):
+        assert status == 1 and "milestones.jsonl: they part at epoch 4: test/nll 86.01 against 86.0" in out
     else:
         assert status == 1
         epoch = 1 if rerun == "another seed" else 3
