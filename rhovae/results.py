@@ -333,13 +333,17 @@ def difference_stats(diff: pd.Series, confidence: float = 0.95) -> dict[str, flo
             "seeds_for_0_5": seeds_needed(sd)}
 
 
+def interval_text(mean: float, low: float, high: float) -> str:
+    """A difference as the tables show it: ``+0.12 [-0.30, +0.54]``, the mean alone where there is no interval."""
+    return f"{mean:+.2f}" + ("" if pd.isna(low) else f" [{low:+.2f}, {high:+.2f}]")
+
+
 def difference_text(diff: pd.Series) -> str:
     """Paired differences as a table shows them: ``mean [95% t interval] (n)``, no interval for one seed."""
     if len(diff) == 0:
         return "no common seed"
     d = difference_stats(diff)
-    interval = "" if pd.isna(d["ci_low"]) else f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
-    return f"{d['mean']:+.2f}{interval} ({d['n']})"
+    return f"{interval_text(d['mean'], d['ci_low'], d['ci_high'])} ({d['n']})"
 
 
 class AmbiguousPairing(ValueError):
@@ -642,8 +646,7 @@ def display_differences(diffs: pd.DataFrame) -> pd.DataFrame:
     shown["metric"] = [METRICS[m][0] for m in diffs["metric"]]
     interval = " [95% CI]" if diffs["ci_low"].notna().any() else ""  # one seed: no interval to show
     shown[f"difference vs {diffs['baseline'].iloc[0]}{interval}"] = [
-        f"{m:+.2f}" + ("" if pd.isna(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
-        for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])]
+        interval_text(m, lo, hi) for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])]
     shown["seeds for 0.5 nats"] = ["n/a" if pd.isna(n) else (">200" if math.isinf(n) else str(int(n)))
                                    for n in diffs["seeds_for_0_5"]]
     return shown
@@ -814,7 +817,7 @@ def display_image_pairs(pairs: pd.DataFrame, baseline: str = BASELINE) -> pd.Dat
     for name, title in (("ais", f"AIS vs {baseline}"), ("iw", f"IW vs {baseline} (same images)"),
                         ("iw_minus_ais", "IW - AIS, of the difference")):
         if f"{name}_mean" in pairs:
-            shown[title] = [("not made" if pd.isna(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]") for m, lo, hi in
+            shown[title] = ["not made" if pd.isna(m) else interval_text(m, lo, hi) for m, lo, hi in
                             zip(pairs[f"{name}_mean"], pairs[f"{name}_ci_low"], pairs[f"{name}_ci_high"])]
     return shown
 
