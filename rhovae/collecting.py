@@ -7,8 +7,9 @@ the source's (a resumed run only appends), and a re-scoring file present in both
 else (another run, a rerun, a shorter run, a re-scoring redone differently) is refused before a file is copied,
 unless ``replace`` is asked for, which deletes those runs' copies first. Files only the copy has (a re-scoring of a
 run folder since lost) are kept. A refusal says whether the source is a rerun that reproduces every recorded number
-but the timings, up to float32 rounding (the training is deterministic on one kind of machine), and then what
-``replace`` would lose: the old timings, and the re-scorings only the copy has.
+but the timings, up to float32 rounding (the training is deterministic on one kind of machine), which metrics it
+records that the copy lacks (added to the code since), and then what ``replace`` would lose: the old timings, and
+the re-scorings only the copy has.
 """
 
 from __future__ import annotations
@@ -62,13 +63,19 @@ def _records(text: bytes) -> list[dict]:
 
 def reproduces(old: bytes, new: bytes) -> bool:
     """Whether the JSON lines ``new`` start with the records of ``old``, every value but the timings equal up to
-    float32 rounding (an epoch's mean training loss, summed in another order, differs in its last digits)."""
+    float32 rounding (an epoch's mean training loss, summed in another order, differs in its last digits). A record
+    of ``new`` may hold keys that ``old``'s lacks (a metric a later version of the code adds), never lack one."""
     try:
         kept, fresh = _records(old), _records(new)
     except (json.JSONDecodeError, AttributeError):
         return False
     return len(fresh) >= len(kept) and all(
-        a.keys() == b.keys() and all(_agree(a[k], b[k]) for k in a) for a, b in zip(kept, fresh))
+        a.keys() <= b.keys() and all(_agree(a[k], b[k]) for k in a) for a, b in zip(kept, fresh))
+
+
+def added_keys(old: bytes, new: bytes) -> list[str]:
+    """The keys that ``new``'s records hold and ``old``'s matching records lack, sorted (timings aside)."""
+    return sorted({key for a, b in zip(_records(old), _records(new)) for key in b.keys() - a.keys()})
 
 
 def first_difference(one: bytes, other: bytes) -> tuple[int, str | None, list[str]]:
@@ -91,6 +98,7 @@ def first_difference(one: bytes, other: bytes) -> tuple[int, str | None, list[st
 def conflict(run: Path, copy: Path) -> str | None:
     """Why copying ``run`` over ``copy`` would replace evidence, or None if it only adds to it."""
     broken = []  # (file, the source's file, whether the source reproduces it timings aside)
+    added: set[str] = set()  # metrics the reproducing source records and the copy does not
     for name in APPEND_ONLY:
         kept = copy / name
         if not kept.is_file():
@@ -100,7 +108,10 @@ def conflict(run: Path, copy: Path) -> str | None:
             return f"{new} is missing (another run, or one that has not started)"
         old_bytes, new_bytes = kept.read_bytes(), new.read_bytes()
         if not new_bytes.startswith(old_bytes):
-            broken.append((name, new, reproduces(old_bytes, new_bytes)))
+            same = reproduces(old_bytes, new_bytes)
+            broken.append((name, new, same))
+            if same:
+                added.update(added_keys(old_bytes, new_bytes))
     for pattern in RESCORINGS:
         for kept in sorted(copy.glob(pattern)):
             new = run / kept.name
@@ -115,8 +126,9 @@ def conflict(run: Path, copy: Path) -> str | None:
     name, new, _ = broken[0]
     lost = ["the old timings"] + [kept.name for pattern in RESCORINGS for kept in sorted(copy.glob(pattern))
                                   if not (run / kept.name).exists()]
+    besides = f", and records {', '.join(sorted(added))} besides" if added else ""
     return (f"its {name} is not the start of {new}'s (a rerun that reproduces every recorded number to float32 "
-            f"rounding, timings aside; --replace would lose {', '.join(lost)})")
+            f"rounding, timings aside{besides}; --replace would lose {', '.join(lost)})")
 
 
 def collect(source: Path, dest: Path, replace: bool = False, completed_only: bool = False) -> list[Path]:

@@ -118,9 +118,18 @@ def test_the_script_says_it_in_one_line_and_exits_1(tmp_path, capsys):
     assert script.main([str(run), str(dest), "--replace"]) == 0
 
 
-@pytest.mark.parametrize("rerun", ["timings", "rounding", "another seed", "a digit"])
+def edit_milestones(run: Path, change) -> None:
+    """Rewrite a run's milestone records through ``change`` (a function of the list of records)."""
+    rows = [json.loads(line) for line in (run / "milestones.jsonl").read_text().splitlines()]
+    (run / "milestones.jsonl").write_text("".join(json.dumps(row) + "\n" for row in change(rows)))
+
+
+@pytest.mark.parametrize("rerun", ["timings", "rounding", "a metric added since", "another seed", "a digit",
+                                   "a metric dropped"])
 def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_would_lose(tmp_path, rerun):
     run = write_run(tmp_path / "runs" / "mnist_diag_s0", epochs=4)
+    if rerun == "a metric dropped":  # the copy holds a metric that the rerun does not record
+        edit_milestones(run, lambda rows: [{**row, "test/kl": 25.0} for row in rows])
     dest = tmp_path / "results" / "x"
     collect(run, dest)
     (dest / "mnist_diag_s0" / "evaluation_epoch_2.json").write_text('{"test/nll": 88.0}')  # scored before the loss
@@ -130,12 +139,15 @@ def test_a_refusal_says_whether_the_source_reproduces_the_copy_and_what_replace_
         first = json.loads(lines[0])
         first["val/elbo"] *= 1 + (3e-7 if rerun == "rounding" else 1e-3)
         (run / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    if rerun == "a metric added since":  # the rerun's code records active units at each milestone
+        edit_milestones(run, lambda rows: [{**row, "test/active_units": 20} for row in rows])
     with pytest.raises(CollectConflict) as refused:
         collect(run, dest)
     message = str(refused.value)
-    if rerun in ("timings", "rounding"):
-        assert ("a rerun that reproduces every recorded number to float32 rounding, timings aside; --replace would lose "
-                "the old timings, evaluation_epoch_2.json)") in message
+    if rerun in ("timings", "rounding", "a metric added since"):
+        besides = ", and records test/active_units besides" if rerun == "a metric added since" else ""
+        assert (f"a rerun that reproduces every recorded number to float32 rounding, timings aside{besides}; "
+                "--replace would lose the old timings, evaluation_epoch_2.json)") in message
     else:
         assert "(another run, or a rerun that does not reproduce it)" in message and "timings aside" not in message
 
