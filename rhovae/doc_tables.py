@@ -61,6 +61,15 @@ def _protocol(runs: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
 
+FURTHEST_STAGE_LEFT_OUT = ["active units", "s/epoch"]  # the README's short version of the protocol table
+
+
+def _protocol_furthest(runs: pd.DataFrame) -> str:
+    table = results.milestone_table(results.load_milestones(runs), from_epoch=PROTOCOL_FROM_EPOCH)
+    shown = results.furthest_shared_stage(table).drop(columns=FURTHEST_STAGE_LEFT_OUT, errors="ignore")
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
 def _ais_rescorings(runs: pd.DataFrame) -> str:
     return results.ais_rescorings_table(runs).to_markdown(index=False, disable_numparse=True)
 
@@ -96,6 +105,7 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "milestones": _milestones,  # test NLL at each milestone epoch per run group, runs still training included
     "platforms": _platforms,  # each platform's seeds paired on their own, and the shift between platforms
     "protocol": _protocol,  # per stage from epoch 121: NLL vs diag, whole-test-set, AIS and gap scores, hours
+    "protocol_furthest": _protocol_furthest,  # the protocol table's furthest stage two or more posteriors reached
 }
 
 

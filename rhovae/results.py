@@ -547,6 +547,22 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
     return table[columns + timing].fillna("not measured")
 
 
+def furthest_shared_stage(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``milestone_table``'s output at the furthest epoch that two or more of its groups reached (per
+    dataset): the stage at which the posteriors can be set side by side furthest into training. A group alone at a
+    later epoch is left out, since nothing there compares with it."""
+    if table.empty:
+        return table
+    by = [column for column in ("dataset",) if column in table]
+    reached = table.groupby([*by, "epoch"]).size()
+    shared = reached[reached >= 2].reset_index()
+    if shared.empty:
+        return table.iloc[0:0]
+    furthest = (shared.groupby(by)["epoch"].max().reset_index() if by
+                else pd.DataFrame({"epoch": [shared["epoch"].max()]}))
+    return table.merge(furthest, on=[*by, "epoch"])[list(table.columns)]
+
+
 def stage_gaps(milestones: pd.DataFrame) -> pd.DataFrame:
     """The inference gaps measured on milestone models (``scripts/gaps.py --checkpoint epoch_N``) as
     ``summarize`` shows a run's own: one row per dataset, epoch and group, ``method`` naming both (``fullcov,

@@ -661,7 +661,11 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
 
 def test_the_protocol_table_pairs_a_stage_only_with_diag_trained_the_same_way(tmp_path):
     """A key some runs change (a KL warm-up): each posterior is paired with the diag run at the same value of it,
-    never with diag at another, and a stage without such a diag run says so instead of pairing across recipes."""
+    never with diag at another, and a stage without such a diag run says so instead of pairing across recipes.
+    The README's short table is the furthest stage that two or more posteriors reached, not a later one that a
+    single run reached alone."""
+    from rhovae.doc_tables import TABLES
+
     nll = {("diag", 0): 90.0, ("iaf", 0): 93.0, ("diag", 10): 90.2, ("iaf", 10): 90.7}
     for (method, warmup), value in nll.items():
         run = tmp_path / f"{method}_w{warmup}"
@@ -669,7 +673,7 @@ def test_the_protocol_table_pairs_a_stage_only_with_diag_trained_the_same_way(tm
         (run / ".hydra" / "config.yaml").write_text(json.dumps(
             {"seed": 0, "posterior": {"name": method}, "dataset": {"name": "mnist"},
              "trainer": {"kl_warmup_epochs": warmup}}))
-        epochs = (121, 364) if (method, warmup) != ("diag", 10) else (121,)
+        epochs = {("diag", 10): (121,), ("iaf", 0): (121, 364, 1093)}.get((method, warmup), (121, 364))
         (run / "milestones.jsonl").write_text("".join(json.dumps(
             {"epoch": e, "n_images": 2000, "test/iw_samples": 1000, "test/nll": value - (e == 364)}) + "\n"
             for e in epochs))
@@ -679,6 +683,16 @@ def test_the_protocol_table_pairs_a_stage_only_with_diag_trained_the_same_way(tm
     assert vs[(121, "iaf trainer.kl_warmup_epochs=10")] == "+0.50 (1)"
     assert vs[(364, "iaf trainer.kl_warmup_epochs=0")] == "+3.00 (1)"
     assert vs[(364, "iaf trainer.kl_warmup_epochs=10")] == "no diag run with trainer.kl_warmup_epochs=10 at this epoch"
+    assert vs[(1093, "iaf trainer.kl_warmup_epochs=0")] == "no diag run with trainer.kl_warmup_epochs=0 at this epoch"
+
+    furthest = results.furthest_shared_stage(table)
+    assert list(zip(furthest["epoch"], furthest["group"])) == [
+        (364, "diag trainer.kl_warmup_epochs=0"), (364, "iaf trainer.kl_warmup_epochs=0"),
+        (364, "iaf trainer.kl_warmup_epochs=10")]
+    assert list(furthest.columns) == list(table.columns)
+    shown = TABLES["protocol_furthest"](results.load_runs(tmp_path)).splitlines()
+    assert len(shown) == 2 + 3 and all(row.startswith("| 364 ") for row in shown[2:])
+    assert results.furthest_shared_stage(table[table["epoch"] == 1093]).empty  # one group alone: nothing to set beside
 
 
 @pytest.mark.slow  # three real joblib sweeps of three tiny jobs
