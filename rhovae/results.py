@@ -547,20 +547,17 @@ def milestone_table(milestones: pd.DataFrame, baseline: str = BASELINE, from_epo
     return table[columns + timing].fillna("not measured")
 
 
-def furthest_shared_stage(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``milestone_table``'s output at the furthest epoch that two or more of its groups reached (per
-    dataset): the stage at which the posteriors can be set side by side furthest into training. A group alone at a
-    later epoch is left out, since nothing there compares with it."""
-    if table.empty:
-        return table
-    by = [column for column in ("dataset",) if column in table]
-    reached = table.groupby([*by, "epoch"]).size()
-    shared = reached[reached >= 2].reset_index()
-    if shared.empty:
-        return table.iloc[0:0]
-    furthest = (shared.groupby(by)["epoch"].max().reset_index() if by
-                else pd.DataFrame({"epoch": [shared["epoch"].max()]}))
-    return table.merge(furthest, on=[*by, "epoch"])[list(table.columns)]
+def furthest_paired_stage(milestones: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """The rows of ``load_milestones``' output at the furthest epoch (per dataset) at which some posterior is paired
+    with ``baseline`` trained the same way (``milestone_differences``): the stage at which the posteriors can be set
+    side by side furthest into training. Runs alone at a later epoch, or there only with other baseline runs, are
+    left out, since nothing there compares with them."""
+    pairs = milestone_differences(milestones, baseline)
+    if pairs.empty:
+        return milestones.iloc[0:0]
+    furthest = pairs.groupby("dataset")["epoch"].max()
+    dataset = milestones["dataset"] if "dataset" in milestones else pd.Series("", index=milestones.index)
+    return milestones[milestones["epoch"] == dataset.map(furthest)]
 
 
 def stage_gaps(milestones: pd.DataFrame) -> pd.DataFrame:

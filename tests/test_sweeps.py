@@ -685,14 +685,18 @@ def test_the_protocol_table_pairs_a_stage_only_with_diag_trained_the_same_way(tm
     assert vs[(364, "iaf trainer.kl_warmup_epochs=10")] == "no diag run with trainer.kl_warmup_epochs=10 at this epoch"
     assert vs[(1093, "iaf trainer.kl_warmup_epochs=0")] == "no diag run with trainer.kl_warmup_epochs=0 at this epoch"
 
-    furthest = results.furthest_shared_stage(table)
-    assert list(zip(furthest["epoch"], furthest["group"])) == [
+    milestones = results.load_milestones(results.load_runs(tmp_path))
+    furthest = results.furthest_paired_stage(milestones)
+    assert sorted(zip(furthest["epoch"], furthest["group"])) == [
         (364, "diag trainer.kl_warmup_epochs=0"), (364, "iaf trainer.kl_warmup_epochs=0"),
         (364, "iaf trainer.kl_warmup_epochs=10")]
-    assert list(furthest.columns) == list(table.columns)
     shown = TABLES["protocol_furthest"](results.load_runs(tmp_path)).splitlines()
     assert len(shown) == 2 + 3 and all(row.startswith("| 364 ") for row in shown[2:])
-    assert results.furthest_shared_stage(table[table["epoch"] == 1093]).empty  # one group alone: nothing to set beside
+    # at 364 only the unpaired iaf with the warm-up and diag without it: the furthest pairing is at 121
+    at_121 = results.furthest_paired_stage(milestones[~((milestones["epoch"] == 364)
+                                                        & (milestones["group"] == "iaf trainer.kl_warmup_epochs=0"))])
+    assert set(at_121["epoch"]) == {121} and len(at_121) == 4
+    assert results.furthest_paired_stage(milestones[milestones["epoch"] == 1093]).empty  # iaf alone: no pair
 
 
 @pytest.mark.slow  # three real joblib sweeps of three tiny jobs
