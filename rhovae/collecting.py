@@ -73,11 +73,6 @@ def reproduces(old: bytes, new: bytes) -> bool:
         a.keys() <= b.keys() and all(_agree(a[k], b[k]) for k in a) for a, b in zip(kept, fresh))
 
 
-def added_keys(old: bytes, new: bytes) -> list[str]:
-    """The keys that ``new``'s records hold and ``old``'s matching records lack, sorted (timings aside)."""
-    return sorted({key for a, b in zip(_records(old), _records(new)) for key in b.keys() - a.keys()})
-
-
 def first_difference(one: bytes, other: bytes) -> tuple[int, str | None, list[str]]:
     """How many records two runs' JSON lines share (the shorter file's count), where they first part, and the keys
     only one of them records. The second is None when every value both records hold agrees up to float32 rounding,
@@ -110,8 +105,8 @@ def conflict(run: Path, copy: Path) -> str | None:
         if not new_bytes.startswith(old_bytes):
             same = reproduces(old_bytes, new_bytes)
             broken.append((name, new, same))
-            if same:
-                added.update(added_keys(old_bytes, new_bytes))
+            if same:  # every key of the copy's records is the source's too: the keys in one only are added
+                added.update(first_difference(old_bytes, new_bytes)[2])
     for pattern in RESCORINGS:
         for kept in sorted(copy.glob(pattern)):
             new = run / kept.name

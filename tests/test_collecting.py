@@ -167,11 +167,12 @@ def test_compare_runs_checks_the_records_both_runs_hold(tmp_path, capsys, rerun)
         lines[2] = json.dumps(third)
         (other / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if rerun.startswith("a metric added since"):  # the rerun's code records active units at each milestone
-        rows = [json.loads(line) for line in (other / "milestones.jsonl").read_text().splitlines()]
-        rows = [{**row, "test/active_units": 20} for row in rows]
-        if rerun.endswith("epoch 4"):
-            rows[1]["test/nll"] += 0.01
-        (other / "milestones.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        def add_units(rows: list[dict]) -> list[dict]:
+            rows = [{**row, "test/active_units": 20} for row in rows]
+            if rerun.endswith("epoch 4"):
+                rows[1]["test/nll"] += 0.01
+            return rows
+        edit_milestones(other, add_units)
     status = load_script("compare_runs").main([str(other), str(run)])
     out = capsys.readouterr().out
     if rerun in ("shorter, timings differ", "rounding", "a metric added since"):

@@ -662,8 +662,8 @@ def test_the_protocol_table_pairs_each_stage_against_diag_and_shows_what_was_mea
 def test_the_protocol_table_pairs_a_stage_only_with_diag_trained_the_same_way(tmp_path):
     """A key some runs change (a KL warm-up): each posterior is paired with the diag run at the same value of it,
     never with diag at another, and a stage without such a diag run says so instead of pairing across recipes.
-    The README's short table is the furthest stage that two or more posteriors reached, not a later one that a
-    single run reached alone."""
+    The README's short table is the furthest stage at which a posterior is paired with diag trained the same way,
+    not a later one that a run reached alone or unpaired."""
     from rhovae.doc_tables import TABLES
 
     nll = {("diag", 0): 90.0, ("iaf", 0): 93.0, ("diag", 10): 90.2, ("iaf", 10): 90.7}
