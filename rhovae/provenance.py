@@ -4,13 +4,16 @@ Rounding differences between torch builds or processors grow through training li
 one config on two installs can differ by more than the spread over seeds (a planar run retrained on another AMD EPYC
 scored 133 at its first milestone where the first machine's scored 187; diag reproduced to the last digit). Every
 summary.json, checkpoint and W&B run records this, and ``scripts/summarize.py`` says when the runs of one table
-differ in it.
+differ in it. The matrix products come from MKL, which picks its own code path by processor vendor and generation
+unless told otherwise (``MKL_CBWR``): an Intel and an AMD processor round differently even with torch's own
+kernels held to AVX2 (results/iwae_paper_xeon_check).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -20,6 +23,9 @@ import torch
 
 PACKAGES = ("torch", "pyro-ppl", "hydra-core", "omegaconf", "numpy")
 REPOSITORY = Path(__file__).resolve().parent.parent
+# environment variables that choose which kernels the math libraries under torch run, hence how they round
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+                    "DNNL_MAX_CPU_ISA")
 
 
 def _git(*args: str) -> str | None:
@@ -58,6 +64,13 @@ def cpu_generation(cpuinfo: str | None = None) -> str | None:
     return f"{fields['cpu family']}/{fields['model']}/{fields['stepping']}"
 
 
+def kernel_settings() -> str | None:
+    """The kernel-choosing environment variables this process was started with (``"ATEN_CPU_CAPABILITY=avx2
+    MKL_CBWR=AVX2"``), or None where none is set and every library picks its kernels for the processor."""
+    settings = [f"{name}={os.environ[name]}" for name in KERNEL_VARIABLES if os.environ.get(name)]
+    return " ".join(settings) or None
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -83,7 +96,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "cpu": cpu, "cpu_generation": cpu_generation(cpuinfo),
         # the vector instructions torch's kernels, and the code torch.compile generates, use (AVX512, AVX2, ...):
         # they round differently, so expect a run to reproduce bit for bit only where this and the generation match
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "kernel_settings": kernel_settings(),
         "threads": torch.get_num_threads(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
     }

@@ -14,7 +14,7 @@ import torch
 from helpers import POSTERIOR_CHOICES, POSTERIOR_NAMES, TINY_OVERRIDES, compose
 from rhovae.checkpoint import load_checkpoint
 from rhovae.evaluation import evaluate_elbo, posterior_diagnostics
-from rhovae.provenance import cpu_generation, cpu_model
+from rhovae.provenance import KERNEL_VARIABLES, cpu_generation, cpu_model, provenance
 from rhovae.config import load_config, validate_config
 from rhovae.errors import ConfigError
 from rhovae.build import build_vae, load_data
@@ -280,6 +280,16 @@ def test_every_run_records_what_it_ran_on(data_root, tmp_path):
     assert record["git_commit"] is None or len(record["git_commit"]) == 40
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["provenance"] == record
+
+
+def test_a_run_records_the_environment_variables_that_chose_its_kernels(monkeypatch):
+    for name in KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert provenance(torch.device("cpu"))["kernel_settings"] is None
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # sets the threads, recorded as such, not a kernel choice
+    assert provenance(torch.device("cpu"))["kernel_settings"] == "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2"
 
 
 def test_the_processor_generation_tells_apart_cpus_that_share_a_model_name():
