@@ -83,8 +83,8 @@ def first_difference(one: bytes, other: bytes) -> tuple[int, str | None, list[st
     only_one: set[str] = set()
     for a, b in zip(mine, theirs):
         only_one |= a.keys() ^ b.keys()
-        for key in a.keys() & b.keys():
-            if not _agree(a[key], b[key]):
+        for key in a:  # in the record's own order, so that a report names the same value every time
+            if key in b and not _agree(a[key], b[key]):
                 where = f"epoch {a.get('epoch', '?')}"
                 return min(len(mine), len(theirs)), f"{where}: {key} {a[key]!r} against {b[key]!r}", sorted(only_one)
     return min(len(mine), len(theirs)), None, sorted(only_one)

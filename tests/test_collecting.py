@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import folder_digest, load_script
-from rhovae.collecting import CollectConflict, collect
+from rhovae.collecting import CollectConflict, collect, first_difference
 
 
 def write_run(run: Path, epochs: int, seed: int = 0, timing: float = 9.0) -> Path:
@@ -185,6 +185,14 @@ def test_compare_runs_checks_the_records_both_runs_hold(tmp_path, capsys, rerun)
         assert status == 1
         epoch = 1 if rerun == "another seed" else 3
         assert f"metrics.jsonl: they part at epoch {epoch}: val/elbo " in out
+
+
+def test_the_first_difference_is_the_first_differing_value_in_the_record_not_any_of_them():
+    keys = [f"test/metric_{i:02d}" for i in range(20)]
+    for order in (keys, keys[::-1]):  # the same values written in two orders: each report names its own first
+        one = json.dumps({"epoch": 1, "train/elbo": -90.0, **{k: 1.0 for k in order}}).encode()
+        other = json.dumps({"epoch": 1, "train/elbo": -90.0, **{k: 2.0 for k in order}}).encode()
+        assert first_difference(one, other) == (1, f"epoch 1: {order[0]} 1.0 against 2.0", [])
 
 
 def test_compare_runs_refuses_folders_without_shared_records(tmp_path, capsys):
