@@ -708,9 +708,12 @@ def welch_text(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> str:
     if len(a) < 2 or len(b) < 2:
         return "needs 2 seeds on each"
     va, vb = a.var() / len(a), b.var() / len(b)
+    shift = b.mean() - a.mean()
+    if va + vb == 0:  # every seed of both groups gives one value: the shift alone, no interval
+        return interval_text(shift, math.nan, math.nan)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    shift, half = b.mean() - a.mean(), stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(va + vb)
-    return f"{shift:+.2f} [{shift - half:+.2f}, {shift + half:+.2f}]"
+    half = stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(va + vb)
+    return interval_text(shift, shift - half, shift + half)
 
 
 def seed_list(seeds: Iterable[Any]) -> str:

@@ -402,6 +402,8 @@ def test_the_platform_table_pairs_within_each_platform_and_measures_the_shift_be
     diff = statistics.mean(nll["diag"][3:]) - statistics.mean(nll["diag"][:3])
     assert table.iloc[1]["shift from the first platform [95% CI]"] == f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
     assert table.iloc[0]["shift from the first platform [95% CI]"] == ""
+    # seeds that reproduce one value on each platform: the shift, with no interval to print
+    assert results.welch_text(pd.Series([92.0, 92.0]), pd.Series([92.5, 92.5])) == "+0.50"
     assert results.seed_list([7, 0, 1, 2, 4, 5]) == "0-2, 4-5, 7"
 
 
