@@ -47,10 +47,14 @@ def _differences(runs: pd.DataFrame) -> str:
     return results.display_differences(results.paired_differences(runs)).to_markdown(index=False)
 
 
+NOT_REACHED = "not reached"  # a milestone table's cell for a group none of whose runs has reached that epoch
+
+
 def _milestones(runs: pd.DataFrame) -> str:
-    milestones = results.load_milestones(runs)
-    table = results.budget_table(milestones)
-    return table.to_markdown(index=False, floatfmt=["g", *[".2f"] * (table.shape[1] - 1)])
+    table = results.budget_table(results.load_milestones(runs))
+    shown = table[["epoch"]].astype(str).join(
+        table.drop(columns="epoch").map(lambda value: NOT_REACHED if pd.isna(value) else f"{value:.2f}"))
+    return shown.to_markdown(index=False, colalign=["right"] * shown.shape[1], disable_numparse=True)
 
 
 PROTOCOL_FROM_EPOCH = 121  # the IWAE protocol's stages compared with the literature (earlier ones: milestones)

@@ -192,3 +192,22 @@ def test_without_milestone_gaps_the_gaps_figure_draws_the_runs_own(tmp_path):
                                                    "n_images": 1000, "overrides": []}))
     new, changed = regenerate("<!-- figure: gaps results/y -->\n<!-- end figure -->\n", tmp_path)
     assert changed == ["gaps results/y"] and (tmp_path / "docs" / "figures" / "gaps-y.png").is_file()
+
+
+def test_a_milestone_table_says_which_groups_have_not_reached_an_epoch(tmp_path):
+    """Runs still training stand in the milestone table beside longer ones: an epoch a group has not reached reads
+    "not reached", never "nan", and every reached value keeps two decimals."""
+    import json
+
+    for method, nll in (("diag", {121: 89.894, 364: 88.5, 1093: 87.281}), ("fullcov", {121: 88.75, 364: 87.136})):
+        run = tmp_path / "results" / "z" / method
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(json.dumps(
+            {"seed": 0, "posterior": {"name": method}, "dataset": {"name": "mnist"}}))
+        (run / "milestones.jsonl").write_text("".join(
+            json.dumps({"epoch": epoch, "n_images": 2000, "test/nll": value}) + "\n" for epoch, value in nll.items()))
+    new, changed = regenerate("<!-- table: milestones results/z -->\n<!-- end table -->\n", tmp_path)
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in new.splitlines() if line.startswith("|") and line.split("|")[1].strip().isdigit()}
+    assert changed == ["milestones results/z"] and "nan" not in new
+    assert rows == {"121": ["89.89", "88.75"], "364": ["88.50", "87.14"], "1093": ["87.28", "not reached"]}
